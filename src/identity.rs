@@ -1,0 +1,182 @@
+//! The caller identity the hub authenticates and the agent impersonates.
+
+use std::collections::BTreeMap;
+
+use http::{HeaderName, HeaderValue};
+
+use crate::proto::v1 as pb;
+
+/// Groups no hub identity may ever carry into a child cluster: they would
+/// turn a hub user into a cluster administrator behind RBAC's back.
+pub const DENIED_GROUPS: &[&str] = &["system:masters"];
+
+/// An authenticated caller, as Kubernetes understands users.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// User name (`Impersonate-User`).
+    pub user: String,
+    /// Optional stable id (`Impersonate-Uid`).
+    pub uid: String,
+    /// Groups (`Impersonate-Group`, one header each).
+    pub groups: Vec<String>,
+    /// Extra attributes (`Impersonate-Extra-KEY`).
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// Why an identity cannot be impersonated.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    /// No user name: Kubernetes would reject impersonation without one.
+    #[error("identity has no user name")]
+    MissingUser,
+    /// A group on the deny list.
+    #[error("group {0:?} may not be impersonated through Ferry")]
+    DeniedGroup(String),
+    /// A value that cannot be sent as an HTTP header.
+    #[error("identity field {0:?} is not a valid header value")]
+    InvalidValue(String),
+}
+
+impl Identity {
+    /// Checks that the identity can be impersonated: a user name, no denied
+    /// group, every value a legal header value.
+    pub fn validate(&self) -> Result<(), IdentityError> {
+        if self.user.is_empty() {
+            return Err(IdentityError::MissingUser);
+        }
+        if let Some(g) = self.groups.iter().find(|g| DENIED_GROUPS.contains(&g.as_str())) {
+            return Err(IdentityError::DeniedGroup(g.clone()));
+        }
+        Ok(())
+    }
+
+    /// The `Impersonate-*` headers for this identity, in a stable order.
+    pub fn impersonation_headers(&self) -> Result<Vec<(HeaderName, HeaderValue)>, IdentityError> {
+        self.validate()?;
+        let value = |v: &str| HeaderValue::from_str(v).map_err(|_| IdentityError::InvalidValue(v.to_owned()));
+        let mut out = vec![(HeaderName::from_static("impersonate-user"), value(&self.user)?)];
+        if !self.uid.is_empty() {
+            out.push((HeaderName::from_static("impersonate-uid"), value(&self.uid)?));
+        }
+        for g in &self.groups {
+            out.push((HeaderName::from_static("impersonate-group"), value(g)?));
+        }
+        for (key, values) in &self.extra {
+            let name = format!("impersonate-extra-{}", encode_extra_key(key));
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| IdentityError::InvalidValue(key.clone()))?;
+            for v in values {
+                out.push((name.clone(), value(v)?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Percent-encodes an extra key the way the apiserver decodes
+/// `Impersonate-Extra-` header suffixes (keys are case-insensitive header
+/// names, so anything outside lower-case token characters is escaped).
+fn encode_extra_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        match b {
+            b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'_'
+            | b'.'
+            | b'~'
+            | b'!'
+            | b'$'
+            | b'&'
+            | b'\''
+            | b'*'
+            | b'+'
+            | b'^'
+            | b'`'
+            | b'|' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02x}")),
+        }
+    }
+    out
+}
+
+impl From<Identity> for pb::Identity {
+    fn from(id: Identity) -> Self {
+        pb::Identity {
+            user: id.user,
+            uid: id.uid,
+            groups: id.groups,
+            extra: id.extra.into_iter().map(|(k, values)| (k, pb::ExtraValues { values })).collect(),
+        }
+    }
+}
+
+impl From<pb::Identity> for Identity {
+    fn from(id: pb::Identity) -> Self {
+        Identity {
+            user: id.user,
+            uid: id.uid,
+            groups: id.groups,
+            extra: id.extra.into_iter().map(|(k, v)| (k, v.values)).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Identity {
+        Identity {
+            user: "alice".into(),
+            uid: "42".into(),
+            groups: vec!["dev".into(), "ops".into()],
+            extra: BTreeMap::from([("scopes.example.com/Team".into(), vec!["a".into(), "b".into()])]),
+        }
+    }
+
+    #[test]
+    fn headers_carry_every_field() {
+        let h = alice().impersonation_headers().expect("valid identity");
+        let pairs: Vec<(String, String)> =
+            h.iter().map(|(n, v)| (n.to_string(), v.to_str().expect("ascii").to_owned())).collect();
+        assert_eq!(
+            pairs,
+            vec![
+                ("impersonate-user".into(), "alice".into()),
+                ("impersonate-uid".into(), "42".into()),
+                ("impersonate-group".into(), "dev".into()),
+                ("impersonate-group".into(), "ops".into()),
+                ("impersonate-extra-scopes.example.com%2f%54eam".into(), "a".into()),
+                ("impersonate-extra-scopes.example.com%2f%54eam".into(), "b".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn system_masters_is_refused() {
+        let mut id = alice();
+        id.groups.push("system:masters".into());
+        assert_eq!(id.validate(), Err(IdentityError::DeniedGroup("system:masters".into())));
+        assert!(id.impersonation_headers().is_err());
+    }
+
+    #[test]
+    fn empty_user_is_refused() {
+        assert_eq!(Identity::default().validate(), Err(IdentityError::MissingUser));
+    }
+
+    #[test]
+    fn header_injection_is_refused() {
+        let mut id = alice();
+        id.user = "alice\r\nImpersonate-Group: system:masters".into();
+        assert!(matches!(id.impersonation_headers(), Err(IdentityError::InvalidValue(_))));
+    }
+
+    #[test]
+    fn proto_round_trip() {
+        let id = alice();
+        assert_eq!(Identity::from(pb::Identity::from(id.clone())), id);
+    }
+}

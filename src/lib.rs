@@ -1,0 +1,23 @@
+//! Ferry's shared protocol crate.
+//!
+//! Everything both ends of the tunnel need lives here once: the generated
+//! gRPC types, the protocol version, ids, caller identity, the header policy
+//! (what is stripped, what is forwarded), frame conversion, named limits,
+//! secrets and the Kubernetes `Status` error body.
+
+pub mod frame;
+pub mod headers;
+pub mod identity;
+pub mod ids;
+pub mod limits;
+pub mod metadata;
+pub mod proto;
+pub mod secret;
+pub mod status;
+
+/// Version of the tunnel protocol spoken by this build; sent in the agent's
+/// hello and the hub's welcome. Bumped on incompatible changes only.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Version of the Ferry software (all crates share it).
+pub const FERRY_VERSION: &str = env!("CARGO_PKG_VERSION");
