@@ -59,11 +59,16 @@ impl TokenKind {
     }
 }
 
+/// Fills `buf` from the operating system's random source.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), getrandom::Error> {
+    getrandom::fill(buf)
+}
+
 /// Generates a fresh token of `kind` bound to `cluster`.
-pub fn generate_token(kind: TokenKind, cluster: ClusterId) -> Secret {
+pub fn generate_token(kind: TokenKind, cluster: ClusterId) -> Result<Secret, getrandom::Error> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the OS random source is available");
-    Secret(format!("{}.{}.{}", kind.prefix(), cluster, hex::encode(bytes)))
+    fill_random(&mut bytes)?;
+    Ok(Secret(format!("{}.{}.{}", kind.prefix(), cluster, hex::encode(bytes))))
 }
 
 /// Splits a token into the cluster it claims; `None` when malformed or of
@@ -95,11 +100,11 @@ mod tests {
     #[test]
     fn token_binds_cluster_and_kind() {
         let c = ClusterId::new();
-        let t = generate_token(TokenKind::Bootstrap, c);
+        let t = generate_token(TokenKind::Bootstrap, c).expect("random");
         assert_eq!(token_cluster(TokenKind::Bootstrap, t.expose()), Some(c));
         assert_eq!(token_cluster(TokenKind::AgentCredential, t.expose()), None);
         assert_eq!(token_cluster(TokenKind::Bootstrap, "ferryboot.x.y"), None);
-        assert_ne!(generate_token(TokenKind::Bootstrap, c), t);
+        assert_ne!(generate_token(TokenKind::Bootstrap, c).expect("random"), t);
     }
 
     #[test]

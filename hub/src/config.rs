@@ -1,0 +1,65 @@
+//! Hub configuration: where state lives, where to listen, named limits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferry::limits;
+
+/// Default data dir.
+pub const DEFAULT_DATA_DIR: &str = "./ferry-data";
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Default bootstrap token lifetime.
+pub const DEFAULT_BOOTSTRAP_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Everything the hub needs to start; loading it binds nothing.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Directory for the CA, the embedded store and the admin kubeconfig.
+    pub data_dir: PathBuf,
+    /// Address for gRPC and HTTPS (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Base URL agents and kubectl use; defaults to `https://` + the bound
+    /// address.
+    pub advertise_url: Option<String>,
+    /// Named limits.
+    pub limits: Limits,
+}
+
+/// Bounds on what callers and agents can make the hub hold.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request body forwarded to a cluster.
+    pub max_request_body: u64,
+    /// Concurrent proxied requests per cluster.
+    pub max_streams_per_cluster: u32,
+    /// Parked streams each agent keeps.
+    pub pool_size: u32,
+    /// Heartbeat period on control streams.
+    pub heartbeat_interval: Duration,
+    /// How long a request waits for a parked stream.
+    pub stream_wait: Duration,
+    /// Bootstrap token lifetime when the caller gives none.
+    pub bootstrap_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_body: limits::DEFAULT_MAX_REQUEST_BODY,
+            max_streams_per_cluster: limits::DEFAULT_MAX_STREAMS_PER_AGENT,
+            pool_size: limits::DEFAULT_POOL_SIZE,
+            heartbeat_interval: limits::HEARTBEAT_INTERVAL,
+            stream_wait: limits::STREAM_WAIT,
+            bootstrap_ttl: DEFAULT_BOOTSTRAP_TTL,
+        }
+    }
+}
+
+impl HubConfig {
+    /// A config with defaults for everything but the data dir and address.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        HubConfig { data_dir: data_dir.into(), listen, advertise_url: None, limits: Limits::default() }
+    }
+}

@@ -1,0 +1,424 @@
+//! The HTTPS gateway: `/clusters/{name}/...` for kubectl and every other
+//! Kubernetes client, sent through that cluster's agent.
+//!
+//! One request takes one parked stream: the hub sends the head and streams
+//! the body; the agent answers with a head and a streamed body. Nothing is
+//! buffered whole, so watches and `logs -f` flow as the apiserver writes
+//! them, and each request's memory is bounded by the frame channel and the
+//! HTTP/2 window of its own stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use ferry::frame::{self, FrameError};
+use ferry::headers;
+use ferry::identity::Identity;
+use ferry::ids::RequestId;
+use ferry::limits::MAX_BODY_CHUNK;
+use ferry::proto::v1::{AgentFrame, End, ErrorCode, HubFrame, agent_frame, hub_frame};
+use ferry::status::KubeStatus;
+use futures_util::Stream;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tonic::Streaming;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::management::valid_cluster_name;
+use crate::registry::{FrameTx, NoStream, Parked};
+use crate::state::HubState;
+
+/// Error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of every hub response.
+pub type HubBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Times the gateway retries a parked stream that turned out to be dead
+/// before the head reached the agent.
+const HEAD_ATTEMPTS: usize = 3;
+
+fn full(data: impl Into<Bytes>) -> HubBody {
+    http_body_util::Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn status_response(s: &KubeStatus) -> Response<HubBody> {
+    let r: Response<Vec<u8>> = s.to_response();
+    r.map(full)
+}
+
+/// Splits `/clusters/NAME/rest` into `NAME` and `/rest`.
+pub fn split_cluster_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/clusters/")?;
+    match rest.find('/') {
+        Some(i) => Some((&rest[..i], &rest[i..])),
+        None => Some((rest, "/")),
+    }
+}
+
+/// True for an HTTP/1.1 upgrade request (exec, attach, port-forward).
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    let connection_upgrade = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade && req.headers().contains_key(header::UPGRADE)
+}
+
+/// Handles one gateway request from an authenticated (or not) caller.
+pub async fn handle(
+    state: Arc<HubState>,
+    caller: Option<Identity>,
+    req: Request<Incoming>,
+) -> Response<HubBody> {
+    let path = req.uri().path();
+    if matches!(path, "/healthz" | "/readyz" | "/livez") {
+        return Response::new(full("ok"));
+    }
+    let Some((name, rest)) = split_cluster_path(path) else {
+        return status_response(&KubeStatus::not_found(format!(
+            "the hub serves clusters under /clusters/NAME/, not {path:?}"
+        )));
+    };
+    let (name, rest) = (name.to_owned(), rest.to_owned());
+    let Some(identity) = caller else {
+        return status_response(&KubeStatus::unauthorized(
+            "a client certificate issued by the hub (ferryctl kubeconfig) is required",
+        ));
+    };
+    let request_id = RequestId::new();
+    let span = info_span!("request", cluster = %name, request_id = %request_id, method = %req.method(), path = %rest, user = %identity.user);
+    match forward(state, name, rest, identity, request_id, req).instrument(span.clone()).await {
+        Ok(resp) => {
+            span.in_scope(|| debug!(status = resp.status().as_u16(), "response head sent"));
+            resp
+        }
+        Err(s) => {
+            span.in_scope(|| {
+                if s.code.is_server_error() {
+                    warn!(status = s.code.as_u16(), message = %s.message, "request failed");
+                } else {
+                    debug!(status = s.code.as_u16(), message = %s.message, "request refused");
+                }
+            });
+            status_response(&s)
+        }
+    }
+}
+
+async fn forward(
+    state: Arc<HubState>,
+    name: String,
+    rest: String,
+    identity: Identity,
+    request_id: RequestId,
+    mut req: Request<Incoming>,
+) -> Result<Response<HubBody>, KubeStatus> {
+    if !valid_cluster_name(&name) {
+        return Err(KubeStatus::not_found(format!("clusters {name:?} not found")));
+    }
+    identity.validate().map_err(|e| KubeStatus::forbidden(e.to_string()))?;
+    headers::check_limits(req.headers()).map_err(|e| KubeStatus::headers_too_large(e.to_string()))?;
+    let max_body = state.limits.max_request_body;
+    if let Some(len) =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > max_body
+    {
+        return Err(KubeStatus::too_large(format!(
+            "request body of {len} bytes exceeds the limit of {max_body}"
+        )));
+    }
+    let record = state.store.cluster_by_name(&name).await.map_err(|e| {
+        warn!(error = %e, "store failure");
+        KubeStatus::unavailable("hub store unavailable")
+    })?;
+    let Some(record) = record else {
+        return Err(KubeStatus::not_found(format!("clusters {name:?} not found")));
+    };
+    let unavailable = || KubeStatus::unavailable(format!("cluster {:?} has no connected agent", record.name));
+    let live = state.registry.get(&record.name).ok_or_else(unavailable)?;
+    let permit = live.try_acquire(state.limits.max_streams_per_cluster).ok_or_else(|| {
+        KubeStatus::too_many_requests(format!("cluster {:?} has too many requests in flight", record.name))
+    })?;
+
+    let query = req.uri().query().map(|q| format!("{rest}?{q}")).unwrap_or_else(|| rest.clone());
+    let pq = PathAndQuery::try_from(query.as_str())
+        .map_err(|_| KubeStatus::bad_request("invalid request path"))?;
+    let upgrade = is_upgrade(&req);
+    let head = frame::request_head(request_id, req.method(), &pq, req.headers(), upgrade, identity);
+
+    let mut attempt = 0;
+    let mut parked: Parked = loop {
+        attempt += 1;
+        let p = live.take_stream(state.limits.stream_wait).await.map_err(|e| match e {
+            NoStream::NoAgent => unavailable(),
+            NoStream::Timeout => KubeStatus::unavailable(format!("cluster {:?}: {e}", record.name)),
+        })?;
+        let frame = HubFrame { frame: Some(hub_frame::Frame::Head(head.clone())) };
+        if p.tx.send(Ok(frame)).await.is_ok() {
+            break p;
+        }
+        if attempt >= HEAD_ATTEMPTS {
+            return Err(KubeStatus::bad_gateway(
+                "the tunnel to the agent closed before the request was sent",
+            ));
+        }
+    };
+
+    let too_large = Arc::new(AtomicBool::new(false));
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let pump = (!upgrade).then(|| {
+        let (tx, flag) = (parked.tx.clone(), too_large.clone());
+        tokio::spawn(pump_request_body(req.into_body(), tx, max_body, flag).in_current_span())
+    });
+    let pump = AbortOnDrop(pump);
+
+    let first = parked.rx.message().await;
+    let head = match first {
+        Ok(Some(AgentFrame { frame: Some(agent_frame::Frame::Head(h)) })) => h,
+        Ok(Some(AgentFrame { frame: Some(agent_frame::Frame::Error(e)) })) => {
+            return Err(agent_error_status(e.code, &e.message));
+        }
+        _ if too_large.load(Ordering::Relaxed) => {
+            return Err(KubeStatus::too_large(format!("request body exceeds the limit of {max_body} bytes")));
+        }
+        Ok(Some(_)) => {
+            return Err(KubeStatus::bad_gateway("the agent broke the protocol (no response head)"));
+        }
+        Ok(None) | Err(_) => {
+            return Err(KubeStatus::bad_gateway("the tunnel to the agent closed before the response"));
+        }
+    };
+    let (status, mut resp_headers) = frame::decode_response_head(&head).map_err(|e: FrameError| {
+        KubeStatus::bad_gateway(format!("the agent sent an invalid response head: {e}"))
+    })?;
+
+    if let (Some(on_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (on_upgrade, status) {
+        resp_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        let mut resp = Response::new(full(Bytes::new()));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = resp_headers;
+        let shutdown = state.shutdown.clone();
+        state.tasks.spawn(
+            async move {
+                let _permit = permit;
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    r = pump_upgraded(on_upgrade, parked) => if let Err(e) = r {
+                        debug!(error = %e, "upgraded connection ended with an error");
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        return Ok(resp);
+    }
+
+    let body = TunnelBody { rx: parked.rx, _tx: parked.tx, _pump: pump, _permit: permit, done: false };
+    let mut resp = Response::new(body.boxed_unsync());
+    *resp.status_mut() = status;
+    *resp.headers_mut() = resp_headers;
+    Ok(resp)
+}
+
+fn agent_error_status(code: i32, message: &str) -> KubeStatus {
+    match ErrorCode::try_from(code).unwrap_or(ErrorCode::Unspecified) {
+        ErrorCode::UpstreamUnreachable => {
+            KubeStatus::bad_gateway(format!("the cluster's apiserver is unreachable: {message}"))
+        }
+        ErrorCode::Limit => KubeStatus::too_large(message.to_owned()),
+        ErrorCode::Protocol => KubeStatus::bad_gateway(format!("the agent refused the request: {message}")),
+        _ => KubeStatus::bad_gateway(format!("the agent failed the request: {message}")),
+    }
+}
+
+/// Streams the caller's request body to the agent in frame-sized chunks,
+/// then `End`. Stops (with a `Limit` error frame) past `max` bytes.
+async fn pump_request_body(mut body: Incoming, tx: FrameTx, max: u64, too_large: Arc<AtomicBool>) {
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+            Err(e) => {
+                debug!(error = %e, "caller's request body failed");
+                let _ = tx.send(Ok(error_frame(ErrorCode::Cancelled, "caller's request body failed"))).await;
+                return;
+            }
+        };
+        total += data.len() as u64;
+        if total > max {
+            too_large.store(true, Ordering::Relaxed);
+            let _ = tx.send(Ok(error_frame(ErrorCode::Limit, "request body too large"))).await;
+            return;
+        }
+        for chunk in frame::chunks(data) {
+            if tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) })).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End {})) })).await;
+}
+
+fn error_frame(code: ErrorCode, message: &str) -> HubFrame {
+    HubFrame {
+        frame: Some(hub_frame::Frame::Error(ferry::proto::v1::Error {
+            code: code as i32,
+            message: message.to_owned(),
+        })),
+    }
+}
+
+/// Copies bytes both ways between an upgraded caller connection and its
+/// tunnel stream, honouring half-close in each direction.
+async fn pump_upgraded(on_upgrade: hyper::upgrade::OnUpgrade, parked: Parked) -> Result<(), BoxError> {
+    let upgraded = TokioIo::new(on_upgrade.await?);
+    let (mut rd, mut wr) = tokio::io::split(upgraded);
+    let Parked { tx, mut rx, .. } = parked;
+    let up = async {
+        let mut buf = vec![0u8; MAX_BODY_CHUNK];
+        loop {
+            let n = tokio::select! {
+                n = rd.read(&mut buf) => n?,
+                _ = tx.closed() => return Ok::<(), BoxError>(()),
+            };
+            let frame = if n == 0 {
+                HubFrame { frame: Some(hub_frame::Frame::End(End {})) }
+            } else {
+                HubFrame { frame: Some(hub_frame::Frame::Body(Bytes::copy_from_slice(&buf[..n]))) }
+            };
+            if tx.send(Ok(frame)).await.is_err() || n == 0 {
+                return Ok(());
+            }
+        }
+    };
+    let down = async {
+        loop {
+            match rx.message().await? {
+                Some(AgentFrame { frame: Some(agent_frame::Frame::Body(b)) }) => wr.write_all(&b).await?,
+                Some(AgentFrame { frame: Some(agent_frame::Frame::End(_)) }) | None => {
+                    wr.shutdown().await?;
+                    return Ok::<(), BoxError>(());
+                }
+                Some(AgentFrame { frame: Some(agent_frame::Frame::Error(e)) }) => {
+                    return Err(format!("agent: {}", e.message).into());
+                }
+                Some(_) => return Err("agent broke the protocol on an upgraded stream".into()),
+            }
+        }
+    };
+    let (u, d) = tokio::join!(up, down);
+    u.and(d)
+}
+
+/// Aborts the request-body pump when the response is dropped.
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// A response body read from the agent's frames. Dropping it (the caller
+/// went away) drops the hub's side of the stream, which cancels the request
+/// at the agent.
+struct TunnelBody {
+    rx: Streaming<AgentFrame>,
+    _tx: FrameTx,
+    _pump: AbortOnDrop,
+    _permit: crate::registry::StreamPermit,
+    done: bool,
+}
+
+impl Body for TunnelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            let next = match Pin::new(&mut self.rx).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(n) => n,
+            };
+            return Poll::Ready(match next {
+                Some(Ok(AgentFrame { frame: Some(agent_frame::Frame::Body(b)) })) => {
+                    if b.is_empty() {
+                        continue;
+                    }
+                    Some(Ok(Frame::data(b)))
+                }
+                Some(Ok(AgentFrame { frame: Some(agent_frame::Frame::End(_)) })) => {
+                    self.done = true;
+                    None
+                }
+                Some(Ok(AgentFrame { frame: Some(agent_frame::Frame::Error(e)) })) => {
+                    self.done = true;
+                    Some(Err(format!("agent: {}", e.message).into()))
+                }
+                Some(Ok(_)) => {
+                    self.done = true;
+                    Some(Err("agent broke the protocol mid-response".into()))
+                }
+                Some(Err(status)) => {
+                    self.done = true;
+                    Some(Err(format!("tunnel failed mid-response: {}", status.message()).into()))
+                }
+                None => {
+                    self.done = true;
+                    Some(Err("tunnel closed mid-response".into()))
+                }
+            });
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_paths() {
+        assert_eq!(split_cluster_path("/clusters/a/api/v1/pods"), Some(("a", "/api/v1/pods")));
+        assert_eq!(split_cluster_path("/clusters/a"), Some(("a", "/")));
+        assert_eq!(split_cluster_path("/api/v1"), None);
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        let r = Request::builder()
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "SPDY/3.1")
+            .body(())
+            .expect("request");
+        assert!(is_upgrade(&r));
+        let r = Request::builder().header("upgrade", "websocket").body(()).expect("request");
+        assert!(!is_upgrade(&r));
+    }
+}

@@ -1,0 +1,276 @@
+//! Live state: which agent sessions are connected for which cluster, and
+//! their parked request streams.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry::ids::{ClusterId, SessionId};
+use ferry::proto::v1::{AgentFrame, HubControl, HubFrame, OpenStreams, hub_control};
+use tokio::sync::{Notify, mpsc, watch};
+use tonic::{Status, Streaming};
+
+/// Sender half of a parked stream (hub to agent).
+pub type FrameTx = mpsc::Sender<Result<HubFrame, Status>>;
+/// Sender half of a control stream (hub to agent).
+pub type ControlTx = mpsc::Sender<Result<HubControl, Status>>;
+
+/// An idle request stream an agent opened and the hub holds until a
+/// request needs it.
+pub struct Parked {
+    /// Session that opened it.
+    pub session: SessionId,
+    /// Frames to the agent.
+    pub tx: FrameTx,
+    /// Frames from the agent.
+    pub rx: Streaming<AgentFrame>,
+}
+
+/// What the hub knows of one connected agent session.
+pub struct SessionInfo {
+    /// Agent instance id.
+    pub agent_id: String,
+    /// Agent software version.
+    pub agent_version: String,
+    /// Last Kubernetes version the agent reported.
+    pub kubernetes_version: String,
+    /// Control stream, for signals such as "open more streams".
+    pub control: ControlTx,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<SessionId, SessionInfo>,
+    pool: VecDeque<Parked>,
+}
+
+/// One cluster's live state.
+pub struct LiveCluster {
+    /// Cluster name.
+    pub name: String,
+    /// Cluster id.
+    pub id: ClusterId,
+    inner: Mutex<Inner>,
+    parked: Notify,
+    sessions_tx: watch::Sender<usize>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One proxied request in flight; dropping it frees the slot.
+pub struct StreamPermit(Arc<AtomicUsize>);
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why no stream could be had for a request.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoStream {
+    /// No agent session is connected.
+    #[error("no agent is connected for this cluster")]
+    NoAgent,
+    /// Agents are connected but none offered a stream in time.
+    #[error("the cluster's agents offered no request stream in time")]
+    Timeout,
+}
+
+impl LiveCluster {
+    fn new(name: String, id: ClusterId) -> Self {
+        LiveCluster {
+            name,
+            id,
+            inner: Mutex::default(),
+            parked: Notify::new(),
+            sessions_tx: watch::Sender::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Takes one of `max` request slots, or `None` when all are in use.
+    pub fn try_acquire(&self, max: u32) -> Option<StreamPermit> {
+        let max = max as usize;
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()?;
+        Some(StreamPermit(self.in_flight.clone()))
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a connected session.
+    pub fn add_session(&self, id: SessionId, info: SessionInfo) {
+        let mut inner = self.lock();
+        inner.sessions.insert(id, info);
+        self.sessions_tx.send_replace(inner.sessions.len());
+    }
+
+    /// Removes a session and drops its parked streams.
+    pub fn remove_session(&self, id: SessionId) {
+        let mut inner = self.lock();
+        inner.sessions.remove(&id);
+        inner.pool.retain(|p| p.session != id);
+        self.sessions_tx.send_replace(inner.sessions.len());
+    }
+
+    /// Records the Kubernetes version a session reported.
+    pub fn set_kubernetes_version(&self, id: SessionId, version: String) {
+        if let Some(s) = self.lock().sessions.get_mut(&id) {
+            s.kubernetes_version = version;
+        }
+    }
+
+    /// Parks a stream; refused (returned) when its session is unknown.
+    #[allow(clippy::result_large_err)]
+    pub fn park(&self, parked: Parked) -> Result<(), Parked> {
+        let mut inner = self.lock();
+        if !inner.sessions.contains_key(&parked.session) {
+            return Err(parked);
+        }
+        inner.pool.push_back(parked);
+        drop(inner);
+        self.parked.notify_one();
+        Ok(())
+    }
+
+    /// Number of connected sessions.
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// Number of parked streams.
+    pub fn parked_count(&self) -> usize {
+        self.lock().pool.len()
+    }
+
+    /// Latest Kubernetes version any session reported.
+    pub fn kubernetes_version(&self) -> String {
+        self.lock()
+            .sessions
+            .values()
+            .map(|s| s.kubernetes_version.clone())
+            .find(|v| !v.is_empty())
+            .unwrap_or_default()
+    }
+
+    /// Watches the number of connected sessions.
+    pub fn watch_sessions(&self) -> watch::Receiver<usize> {
+        self.sessions_tx.subscribe()
+    }
+
+    /// Takes a parked stream, waiting up to `wait` for one; asks the agents
+    /// for more when the pool is dry.
+    pub async fn take_stream(&self, wait: Duration) -> Result<Parked, NoStream> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.parked.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut inner = self.lock();
+                while let Some(p) = inner.pool.pop_front() {
+                    if !p.tx.is_closed() {
+                        return Ok(p);
+                    }
+                }
+                if inner.sessions.is_empty() {
+                    return Err(NoStream::NoAgent);
+                }
+                let ask = HubControl { msg: Some(hub_control::Msg::OpenStreams(OpenStreams { count: 1 })) };
+                for s in inner.sessions.values() {
+                    // A full control channel means a request is already pending.
+                    let _ = s.control.try_send(Ok(ask.clone()));
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(NoStream::Timeout);
+            }
+        }
+    }
+}
+
+/// All clusters' live state, keyed by name.
+#[derive(Default)]
+pub struct Registry {
+    clusters: Mutex<HashMap<String, Arc<LiveCluster>>>,
+}
+
+impl Registry {
+    /// The live state of a cluster, created on first use.
+    pub fn cluster(&self, name: &str, id: ClusterId) -> Arc<LiveCluster> {
+        let mut map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(name.to_owned()).or_insert_with(|| Arc::new(LiveCluster::new(name.to_owned(), id))).clone()
+    }
+
+    /// The live state of a cluster if it was ever used since start.
+    pub fn get(&self, name: &str) -> Option<Arc<LiveCluster>> {
+        self.clusters.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(live: &LiveCluster) -> (SessionId, mpsc::Receiver<Result<HubControl, Status>>) {
+        let (tx, rx) = mpsc::channel(4);
+        let id = SessionId::new();
+        live.add_session(
+            id,
+            SessionInfo {
+                agent_id: "a".into(),
+                agent_version: "v".into(),
+                kubernetes_version: String::new(),
+                control: tx,
+            },
+        );
+        (id, rx)
+    }
+
+    #[tokio::test]
+    async fn no_session_means_no_agent() {
+        let live = LiveCluster::new("c".into(), ClusterId::new());
+        assert_eq!(live.take_stream(Duration::from_secs(5)).await.err(), Some(NoStream::NoAgent));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dry_pool_asks_agents_for_streams_then_times_out() {
+        let live = LiveCluster::new("c".into(), ClusterId::new());
+        let (_id, mut control) = session(&live);
+        let r = live.take_stream(Duration::from_secs(5)).await;
+        assert_eq!(r.err(), Some(NoStream::Timeout));
+        let ask = control.recv().await.expect("signal").expect("ok");
+        assert!(matches!(ask.msg, Some(hub_control::Msg::OpenStreams(OpenStreams { count: 1 }))));
+    }
+
+    #[test]
+    fn permits_are_bounded_and_returned() {
+        let live = LiveCluster::new("c".into(), ClusterId::new());
+        let a = live.try_acquire(2).expect("first");
+        let _b = live.try_acquire(2).expect("second");
+        assert!(live.try_acquire(2).is_none());
+        drop(a);
+        assert_eq!(live.in_flight(), 1);
+        assert!(live.try_acquire(2).is_some());
+    }
+
+    #[tokio::test]
+    async fn sessions_are_watched() {
+        let live = LiveCluster::new("c".into(), ClusterId::new());
+        let mut w = live.watch_sessions();
+        let (id, _rx) = session(&live);
+        assert_eq!(*w.borrow_and_update(), 1);
+        live.remove_session(id);
+        w.changed().await.expect("changed");
+        assert_eq!(*w.borrow(), 0);
+    }
+}

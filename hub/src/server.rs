@@ -1,0 +1,287 @@
+//! The listener: one address for gRPC (agents, management) and the HTTPS
+//! gateway (kubectl), told apart by content type.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry::identity::Identity;
+use ferry::limits::MAX_FRAME_SIZE;
+use ferry::proto::v1::management_server::ManagementServer;
+use ferry::proto::v1::tunnel_server::TunnelServer;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::service::Routes;
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
+
+use crate::auth::{ADMIN_GROUP, ADMIN_USER, Caller};
+use crate::config::HubConfig;
+use crate::files;
+use crate::gateway::{self, BoxError, HubBody};
+use crate::kubeconfig::{KubeconfigSpec, render};
+use crate::management::ManagementService;
+use crate::pki::{Ca, PkiError, identity_from_cert};
+use crate::state::HubState;
+use crate::store::{FileStore, StoreError};
+use crate::tunnel::TunnelService;
+
+/// Time a client has to finish the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 keep-alive ping period; a dead agent connection is noticed within
+/// this plus [`H2_KEEPALIVE_TIMEOUT`].
+pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a keep-alive ping may go unanswered.
+pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Per-stream HTTP/2 receive window: what one stalled stream can hold.
+pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// Per-connection HTTP/2 receive window: large, so a few stalled streams
+/// never starve the others on the agent's connection.
+pub const H2_CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+/// Concurrent HTTP/2 streams per connection (parked + in flight + control).
+pub const H2_MAX_STREAMS: u32 = 50_000;
+/// Largest HTTP/1.1 request head from a caller.
+pub const H1_MAX_HEAD: usize = 128 * 1024;
+
+/// Errors starting the hub.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data dir could not be prepared.
+    #[error("data dir {dir}: {source}")]
+    DataDir {
+        /// The dir.
+        dir: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// CA or certificate failure.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// TLS configuration failure.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Client verifier failure.
+    #[error("client verifier: {0}")]
+    Verifier(String),
+    /// Binding the listen address failed.
+    #[error("listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A hub that has bound its address and prepared its state, not yet serving.
+pub struct Hub {
+    state: Arc<HubState>,
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    local_addr: SocketAddr,
+    admin_kubeconfig: std::path::PathBuf,
+}
+
+impl Hub {
+    /// Prepares the data dir (CA, store, serving certificate, admin
+    /// kubeconfig) and binds the listen address.
+    pub async fn bind(config: HubConfig) -> Result<Hub, StartError> {
+        let dir = config.data_dir.clone();
+        let io = |source| StartError::DataDir { dir: dir.display().to_string(), source };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+        let ca = Ca::load_or_create(&dir)?;
+        let store = FileStore::open(&dir)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let local_addr =
+            listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let advertise_url = config.advertise_url.clone().unwrap_or_else(|| format!("https://{local_addr}"));
+        let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        if let Ok(u) = advertise_url.parse::<http::Uri>()
+            && let Some(h) = u.host()
+        {
+            hosts.push(h.trim_start_matches('[').trim_end_matches(']').to_owned());
+        }
+        if !config.listen.ip().is_unspecified() {
+            hosts.push(config.listen.ip().to_string());
+        }
+        let (chain, key) = ca.serving_cert(&hosts)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der()).map_err(StartError::Tls)?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| StartError::Verifier(e.to_string()))?;
+        let mut tls = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+
+        files::write_atomic(&dir.join("ca.crt"), ca.cert_pem().as_bytes()).map_err(io)?;
+        let admin_kubeconfig = dir.join("admin.kubeconfig");
+        let admin =
+            Identity { user: ADMIN_USER.into(), groups: vec![ADMIN_GROUP.into()], ..Default::default() };
+        write_admin_kubeconfig(&admin_kubeconfig, &ca, &admin, &advertise_url).map_err(io)?;
+
+        let state = Arc::new(HubState {
+            store: Arc::new(store),
+            registry: Default::default(),
+            ca,
+            advertise_url,
+            limits: config.limits,
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        });
+        Ok(Hub { state, listener, tls: TlsAcceptor::from(Arc::new(tls)), local_addr, admin_kubeconfig })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The URL agents and kubectl use.
+    pub fn url(&self) -> &str {
+        &self.state.advertise_url
+    }
+
+    /// Path of the admin kubeconfig.
+    pub fn admin_kubeconfig(&self) -> &Path {
+        &self.admin_kubeconfig
+    }
+
+    /// Serves until `shutdown` completes, then stops every connection and
+    /// task it started and waits for them.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Hub { state, listener, tls, .. } = self;
+        let routes = Routes::new(
+            TunnelServer::new(TunnelService::new(state.clone()))
+                .max_decoding_message_size(MAX_FRAME_SIZE)
+                .max_encoding_message_size(MAX_FRAME_SIZE),
+        )
+        .add_service(
+            ManagementServer::new(ManagementService::new(state.clone()))
+                .max_decoding_message_size(MAX_FRAME_SIZE),
+        );
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .max_buf_size(H1_MAX_HEAD)
+            .header_read_timeout(Duration::from_secs(30));
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+            .max_header_list_size(ferry::limits::MAX_HEADER_BYTES as u32 * 2);
+        let http = Arc::new(http);
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let (tls, routes, http, state2) = (tls.clone(), routes.clone(), http.clone(), state.clone());
+            let cancel = state.shutdown.clone();
+            state.tasks.spawn(async move {
+                let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let caller = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| identity_from_cert(c));
+                let caller = Caller(caller);
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    let (routes, state, caller) = (routes.clone(), state2.clone(), caller.clone());
+                    async move {
+                        let grpc = req
+                            .headers()
+                            .get(http::header::CONTENT_TYPE)
+                            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                        let resp: Response<HubBody> = if grpc {
+                            req.extensions_mut().insert(caller);
+                            match routes.oneshot(req).await {
+                                Ok(r) => r.map(|b| b.map_err(BoxError::from).boxed_unsync()),
+                                Err(never) => match never {},
+                            }
+                        } else {
+                            gateway::handle(state, caller.0, req).await
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => if let Err(e) = r {
+                        debug!(%peer, error = %e, "connection ended with an error");
+                    },
+                    _ = cancel.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    }
+                }
+            });
+        }
+        info!("hub shutting down");
+        state.shutdown.cancel();
+        state.tasks.close();
+        state.tasks.wait().await;
+    }
+}
+
+fn write_admin_kubeconfig(path: &Path, ca: &Ca, admin: &Identity, server: &str) -> std::io::Result<()> {
+    let issued = ca.client_cert(admin).map_err(std::io::Error::other)?;
+    let yaml = render(&KubeconfigSpec {
+        name: "ferry-hub",
+        server,
+        ca_pem: ca.cert_pem(),
+        cert_pem: &issued.cert_pem,
+        key_pem: issued.key_pem.expose(),
+    });
+    files::write_private(path, yaml.as_bytes())
+}
