@@ -1,1 +1,37 @@
-//! placeholder
+//! The Ferry agent: runs inside a child cluster, dials the hub, and replays
+//! the requests it receives against the local apiserver, impersonating each
+//! caller so the cluster's own RBAC decides.
+//!
+//! - [`config`]: command line and validated configuration.
+//! - [`agent`]: lifecycle: enroll, then keep a session up (reconnects).
+//! - [`credential`]: the state directory (credential, cluster, agent id).
+//! - `enroll`: bootstrap token for credential exchange.
+//! - [`hub`]: the TLS/HTTP/2 channel to the hub and call metadata.
+//! - `session`: one session: control stream, heartbeats, the pool.
+//! - `pool`: parked request streams, topped up as they are claimed.
+//! - `proxy`: one request stream replayed against the apiserver.
+//! - `upgrade`: upgraded (101) connections: raw bytes both ways.
+//! - [`upstream`]: the apiserver client and request building.
+//! - [`backoff`]: exponential backoff with full jitter.
+//! - [`signal`]: shutdown signals.
+//! - [`error`]: fatal errors and log reports.
+
+pub mod agent;
+pub mod backoff;
+pub mod config;
+pub mod credential;
+mod enroll;
+pub mod error;
+pub mod hub;
+mod pool;
+mod proxy;
+mod session;
+pub mod signal;
+mod upgrade;
+pub mod upstream;
+
+pub use agent::{Agent, AgentState};
+pub use config::{AgentConfig, Args};
+pub use error::AgentError;
+pub use session::SessionError;
+pub use signal::shutdown_signal;

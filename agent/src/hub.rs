@@ -1,0 +1,131 @@
+//! The connection to the hub: one TLS HTTP/2 channel that every tunnel call
+//! of a session shares, and the metadata those calls carry.
+
+use std::time::Duration;
+
+use ferry::limits::MAX_FRAME_SIZE;
+use ferry::metadata;
+use ferry::proto::v1::tunnel_client::TunnelClient;
+use ferry::secret::Secret;
+use http::Uri;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::config::AgentConfig;
+
+/// How long dialling the hub (TCP and TLS) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 PING period on the hub connection, also while idle, so a dead
+/// path (NAT timeout, silent firewall) is noticed without traffic.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a PING may stay unanswered before the connection is dropped.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The generated tunnel client over the shared channel.
+pub type HubClient = TunnelClient<Channel>;
+
+/// Why the hub cannot be dialled.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The endpoint or TLS settings were refused (bad URL or CA).
+    #[error("invalid hub endpoint: {0}")]
+    Endpoint(#[source] tonic::transport::Error),
+    /// TCP, TLS or HTTP/2 setup failed.
+    #[error("cannot connect to the hub: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    /// The credential or session id cannot be sent as metadata.
+    #[error("the {0} is not a valid gRPC metadata value")]
+    Metadata(&'static str),
+}
+
+/// The hub endpoint: TLS trusting only the configured CA, server name from
+/// the URL, TCP_NODELAY and HTTP/2 keepalive.
+pub fn endpoint(config: &AgentConfig) -> Result<Endpoint, HubError> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&config.hub_ca_pem))
+        .domain_name(tls_domain(&config.hub_url));
+    Ok(Endpoint::from(config.hub_url.clone())
+        .tls_config(tls)
+        .map_err(HubError::Endpoint)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
+/// Dials the hub and returns a client over the new connection.
+pub async fn connect(config: &AgentConfig) -> Result<HubClient, HubError> {
+    let channel = endpoint(config)?.connect().await.map_err(HubError::Connect)?;
+    Ok(client(channel))
+}
+
+/// A tunnel client over `channel` accepting frames up to the shared limit.
+pub fn client(channel: Channel) -> HubClient {
+    TunnelClient::new(channel)
+        .max_decoding_message_size(MAX_FRAME_SIZE)
+        .max_encoding_message_size(MAX_FRAME_SIZE)
+}
+
+/// The name the hub's certificate must carry: the URL host without IPv6
+/// brackets.
+fn tls_domain(url: &Uri) -> String {
+    let host = url.host().unwrap_or_default();
+    host.trim_start_matches('[').trim_end_matches(']').to_owned()
+}
+
+/// Metadata that authenticates Control and Proxy calls.
+#[derive(Clone, Debug)]
+pub struct CallAuth {
+    authorization: AsciiMetadataValue,
+    session: Option<AsciiMetadataValue>,
+}
+
+impl CallAuth {
+    /// `authorization: Bearer <credential>`, marked sensitive so it is never
+    /// indexed by HPACK or printed.
+    pub fn new(credential: &Secret) -> Result<Self, HubError> {
+        let mut authorization = AsciiMetadataValue::try_from(format!("Bearer {}", credential.expose()))
+            .map_err(|_| HubError::Metadata("credential"))?;
+        authorization.set_sensitive(true);
+        Ok(Self { authorization, session: None })
+    }
+
+    /// The same plus `ferry-session: <session_id>`, for Proxy calls.
+    pub fn with_session(&self, session_id: &str) -> Result<Self, HubError> {
+        let session =
+            AsciiMetadataValue::try_from(session_id).map_err(|_| HubError::Metadata("session id"))?;
+        Ok(Self { authorization: self.authorization.clone(), session: Some(session) })
+    }
+
+    /// Adds the metadata to a call.
+    pub fn apply<T>(&self, request: &mut tonic::Request<T>) {
+        let md = request.metadata_mut();
+        md.insert(metadata::AUTHORIZATION, self.authorization.clone());
+        if let Some(session) = &self.session {
+            md.insert(metadata::SESSION, session.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_comes_from_the_url() {
+        assert_eq!(tls_domain(&Uri::from_static("https://hub.example.com:8443")), "hub.example.com");
+        assert_eq!(tls_domain(&Uri::from_static("https://[::1]:8443")), "::1");
+    }
+
+    #[test]
+    fn call_metadata() {
+        let auth = CallAuth::new(&Secret::new("cred")).expect("valid").with_session("s-1").expect("valid");
+        let mut req = tonic::Request::new(());
+        auth.apply(&mut req);
+        assert_eq!(req.metadata().get("authorization").expect("set"), "Bearer cred");
+        assert_eq!(req.metadata().get("ferry-session").expect("set"), "s-1");
+        assert!(!format!("{auth:?}").contains("cred\""), "sensitive values are not printed");
+        assert!(CallAuth::new(&Secret::new("bad\nvalue")).is_err());
+    }
+}

@@ -1,0 +1,439 @@
+//! One request stream: replaying a request head against the apiserver and
+//! streaming the answer back.
+//!
+//! Memory stays bounded whatever the sizes involved: the request body flows
+//! through a bounded channel into the apiserver request, and the response
+//! flows in chunks of at most [`MAX_BODY_CHUNK`](ferry::limits::MAX_BODY_CHUNK) into the bounded outbound
+//! channel of the gRPC call. When the hub reads slowly that channel fills,
+//! the agent stops reading from the apiserver, and TCP/HTTP/2 flow control
+//! pushes back on the apiserver. When the hub ends the stream early, every
+//! future touching the apiserver is dropped, which cancels the request there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry::frame::{agent_error, decode_request_head, response_head};
+use ferry::limits::FRAME_CHANNEL_CAPACITY;
+use ferry::proto::v1::{self as pb, AgentFrame, ErrorCode, HubFrame, RequestHead, agent_frame, hub_frame};
+use http::{Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::error::report;
+use crate::upgrade;
+use crate::upstream::{Upstream, UpstreamBody, UpstreamError, empty_body};
+
+/// How long the agent waits for the hub to close a stream it finished
+/// (sent `End` or an error on), before dropping it.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long sending an error frame may wait for room in the channel.
+const ERROR_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A Proxy call: the agent's outbound frames and the hub's frames.
+pub(crate) struct RequestStream {
+    /// Frames to the hub (bounded: the call's backpressure).
+    pub out: mpsc::Sender<AgentFrame>,
+    /// Frames from the hub.
+    pub inbound: Streaming<HubFrame>,
+}
+
+impl RequestStream {
+    /// Opens the outbound side of a call: the channel and the stream tonic
+    /// sends from.
+    pub fn outbound() -> (mpsc::Sender<AgentFrame>, ReceiverStream<AgentFrame>) {
+        let (tx, rx) = mpsc::channel(FRAME_CHANNEL_CAPACITY);
+        (tx, ReceiverStream::new(rx))
+    }
+
+    /// Ends the agent's side and waits (bounded) for the hub to finish the
+    /// call, so it ends cleanly instead of by reset.
+    pub async fn finish(self) {
+        self.close(DRAIN_TIMEOUT).await;
+    }
+
+    /// Like [`RequestStream::finish`] with a custom bound.
+    pub async fn close(self, wait: Duration) {
+        let RequestStream { out, mut inbound } = self;
+        drop(out);
+        let _ =
+            tokio::time::timeout(wait, async { while let Ok(Some(_)) = inbound.message().await {} }).await;
+    }
+}
+
+/// What the request runs with.
+pub(crate) struct ProxyContext {
+    /// The apiserver.
+    pub upstream: Arc<Upstream>,
+    /// Cluster name, for logs.
+    pub cluster: Arc<str>,
+}
+
+/// Why the hub's side of a stream ended before the agent finished.
+#[derive(Debug)]
+pub(crate) enum Gone {
+    /// The hub ended the call.
+    Closed,
+    /// The call failed (reset, connection lost).
+    Failed(tonic::Status),
+    /// The hub sent an error frame (its caller went away).
+    Cancelled(pb::Error),
+    /// The hub broke the frame order.
+    Protocol(&'static str),
+}
+
+impl std::fmt::Display for Gone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Gone::Closed => f.write_str("the hub ended the stream"),
+            Gone::Failed(status) => {
+                write!(f, "the stream failed ({:?}: {})", status.code(), status.message())
+            }
+            Gone::Cancelled(e) => write!(f, "the hub cancelled ({:?}: {})", e.code(), e.message),
+            Gone::Protocol(what) => write!(f, "the hub sent {what}"),
+        }
+    }
+}
+
+/// One step of the hub's side of a stream.
+pub(crate) enum HubEvent {
+    /// A body chunk (request body, or upgraded bytes).
+    Body(Bytes),
+    /// The hub's direction ended.
+    End,
+    /// The stream is over from the hub's side.
+    Gone(Gone),
+}
+
+/// Reads the next hub frame (cancel-safe).
+pub(crate) async fn next_event(inbound: &mut Streaming<HubFrame>) -> HubEvent {
+    match inbound.message().await {
+        Ok(Some(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) })) => HubEvent::Body(chunk),
+        Ok(Some(HubFrame { frame: Some(hub_frame::Frame::End(_)) })) => HubEvent::End,
+        Ok(Some(HubFrame { frame: Some(hub_frame::Frame::Error(e)) })) => HubEvent::Gone(Gone::Cancelled(e)),
+        Ok(Some(HubFrame { frame: Some(hub_frame::Frame::Head(_)) })) => {
+            HubEvent::Gone(Gone::Protocol("a second request head"))
+        }
+        Ok(Some(HubFrame { frame: None })) => HubEvent::Gone(Gone::Protocol("an empty frame")),
+        Ok(None) => HubEvent::Gone(Gone::Closed),
+        Err(status) => HubEvent::Gone(Gone::Failed(status)),
+    }
+}
+
+/// How one request ended.
+pub(crate) enum Outcome {
+    /// The response went out completely (`End` sent).
+    Completed {
+        /// Response status.
+        status: StatusCode,
+        /// Response body bytes sent.
+        bytes: u64,
+    },
+    /// The agent failed the request with an error frame (already logged).
+    Failed,
+    /// The hub ended the stream first.
+    Cancelled(Gone),
+    /// The outbound side closed: the hub reset the call.
+    HubGone,
+    /// The agent is shutting down.
+    Aborted,
+}
+
+/// Serves one request whose head just arrived on a parked stream.
+pub(crate) async fn serve(
+    stream: RequestStream,
+    head: RequestHead,
+    ctx: &ProxyContext,
+    abort: &CancellationToken,
+) {
+    let started = Instant::now();
+    let request_id = head.request_id.clone();
+    let proxied = match decode_request_head(head) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(cluster = %ctx.cluster, %request_id, error = %e, "refused an invalid request head");
+            send_error(&stream.out, ErrorCode::Protocol, e.to_string()).await;
+            stream.finish().await;
+            return;
+        }
+    };
+    let span = info_span!(
+        "request",
+        cluster = %ctx.cluster,
+        request_id = %proxied.request_id,
+        method = %proxied.method,
+        path = %proxied.path_and_query.path(),
+    );
+    async move {
+        let mut stream = stream;
+        let upgrade = proxied.upgrade;
+        let outcome = if upgrade {
+            upgrade::serve(&mut stream, &proxied, &ctx.upstream, abort).await
+        } else {
+            serve_http(&mut stream, &proxied, &ctx.upstream, abort).await
+        };
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match outcome {
+            Outcome::Completed { status, bytes } => {
+                debug!(status = status.as_u16(), bytes, elapsed_ms, upgrade, "request completed");
+                stream.finish().await;
+            }
+            Outcome::Failed => stream.finish().await,
+            Outcome::Cancelled(Gone::Protocol(what)) => {
+                warn!(elapsed_ms, "the hub sent {what}; failing the request");
+                send_error(&stream.out, ErrorCode::Protocol, format!("unexpected {what}")).await;
+                stream.finish().await;
+            }
+            Outcome::Cancelled(gone) => debug!(elapsed_ms, reason = %gone, "request cancelled by the hub"),
+            Outcome::HubGone => debug!(elapsed_ms, "the hub reset the request stream"),
+            Outcome::Aborted => {
+                let _ = stream.out.try_send(agent_error(ErrorCode::Cancelled, "agent shutting down"));
+                debug!(elapsed_ms, "request aborted: agent shutting down");
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// An ordinary (non-upgrade) request.
+async fn serve_http(
+    stream: &mut RequestStream,
+    proxied: &ferry::frame::ProxiedRequest,
+    upstream: &Upstream,
+    abort: &CancellationToken,
+) -> Outcome {
+    let RequestStream { out, inbound } = stream;
+    // An immediate End means no body at all, so a GET goes out without one
+    // (no chunked encoding); otherwise the body streams as it arrives.
+    let first = tokio::select! {
+        ev = next_event(inbound) => ev,
+        () = abort.cancelled() => return Outcome::Aborted,
+    };
+    let (body, body_tx, ended) = match first {
+        HubEvent::End => (empty_body(), None, true),
+        HubEvent::Body(chunk) => {
+            let (body, sender) = request_body(chunk);
+            (body, Some(sender), false)
+        }
+        HubEvent::Gone(gone) => return Outcome::Cancelled(gone),
+    };
+    let request = match upstream.build_request(proxied, body) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "cannot build the apiserver request");
+            send_error(out, ErrorCode::Protocol, e.to_string()).await;
+            return Outcome::Failed;
+        }
+    };
+    let out = &*out;
+    let exchange = async {
+        match upstream.send(request, false).await {
+            Ok(response) => forward_response(response, out).await,
+            Err(e) => upstream_failed(e, out).await,
+        }
+    };
+    tokio::select! {
+        biased;
+        () = abort.cancelled() => Outcome::Aborted,
+        outcome = exchange => outcome,
+        gone = watch_hub(inbound, body_tx, ended, out) => Outcome::Cancelled(gone),
+    }
+}
+
+/// The sending side of a streamed request body.
+///
+/// Dropped before [`BodySender::finish`] (the hub went away mid-body, or the
+/// agent is stopping), it makes the body fail, so the apiserver sees an
+/// aborted request rather than a short body that looks complete.
+pub(crate) struct BodySender {
+    tx: mpsc::Sender<Bytes>,
+    abort: CancellationToken,
+    finished: bool,
+}
+
+impl BodySender {
+    /// Queues a chunk, waiting while the apiserver reads slowly; `false`
+    /// when the apiserver no longer reads the body.
+    async fn send(&self, chunk: Bytes) -> bool {
+        self.tx.send(chunk).await.is_ok()
+    }
+
+    /// Ends the body normally.
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for BodySender {
+    fn drop(&mut self) {
+        // Runs before `tx` is dropped, so the body cannot end cleanly first.
+        if !self.finished {
+            self.abort.cancel();
+        }
+    }
+}
+
+/// A streamed request body starting with `first`, and its sender.
+fn request_body(first: Bytes) -> (UpstreamBody, BodySender) {
+    let (tx, rx) = mpsc::channel(FRAME_CHANNEL_CAPACITY);
+    // The channel is fresh: the first chunk always fits.
+    let _ = tx.try_send(first);
+    let abort = CancellationToken::new();
+    let chunks = futures_util::stream::unfold(Some((rx, abort.clone())), |state| async move {
+        let (mut rx, abort) = state?;
+        tokio::select! {
+            biased;
+            () = abort.cancelled() => Some((Err(std::io::Error::other("request cancelled")), None)),
+            chunk = rx.recv() => chunk.map(|c| (Ok(Frame::data(c)), Some((rx, abort)))),
+        }
+    });
+    (BodyExt::boxed_unsync(StreamBody::new(chunks)), BodySender { tx, abort, finished: false })
+}
+
+/// Feeds the rest of the request body to the apiserver, then watches the
+/// hub's side for cancellation. Returns only when the hub's side is gone.
+pub(crate) async fn watch_hub(
+    inbound: &mut Streaming<HubFrame>,
+    mut body_tx: Option<BodySender>,
+    mut ended: bool,
+    out: &mpsc::Sender<AgentFrame>,
+) -> Gone {
+    loop {
+        let event = tokio::select! {
+            ev = next_event(inbound) => ev,
+            () = out.closed() => return Gone::Closed,
+        };
+        match event {
+            HubEvent::Body(_) | HubEvent::End if ended => {
+                return Gone::Protocol("a frame after the body ended");
+            }
+            HubEvent::Body(chunk) => {
+                if let Some(tx) = &body_tx {
+                    // Waits while the apiserver reads slowly: the hub's
+                    // stream stalls in turn (backpressure).
+                    let sent = tokio::select! {
+                        sent = tx.send(chunk) => sent,
+                        () = out.closed() => return Gone::Closed,
+                    };
+                    if !sent {
+                        // The apiserver answered without reading it all;
+                        // the rest is discarded.
+                        body_tx = None;
+                    }
+                }
+            }
+            HubEvent::End => {
+                ended = true;
+                if let Some(tx) = body_tx.take() {
+                    tx.finish();
+                }
+            }
+            HubEvent::Gone(gone) => return gone,
+        }
+    }
+}
+
+/// Sends the response head, the body in chunks as it arrives, then `End`.
+pub(crate) async fn forward_response(
+    response: Response<Incoming>,
+    out: &mpsc::Sender<AgentFrame>,
+) -> Outcome {
+    let status = response.status();
+    let head =
+        AgentFrame { frame: Some(agent_frame::Frame::Head(response_head(status, response.headers()))) };
+    if out.send(head).await.is_err() {
+        return Outcome::HubGone;
+    }
+    let mut body = response.into_body();
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(status = status.as_u16(), bytes, error = %report(&e), "apiserver response broke off");
+                send_error(out, ErrorCode::UpstreamBroken, format!("apiserver response broke off: {e}"))
+                    .await;
+                return Outcome::Failed;
+            }
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        bytes += data.len() as u64;
+        for chunk in ferry::frame::chunks(data) {
+            if out.send(body_frame(chunk)).await.is_err() {
+                return Outcome::HubGone;
+            }
+        }
+    }
+    if out.send(end_frame()).await.is_err() {
+        return Outcome::HubGone;
+    }
+    Outcome::Completed { status, bytes }
+}
+
+/// Reports a failed apiserver call to the hub.
+pub(crate) async fn upstream_failed(e: UpstreamError, out: &mpsc::Sender<AgentFrame>) -> Outcome {
+    let code = if e.is_unreachable() { ErrorCode::UpstreamUnreachable } else { ErrorCode::UpstreamBroken };
+    warn!(error = %report(&e), "apiserver request failed");
+    send_error(out, code, e.to_string()).await;
+    Outcome::Failed
+}
+
+/// Sends an error frame, waiting a bounded time for room.
+pub(crate) async fn send_error(out: &mpsc::Sender<AgentFrame>, code: ErrorCode, message: impl Into<String>) {
+    let _ = tokio::time::timeout(ERROR_SEND_TIMEOUT, out.send(agent_error(code, message))).await;
+}
+
+/// A body frame (callers split data with `ferry::frame::chunks`, so a
+/// chunk never exceeds [`MAX_BODY_CHUNK`](ferry::limits::MAX_BODY_CHUNK)).
+pub(crate) fn body_frame(chunk: Bytes) -> AgentFrame {
+    AgentFrame { frame: Some(agent_frame::Frame::Body(chunk)) }
+}
+
+/// An end frame.
+pub(crate) fn end_frame() -> AgentFrame {
+    AgentFrame { frame: Some(agent_frame::Frame::End(pb::End {})) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn drain(mut body: UpstreamBody) -> (Vec<u8>, Option<std::io::Error>) {
+        let mut data = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => data.extend_from_slice(&f.into_data().unwrap_or_default()),
+                Err(e) => return (data, Some(e)),
+            }
+        }
+        (data, None)
+    }
+
+    #[tokio::test]
+    async fn a_finished_body_ends_cleanly() {
+        let (body, tx) = request_body(Bytes::from_static(b"a"));
+        assert!(tx.send(Bytes::from_static(b"b")).await);
+        tx.finish();
+        let (data, error) = drain(body).await;
+        assert_eq!(data, b"ab");
+        assert!(error.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_body_fails_instead_of_ending_short() {
+        let (body, tx) = request_body(Bytes::from_static(b"a"));
+        drop(tx);
+        let (data, error) = drain(body).await;
+        assert!(data.is_empty(), "buffered chunks are not delivered after an abort");
+        assert!(error.is_some());
+    }
+}

@@ -1,0 +1,339 @@
+//! One agent session: dial the hub, run the control stream (hello, welcome,
+//! heartbeats with cluster status, hub signals) and the pool of request
+//! streams, until the session fails or the agent shuts down.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry::ids::AgentId;
+use ferry::limits::{CONTROL_CHANNEL_CAPACITY, DEFAULT_POOL_SIZE, HEARTBEAT_INTERVAL, HEARTBEAT_MISSES};
+use ferry::proto::v1::{AgentControl, Heartbeat, Hello, HubControl, Welcome, agent_control, hub_control};
+use ferry::secret::Secret;
+use ferry::{FERRY_VERSION, PROTOCOL_VERSION};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::agent::AgentState;
+use crate::config::AgentConfig;
+use crate::error::report;
+use crate::hub::{self, CallAuth, HubError};
+use crate::pool::{Pool, SessionShared};
+use crate::proxy::ProxyContext;
+use crate::upstream::Upstream;
+
+/// How long the hub may take to answer the hello with a welcome.
+pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
+/// Shortest heartbeat period accepted from the hub.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest the apiserver probe of one heartbeat may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing control stream waits for the hub to end it.
+const CONTROL_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Dialling the hub failed.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// The hub refused the credential on the control stream.
+    #[error("the hub refused the credential: {0}")]
+    Unauthenticated(String),
+    /// The control stream failed.
+    #[error("control stream failed ({code:?}): {message}")]
+    Control {
+        /// gRPC status code.
+        code: Code,
+        /// Its message.
+        message: String,
+    },
+    /// The hub did not welcome the agent in time, or sent something else.
+    #[error("no welcome from the hub: {0}")]
+    NoWelcome(&'static str),
+    /// The hub speaks another protocol version.
+    #[error("protocol version mismatch: the hub speaks {hub}, this agent {agent}")]
+    Version {
+        /// The hub's version.
+        hub: u32,
+        /// Ours.
+        agent: u32,
+    },
+    /// The hub ended the control stream.
+    #[error("the hub closed the control stream")]
+    Closed,
+    /// Nothing heard from the hub for too long.
+    #[error("no message from the hub for {0:?}")]
+    HeartbeatTimeout(Duration),
+    /// The hub refused the session's request streams.
+    #[error("the hub refused request streams: {0}")]
+    ProxyRejected(String),
+}
+
+impl SessionError {
+    /// True when reconnecting cannot help (the credential was refused).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, SessionError::Unauthenticated(_))
+    }
+
+    fn from_status(status: tonic::Status) -> Self {
+        if status.code() == Code::Unauthenticated {
+            SessionError::Unauthenticated(status.message().to_owned())
+        } else {
+            SessionError::Control { code: status.code(), message: status.message().to_owned() }
+        }
+    }
+}
+
+/// What a session runs with (the same across reconnects).
+pub(crate) struct SessionParams {
+    /// Hub address and CA.
+    pub config: AgentConfig,
+    /// The per-cluster credential.
+    pub credential: Secret,
+    /// This agent instance.
+    pub agent_id: AgentId,
+    /// The apiserver.
+    pub upstream: Arc<Upstream>,
+}
+
+/// How a session ended.
+pub(crate) struct SessionEnd {
+    /// `Ok` when the agent was asked to shut down.
+    pub result: Result<(), SessionError>,
+    /// How long the session was connected (welcomed), if it was.
+    pub connected_for: Option<Duration>,
+}
+
+/// Runs one session to its end.
+pub(crate) async fn run(
+    params: &SessionParams,
+    state: &watch::Sender<AgentState>,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    let mut connected_at = None;
+    let result = run_inner(params, state, shutdown, &mut connected_at).await;
+    SessionEnd { result, connected_for: connected_at.map(|t: Instant| t.elapsed()) }
+}
+
+async fn run_inner(
+    params: &SessionParams,
+    state: &watch::Sender<AgentState>,
+    shutdown: &CancellationToken,
+    connected_at: &mut Option<Instant>,
+) -> Result<(), SessionError> {
+    state.send_replace(AgentState::Connecting);
+    let client = tokio::select! {
+        r = hub::connect(&params.config) => r?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let auth = CallAuth::new(&params.credential)?;
+
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_CHANNEL_CAPACITY);
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_id: params.agent_id.to_string(),
+        agent_version: FERRY_VERSION.to_owned(),
+    };
+    // A fresh channel always has room for the first message.
+    let _ = control_tx.try_send(AgentControl { msg: Some(agent_control::Msg::Hello(hello)) });
+    let mut request = tonic::Request::new(ReceiverStream::new(control_rx));
+    auth.apply(&mut request);
+    let mut control_client = client.clone();
+    let response = tokio::select! {
+        r = control_client.control(request) => r.map_err(SessionError::from_status)?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let mut inbound = response.into_inner();
+    let welcome = tokio::select! {
+        w = tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()) => match w {
+            Err(_) => return Err(SessionError::NoWelcome("timed out")),
+            Ok(Ok(Some(HubControl { msg: Some(hub_control::Msg::Welcome(w)) }))) => w,
+            Ok(Ok(Some(_))) => return Err(SessionError::NoWelcome("the first message was not a welcome")),
+            Ok(Ok(None)) => return Err(SessionError::Closed),
+            Ok(Err(status)) => return Err(SessionError::from_status(status)),
+        },
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    if welcome.protocol_version != PROTOCOL_VERSION {
+        return Err(SessionError::Version { hub: welcome.protocol_version, agent: PROTOCOL_VERSION });
+    }
+    *connected_at = Some(Instant::now());
+    let interval = heartbeat_interval(&welcome);
+    let cluster: Arc<str> = Arc::from(welcome.cluster_name.as_str());
+
+    let session = Arc::new(SessionShared {
+        client,
+        auth: auth.with_session(&welcome.session_id)?,
+        proxy: ProxyContext { upstream: params.upstream.clone(), cluster: cluster.clone() },
+    });
+    let mut pool = Pool::new(session, pool_size(&welcome));
+    let signals = pool.signals();
+    pool.top_up();
+
+    let stop_heartbeats = CancellationToken::new();
+    let mut heartbeats = JoinSet::new();
+    heartbeats.spawn(send_heartbeats(control_tx, params.upstream.clone(), interval, stop_heartbeats.clone()));
+
+    info!(%cluster, session = %welcome.session_id, heartbeat_ms = interval.as_millis(), "connected to the hub");
+    announce(&cluster, &welcome.session_id);
+    state.send_replace(AgentState::Connected {
+        cluster: cluster.to_string(),
+        session_id: welcome.session_id.clone(),
+    });
+
+    let silence = interval.saturating_mul(HEARTBEAT_MISSES);
+    let deadline = tokio::time::sleep(silence);
+    tokio::pin!(deadline);
+    let result = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            message = inbound.message() => match message {
+                Ok(Some(message)) => {
+                    deadline.as_mut().reset(Instant::now() + silence);
+                    handle(message, &mut pool);
+                }
+                Ok(None) => break Err(SessionError::Closed),
+                Err(status) => break Err(SessionError::from_status(status)),
+            },
+            () = &mut deadline => break Err(SessionError::HeartbeatTimeout(silence)),
+            () = signals.claimed() => pool.top_up(),
+            status = signals.rejected() => {
+                let message = status.map(|s| s.message().to_owned()).unwrap_or_default();
+                break Err(SessionError::ProxyRejected(message));
+            }
+            () = pool.reap() => {}
+        }
+    };
+
+    // Teardown: requests first (they may still use the connection), then
+    // heartbeats, then the control stream itself.
+    let graceful = result.is_ok();
+    pool.shutdown(graceful).await;
+    stop_heartbeats.cancel();
+    heartbeats.shutdown().await;
+    if graceful {
+        // All senders are gone: the control stream's request side has ended;
+        // give the hub a moment to end its side too.
+        let _ = tokio::time::timeout(CONTROL_CLOSE_TIMEOUT, drain(&mut inbound)).await;
+    }
+    result
+}
+
+/// Handles one hub message after the welcome.
+fn handle(message: HubControl, pool: &mut Pool) {
+    match message.msg {
+        Some(hub_control::Msg::Heartbeat(_)) => {}
+        Some(hub_control::Msg::OpenStreams(open)) => pool.open_extra(open.count),
+        Some(hub_control::Msg::Welcome(_)) => debug!("ignoring a repeated welcome"),
+        None => debug!("ignoring an empty control message"),
+    }
+}
+
+async fn drain(inbound: &mut Streaming<HubControl>) {
+    while let Ok(Some(_)) = inbound.message().await {}
+}
+
+/// Prints the connected line: the one line of stdout output, which scripts
+/// and tests wait for (again after every reconnect).
+fn announce(cluster: &str, session_id: &str) {
+    use std::io::Write;
+    println!("ferry-agent connected: cluster={cluster} session={session_id}");
+    let _ = std::io::stdout().flush();
+}
+
+/// The heartbeat period from the welcome (default when unset, with a floor).
+fn heartbeat_interval(welcome: &Welcome) -> Duration {
+    match welcome.heartbeat_interval_ms {
+        0 => HEARTBEAT_INTERVAL,
+        ms => Duration::from_millis(u64::from(ms)).max(MIN_HEARTBEAT_INTERVAL),
+    }
+}
+
+/// The pool size from the welcome (default when unset).
+fn pool_size(welcome: &Welcome) -> usize {
+    match welcome.pool_size {
+        0 => DEFAULT_POOL_SIZE as usize,
+        n => n as usize,
+    }
+}
+
+/// Sends a heartbeat with fresh cluster status every `interval`, starting
+/// at once (so the hub learns the status as soon as the agent connects).
+async fn send_heartbeats(
+    control: mpsc::Sender<AgentControl>,
+    upstream: Arc<Upstream>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_probe: Option<Result<String, String>> = None;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let (status, error) = tokio::select! {
+            s = upstream.status(PROBE_TIMEOUT.min(interval)) => s,
+            () = stop.cancelled() => return,
+        };
+        // Log changes only: a down apiserver must not flood the log.
+        let probe = match &error {
+            None => Ok(status.kubernetes_version.clone()),
+            Some(e) => Err(e.to_string()),
+        };
+        if last_probe.as_ref() != Some(&probe) {
+            match &probe {
+                Ok(version) => info!(kubernetes_version = %version, "apiserver reachable"),
+                Err(e) => warn!(error = %e, "apiserver probe failed"),
+            }
+            last_probe = Some(probe);
+        }
+        let heartbeat = Heartbeat { sent_at_unix_ms: unix_ms(), status: Some(status) };
+        let message = AgentControl { msg: Some(agent_control::Msg::Heartbeat(heartbeat)) };
+        tokio::select! {
+            r = control.send(message) => if r.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Logs a session's end.
+pub(crate) fn log_end(error: &SessionError, retry_in: Duration) {
+    warn!(error = %report(error), retry_in_ms = retry_in.as_millis(), "hub session ended; reconnecting");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn welcome_values_have_defaults_and_floors() {
+        let mut w = Welcome::default();
+        assert_eq!(heartbeat_interval(&w), HEARTBEAT_INTERVAL);
+        assert_eq!(pool_size(&w), DEFAULT_POOL_SIZE as usize);
+        w.heartbeat_interval_ms = 1;
+        assert_eq!(heartbeat_interval(&w), MIN_HEARTBEAT_INTERVAL);
+        w.heartbeat_interval_ms = 2500;
+        w.pool_size = 3;
+        assert_eq!(heartbeat_interval(&w), Duration::from_millis(2500));
+        assert_eq!(pool_size(&w), 3);
+    }
+
+    #[test]
+    fn only_a_refused_credential_is_fatal() {
+        assert!(SessionError::from_status(tonic::Status::unauthenticated("revoked")).is_fatal());
+        assert!(!SessionError::from_status(tonic::Status::unavailable("restart")).is_fatal());
+        assert!(!SessionError::HeartbeatTimeout(Duration::from_secs(30)).is_fatal());
+    }
+}

@@ -1,0 +1,437 @@
+//! The local apiserver: connection settings from a kubeconfig or the
+//! in-cluster service account, the agent's own credential, and building the
+//! impersonating request for one proxied head.
+//!
+//! Two HTTP clients share the TLS settings: one offers HTTP/2 and HTTP/1.1 by
+//! ALPN (ordinary requests multiplex over one connection), the other speaks
+//! HTTP/1.1 only, for upgrades (exec, attach, port-forward need a 101).
+//!
+//! The agent's credential is added by kube's own auth layer, so static
+//! tokens, token files (re-read at least once a minute, for in-cluster
+//! rotation), client certificates and kubeconfig exec plugins behave as they
+//! do in kube-rs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry::frame::ProxiedRequest;
+use ferry::headers::{is_credential_header, is_hop_by_hop};
+use ferry::proto::v1::ClusterStatus;
+use http::header::{ACCEPT, CONNECTION, UPGRADE};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use kube::client::ConfigExt;
+use rustls_pki_types::ServerName;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceExt};
+
+/// Errors boxed the way hyper and tower expect.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Body of a request to the apiserver (streamed from the hub, or empty).
+/// Its error type is concrete (not a boxed trait object) to keep futures
+/// over it provably `Send`.
+pub type UpstreamBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// How long idle pooled apiserver connections are kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// HTTP/2 PING period towards the apiserver.
+const UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(30);
+/// TCP keepalive towards the apiserver.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+/// Largest `/version` body the status probe reads.
+const MAX_VERSION_BODY: usize = 64 * 1024;
+
+/// Adds the agent's credential to a request (kube's auth layer over an
+/// identity service).
+type AuthService = BoxCloneSyncService<Request<UpstreamBody>, Response<Request<UpstreamBody>>, BoxError>;
+type HttpsClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+/// Why the apiserver client cannot be set up or a request cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The kubeconfig cannot be read or used.
+    #[error("cannot load kubeconfig {path:?}")]
+    Kubeconfig {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What kube reported.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// No kubeconfig was given and the in-cluster configuration is missing.
+    #[error("no --kubeconfig given and no in-cluster service account found")]
+    InCluster(#[source] kube::config::InClusterError),
+    /// TLS or auth settings from the configuration were refused.
+    #[error("invalid apiserver client settings")]
+    Client(#[source] kube::Error),
+    /// `tls-server-name` is not a valid server name.
+    #[error("invalid tls-server-name {0:?}")]
+    ServerName(String),
+    /// The request cannot be expressed as HTTP (bad URI or header).
+    #[error("cannot build the apiserver request: {0}")]
+    Build(String),
+    /// The agent's own credential could not be obtained (token file,
+    /// exec plugin).
+    #[error("cannot obtain the agent's apiserver credential: {0}")]
+    Credential(#[source] BoxError),
+    /// Connecting to the apiserver failed (TCP, TLS).
+    #[error("apiserver unreachable: {0}")]
+    Unreachable(#[source] hyper_util::client::legacy::Error),
+    /// The connection failed after the request was sent.
+    #[error("apiserver connection failed: {0}")]
+    Broken(#[source] hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    /// True when the apiserver was never reached (as opposed to failing
+    /// mid-exchange).
+    pub fn is_unreachable(&self) -> bool {
+        !matches!(self, UpstreamError::Broken(_) | UpstreamError::Build(_))
+    }
+}
+
+/// Client for the local apiserver.
+#[derive(Clone)]
+pub struct Upstream {
+    base: Uri,
+    client: HttpsClient,
+    upgrade_client: HttpsClient,
+    auth: AuthService,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Loads the apiserver settings from `kubeconfig` (its current
+    /// context), or from the in-cluster service account when `None`.
+    pub async fn load(kubeconfig: Option<&Path>) -> Result<Self, UpstreamError> {
+        let config = match kubeconfig {
+            Some(path) => {
+                let err = |source| UpstreamError::Kubeconfig { path: path.to_owned(), source };
+                let kc = kube::config::Kubeconfig::read_from(path).map_err(err)?;
+                kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                    .await
+                    .map_err(err)?
+            }
+            None => kube::Config::incluster().map_err(UpstreamError::InCluster)?,
+        };
+        Self::from_kube_config(&config)
+    }
+
+    /// Builds the clients from a kube configuration.
+    pub fn from_kube_config(config: &kube::Config) -> Result<Self, UpstreamError> {
+        let tls = config.rustls_client_config().map_err(UpstreamError::Client)?;
+        let server_name = match &config.tls_server_name {
+            Some(name) => Some(
+                ServerName::try_from(name.clone()).map_err(|_| UpstreamError::ServerName(name.clone()))?,
+            ),
+            None => None,
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_keepalive(Some(TCP_KEEPALIVE));
+        http.set_connect_timeout(config.connect_timeout);
+
+        let connector = |h2: bool| {
+            let builder = HttpsConnectorBuilder::new().with_tls_config(tls.clone()).https_or_http();
+            let builder = match &server_name {
+                Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone())),
+                None => builder,
+            };
+            if h2 {
+                builder.enable_all_versions().wrap_connector(http.clone())
+            } else {
+                builder.enable_http1().wrap_connector(http.clone())
+            }
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .http2_keep_alive_interval(UPSTREAM_KEEPALIVE)
+            .build(connector(true));
+        let upgrade_client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector(false));
+
+        // kube's auth layer wraps an HTTP service; an "echo" service that
+        // answers with the request as the response body turns it into a
+        // function that adds the credential to a request.
+        let identity =
+            tower::service_fn(
+                |req: Request<UpstreamBody>| async move { Ok::<_, BoxError>(Response::new(req)) },
+            );
+        let auth = match config.auth_layer().map_err(UpstreamError::Client)? {
+            Some(layer) => BoxCloneSyncService::new(layer.layer(identity)),
+            None => BoxCloneSyncService::new(identity),
+        };
+        Ok(Self { base: config.cluster_url.clone(), client, upgrade_client, auth })
+    }
+
+    /// The apiserver's base URL.
+    pub fn base(&self) -> &Uri {
+        &self.base
+    }
+
+    /// The apiserver request for a proxied head, without the agent's
+    /// credential (see [`Upstream::authorize`]): method, path on the
+    /// apiserver, the caller's remaining headers, and the caller's identity
+    /// as `Impersonate-*` headers. Whatever credential or impersonation
+    /// header the head carried is dropped here once more.
+    pub fn build_request(
+        &self,
+        proxied: &ProxiedRequest,
+        body: UpstreamBody,
+    ) -> Result<Request<UpstreamBody>, UpstreamError> {
+        let uri = join_uri(&self.base, &proxied.path_and_query)?;
+        let mut request = Request::new(body);
+        *request.method_mut() = proxied.method.clone();
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        for (name, value) in &proxied.headers {
+            let n = name.as_str();
+            if is_credential_header(n) || (is_hop_by_hop(n) && !(proxied.upgrade && name == UPGRADE)) {
+                continue;
+            }
+            headers.append(name.clone(), value.clone());
+        }
+        if proxied.upgrade {
+            if !headers.contains_key(UPGRADE) {
+                return Err(UpstreamError::Build("upgrade request without an Upgrade header".into()));
+            }
+            headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        }
+        let impersonation =
+            proxied.identity.impersonation_headers().map_err(|e| UpstreamError::Build(e.to_string()))?;
+        for (name, value) in impersonation {
+            headers.append(name, value);
+        }
+        Ok(request)
+    }
+
+    /// Adds the agent's own credential (`Authorization`), if it uses one
+    /// (client certificates travel in TLS instead).
+    pub async fn authorize(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Request<UpstreamBody>, UpstreamError> {
+        let echoed = self.auth.clone().oneshot(request).await.map_err(UpstreamError::Credential)?;
+        Ok(echoed.into_body())
+    }
+
+    /// Authorizes and sends a request; upgrades go over HTTP/1.1.
+    pub async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let request = self.authorize(request).await?;
+        let client = if upgrade { &self.upgrade_client } else { &self.client };
+        client.request(request).await.map_err(|e| {
+            if e.is_connect() { UpstreamError::Unreachable(e) } else { UpstreamError::Broken(e) }
+        })
+    }
+
+    /// Probes `GET /version` with the agent's own identity (no
+    /// impersonation), bounded by `timeout`.
+    pub async fn probe(&self, timeout: Duration) -> Result<String, ProbeError> {
+        let probe = async {
+            let uri = join_uri(&self.base, &PathAndQuery::from_static("/version"))
+                .map_err(|e| ProbeError::Failed(e.to_string()))?;
+            let mut request = Request::new(empty_body());
+            *request.method_mut() = Method::GET;
+            *request.uri_mut() = uri;
+            request.headers_mut().insert(ACCEPT, HeaderValue::from_static("application/json"));
+            let response = self.send(request, false).await.map_err(|e| ProbeError::Failed(e.to_string()))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_VERSION_BODY)
+                .collect()
+                .await
+                .map_err(|e| ProbeError::Failed(e.to_string()))?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(ProbeError::Status(status.as_u16()));
+            }
+            let version: VersionInfo =
+                serde_json::from_slice(&body).map_err(|e| ProbeError::Failed(e.to_string()))?;
+            Ok(version.git_version)
+        };
+        tokio::time::timeout(timeout, probe).await.unwrap_or(Err(ProbeError::Timeout(timeout)))
+    }
+
+    /// The cluster status for a heartbeat.
+    pub async fn status(&self, timeout: Duration) -> (ClusterStatus, Option<ProbeError>) {
+        match self.probe(timeout).await {
+            Ok(kubernetes_version) => (ClusterStatus { kubernetes_version, apiserver_reachable: true }, None),
+            Err(e) => {
+                (ClusterStatus { kubernetes_version: String::new(), apiserver_reachable: false }, Some(e))
+            }
+        }
+    }
+}
+
+/// Why the `/version` probe failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// The probe did not finish in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The apiserver answered with an error status.
+    #[error("apiserver answered {0}")]
+    Status(u16),
+    /// Connecting, sending or parsing failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[derive(serde::Deserialize)]
+struct VersionInfo {
+    #[serde(rename = "gitVersion", default)]
+    git_version: String,
+}
+
+/// An empty request body.
+pub fn empty_body() -> UpstreamBody {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// `base` (which may carry a path prefix, as behind some proxies) joined
+/// with the request's path and query.
+fn join_uri(base: &Uri, pq: &PathAndQuery) -> Result<Uri, UpstreamError> {
+    let prefix = base.path().trim_end_matches('/');
+    let mut parts = base.clone().into_parts();
+    let joined = format!("{prefix}{}", pq.as_str());
+    parts.path_and_query =
+        Some(PathAndQuery::try_from(joined.as_str()).map_err(|e| UpstreamError::Build(e.to_string()))?);
+    Uri::from_parts(parts).map_err(|e| UpstreamError::Build(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ferry::frame::decode_request_head;
+    use ferry::identity::Identity;
+    use ferry::ids::RequestId;
+    use ferry::proto::v1::{Header, RequestHead};
+
+    use super::*;
+
+    fn kube_config(token: Option<&str>) -> kube::Config {
+        let mut config = kube::Config::new(Uri::from_static("https://10.0.0.1:6443/prefix/"));
+        config.root_cert = None;
+        config.auth_info.token = token.map(|t| t.to_owned().into());
+        config
+    }
+
+    fn header(name: &str, value: &str) -> Header {
+        Header { name: name.into(), value: value.as_bytes().to_vec().into() }
+    }
+
+    fn hostile_head(upgrade: bool) -> RequestHead {
+        RequestHead {
+            request_id: RequestId::new().to_string(),
+            method: "GET".into(),
+            path: "/api/v1/namespaces/default/pods".into(),
+            query: "watch=true".into(),
+            headers: vec![
+                header("accept", "application/json"),
+                header("Authorization", "Bearer stolen"),
+                header("Impersonate-User", "admin"),
+                header("impersonate-group", "system:masters"),
+                header("Impersonate-Extra-Scopes", "all"),
+                header("X-Remote-User", "admin"),
+                header("connection", "close"),
+                header("upgrade", "SPDY/3.1"),
+            ],
+            identity: Some(
+                Identity {
+                    user: "alice".into(),
+                    uid: "u-1".into(),
+                    groups: vec!["dev".into(), "ops".into()],
+                    extra: BTreeMap::from([("team".into(), vec!["blue".into()])]),
+                }
+                .into(),
+            ),
+            upgrade,
+        }
+    }
+
+    fn values(req: &Request<UpstreamBody>, name: &str) -> Vec<String> {
+        req.headers().get_all(name).iter().map(|v| v.to_str().expect("ascii").to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn request_impersonates_and_carries_only_the_agents_credential() {
+        let upstream = Upstream::from_kube_config(&kube_config(Some("agent-token"))).expect("client");
+        let proxied = decode_request_head(hostile_head(false)).expect("valid head");
+        let req = upstream.build_request(&proxied, empty_body()).expect("built");
+        let req = upstream.authorize(req).await.expect("authorized");
+
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(
+            req.uri().to_string(),
+            "https://10.0.0.1:6443/prefix/api/v1/namespaces/default/pods?watch=true"
+        );
+        assert_eq!(values(&req, "authorization"), vec!["Bearer agent-token"]);
+        assert_eq!(values(&req, "impersonate-user"), vec!["alice"]);
+        assert_eq!(values(&req, "impersonate-uid"), vec!["u-1"]);
+        assert_eq!(values(&req, "impersonate-group"), vec!["dev", "ops"]);
+        assert_eq!(values(&req, "impersonate-extra-team"), vec!["blue"]);
+        assert!(values(&req, "impersonate-extra-scopes").is_empty());
+        assert!(values(&req, "x-remote-user").is_empty());
+        assert!(values(&req, "connection").is_empty());
+        assert!(values(&req, "upgrade").is_empty(), "not an upgrade: the header is dropped");
+        assert_eq!(values(&req, "accept"), vec!["application/json"]);
+    }
+
+    #[tokio::test]
+    async fn upgrade_request_asks_for_the_protocol() {
+        let upstream = Upstream::from_kube_config(&kube_config(None)).expect("client");
+        let proxied = decode_request_head(hostile_head(true)).expect("valid head");
+        let req = upstream.build_request(&proxied, empty_body()).expect("built");
+        let req = upstream.authorize(req).await.expect("authorized");
+        assert_eq!(values(&req, "connection"), vec!["Upgrade"]);
+        assert_eq!(values(&req, "upgrade"), vec!["SPDY/3.1"]);
+        assert!(values(&req, "authorization").is_empty(), "no agent token configured, none sent");
+        assert_eq!(values(&req, "impersonate-user"), vec!["alice"]);
+    }
+
+    #[tokio::test]
+    async fn token_file_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file").expect("write");
+        let mut config = kube_config(None);
+        config.auth_info.token_file = Some(file.to_string_lossy().into_owned());
+        let upstream = Upstream::from_kube_config(&config).expect("client");
+        let proxied = decode_request_head(hostile_head(false)).expect("valid head");
+        let req = upstream.authorize(upstream.build_request(&proxied, empty_body()).expect("built")).await;
+        assert_eq!(values(&req.expect("authorized"), "authorization"), vec!["Bearer from-file"]);
+    }
+
+    #[test]
+    fn uris_join_under_a_prefix() {
+        let pq = PathAndQuery::from_static("/version?x=1");
+        let j = |b: &'static str| join_uri(&Uri::from_static(b), &pq).expect("joined").to_string();
+        assert_eq!(j("https://k:6443"), "https://k:6443/version?x=1");
+        assert_eq!(j("https://k:6443/"), "https://k:6443/version?x=1");
+        assert_eq!(j("https://rancher/k8s/clusters/c1"), "https://rancher/k8s/clusters/c1/version?x=1");
+    }
+}

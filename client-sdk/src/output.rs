@@ -1,0 +1,210 @@
+//! How clusters are printed: a kubectl-style table and a JSON document.
+//!
+//! Both are part of `ferryctl`'s user-facing contract; scripts parse them.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::management::Cluster;
+
+/// Column headers of the clusters table, in order.
+pub const CLUSTER_COLUMNS: [&str; 5] = ["NAME", "STATUS", "AGENTS", "VERSION", "AGE"];
+
+/// Shown for a value the hub does not know (yet), as kubectl does.
+const UNKNOWN: &str = "<unknown>";
+
+/// Renders clusters as a table with columns [`CLUSTER_COLUMNS`], sorted by
+/// name, aligned like kubectl (3 spaces between columns), ending in a
+/// newline. `now` makes the AGE column testable.
+pub fn clusters_table(clusters: &[Cluster], now: SystemTime) -> String {
+    let mut sorted: Vec<&Cluster> = clusters.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut rows: Vec<[String; 5]> = vec![CLUSTER_COLUMNS.map(str::to_owned)];
+    rows.extend(sorted.into_iter().map(|c| {
+        [
+            c.name.clone(),
+            c.status.to_string(),
+            c.agents.to_string(),
+            c.kubernetes_version.clone().unwrap_or_else(|| UNKNOWN.to_owned()),
+            c.created_at.map_or_else(|| UNKNOWN.to_owned(), |t| human_age(now.duration_since(t).ok())),
+        ]
+    }));
+    align(&rows)
+}
+
+/// Renders clusters as a pretty-printed JSON array (sorted by name) of
+/// objects with `name`, `id`, `status` (`Connected`/`Disconnected`),
+/// `agents`, `kubernetesVersion` (string or null) and `createdAtUnix`
+/// (seconds or null), ending in a newline.
+pub fn clusters_json(clusters: &[Cluster]) -> String {
+    let mut sorted: Vec<&Cluster> = clusters.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let items: Vec<serde_json::Value> = sorted
+        .into_iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "id": c.id.to_string(),
+                "status": c.status.as_str(),
+                "agents": c.agents,
+                "kubernetesVersion": c.kubernetes_version,
+                "createdAtUnix": c.created_at
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
+            })
+        })
+        .collect();
+    // Serialising a `Value` cannot fail; fall back to an empty array anyway.
+    let mut out = serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".to_owned());
+    out.push('\n');
+    out
+}
+
+/// Pads every column but the last to its widest cell plus 3 spaces (at
+/// least 6 wide), as kubectl's tabwriter does.
+fn align<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            out.push_str(cell);
+            if i + 1 < N {
+                let width = (widths[i] + 3).max(6);
+                out.extend(std::iter::repeat_n(' ', width - cell.chars().count()));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Formats an age the way kubectl's AGE column does: `45s`, `5m3s`, `95m`,
+/// `5h30m`, `20h`, `3d4h`, `200d`, `3y45d`. `None` (a creation time in the
+/// future, i.e. clock skew) shows as `0s`.
+pub fn human_age(age: Option<Duration>) -> String {
+    let Some(age) = age else { return "0s".to_owned() };
+    let seconds = age.as_secs();
+    if seconds < 60 * 2 {
+        return format!("{seconds}s");
+    }
+    let minutes = seconds / 60;
+    if minutes < 10 {
+        return match seconds % 60 {
+            0 => format!("{minutes}m"),
+            s => format!("{minutes}m{s}s"),
+        };
+    }
+    if minutes < 60 * 3 {
+        return format!("{minutes}m");
+    }
+    let hours = minutes / 60;
+    if hours < 8 {
+        return match minutes % 60 {
+            0 => format!("{hours}h"),
+            m => format!("{hours}h{m}m"),
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    let days = hours / 24;
+    if hours < 24 * 8 {
+        return match hours % 24 {
+            0 => format!("{days}d"),
+            h => format!("{days}d{h}h"),
+        };
+    }
+    if days < 365 * 2 {
+        return format!("{days}d");
+    }
+    let years = days / 365;
+    if days < 365 * 8 {
+        return match days % 365 {
+            0 => format!("{years}y"),
+            d => format!("{years}y{d}d"),
+        };
+    }
+    format!("{years}y")
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry::ids::ClusterId;
+
+    use super::*;
+    use crate::management::ClusterStatus;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn cluster(name: &str, connected: bool, agents: u32, version: Option<&str>, age: Option<u64>) -> Cluster {
+        Cluster {
+            name: name.into(),
+            id: ClusterId::new(),
+            status: if connected { ClusterStatus::Connected } else { ClusterStatus::Disconnected },
+            agents,
+            kubernetes_version: version.map(str::to_owned),
+            created_at: age.map(|a| now() - Duration::from_secs(a)),
+        }
+    }
+
+    #[test]
+    fn table_is_aligned_and_sorted() {
+        let clusters = [
+            cluster("prod-eu-west", false, 0, None, Some(3 * 86_400)),
+            cluster("edge-1", true, 2, Some("v1.31.2"), Some(300)),
+        ];
+        let expected = "\
+NAME           STATUS         AGENTS   VERSION     AGE
+edge-1         Connected      2        v1.31.2     5m
+prod-eu-west   Disconnected   0        <unknown>   3d
+";
+        assert_eq!(clusters_table(&clusters, now()), expected);
+    }
+
+    #[test]
+    fn empty_table_is_just_the_header() {
+        assert_eq!(clusters_table(&[], now()), "NAME   STATUS   AGENTS   VERSION   AGE\n");
+    }
+
+    #[test]
+    fn json_has_stable_field_names() {
+        let c = cluster("a", true, 1, Some("v1.30.0"), Some(10));
+        let v: serde_json::Value =
+            serde_json::from_str(&clusters_json(std::slice::from_ref(&c))).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!([{
+                "name": "a",
+                "id": c.id.to_string(),
+                "status": "Connected",
+                "agents": 1,
+                "kubernetesVersion": "v1.30.0",
+                "createdAtUnix": 1_800_000_000u64 - 10,
+            }])
+        );
+        assert_eq!(clusters_json(&[]), "[]\n");
+    }
+
+    #[test]
+    fn ages_match_kubectl() {
+        let age = |s: u64| human_age(Some(Duration::from_secs(s)));
+        assert_eq!(age(0), "0s");
+        assert_eq!(age(119), "119s");
+        assert_eq!(age(183), "3m3s");
+        assert_eq!(age(300), "5m");
+        assert_eq!(age(95 * 60), "95m");
+        assert_eq!(age(5 * 3600 + 30 * 60), "5h30m");
+        assert_eq!(age(20 * 3600), "20h");
+        assert_eq!(age(3 * 86_400 + 4 * 3600), "3d4h");
+        assert_eq!(age(200 * 86_400), "200d");
+        assert_eq!(age(3 * 365 * 86_400 + 45 * 86_400), "3y45d");
+        assert_eq!(age(10 * 365 * 86_400), "10y");
+        assert_eq!(human_age(None), "0s");
+    }
+}
