@@ -20,6 +20,7 @@ pub struct KubeconfigSpec<'a> {
 #[derive(Serialize)]
 #[serde(rename_all = "kebab-case")]
 struct Doc<'a> {
+    #[serde(rename = "apiVersion")]
     api_version: &'static str,
     kind: &'static str,
     clusters: Vec<Named<'a, ClusterEntry>>,
@@ -118,6 +119,7 @@ mod tests {
         });
         let v: serde_yaml::Value = serde_yaml::from_str(&y).expect("yaml");
         assert_eq!(v["kind"], "Config");
+        assert_eq!(v["apiVersion"], "v1");
         assert_eq!(v["current-context"], "edge");
         assert_eq!(v["clusters"][0]["cluster"]["server"], "https://hub:8443/clusters/edge");
         assert_eq!(v["clusters"][0]["cluster"]["certificate-authority-data"], "Q0E=");
