@@ -236,8 +236,8 @@ async fn serve_http(
     };
     let out = &*out;
     let exchange = async {
-        match upstream.send(request, false).await {
-            Ok(response) => forward_response(response, out).await,
+        match upstream.send_on_lane(request).await {
+            Ok((response, _slot)) => forward_response(response, out).await,
             Err(e) => upstream_failed(e, out).await,
         }
     };

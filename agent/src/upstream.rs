@@ -2,9 +2,16 @@
 //! in-cluster service account, the agent's own credential, and building the
 //! impersonating request for one proxied head.
 //!
-//! Two HTTP clients share the TLS settings: one offers HTTP/2 and HTTP/1.1 by
-//! ALPN (ordinary requests multiplex over one connection), the other speaks
-//! HTTP/1.1 only, for upgrades (exec, attach, port-forward need a 101).
+//! Two kinds of HTTP client share the TLS settings: lanes that offer HTTP/2
+//! and HTTP/1.1 by ALPN (ordinary requests multiplex over a connection per
+//! lane), and one that speaks HTTP/1.1 only, for upgrades (exec, attach,
+//! port-forward need a 101).
+//!
+//! An apiserver caps concurrent streams per HTTP/2 connection (250 by Go's
+//! default; hyper's client would queue past it, so the 251st watch would
+//! hang). Requests are therefore spread over several lanes, each its own
+//! connection, opening a new lane when every lane carries
+//! [`STREAMS_PER_LANE`] requests.
 //!
 //! The agent's credential is added by kube's own auth layer, so static
 //! tokens, token files (re-read at least once a minute, for in-cluster
@@ -12,6 +19,8 @@
 //! do in kube-rs.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,6 +56,12 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(30);
 /// TCP keepalive towards the apiserver.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+/// Requests in flight on one lane (HTTP/2 connection) before the agent opens
+/// another: below the stream limits apiservers use (Go: 250, hyper: 200).
+pub const STREAMS_PER_LANE: usize = 100;
+/// Most lanes to one apiserver (so at most this many × [`STREAMS_PER_LANE`]
+/// requests run at once without queueing).
+pub const MAX_LANES: usize = 512;
 /// Largest `/version` body the status probe reads.
 const MAX_VERSION_BODY: usize = 64 * 1024;
 
@@ -99,11 +114,55 @@ impl UpstreamError {
     }
 }
 
+/// One request's place on a lane; dropping it frees the place.
+pub struct LaneSlot(Arc<AtomicUsize>);
+
+impl Drop for LaneSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct Lane {
+    client: HttpsClient,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// The HTTP/2-capable clients, one connection each.
+struct Lanes {
+    make: Box<dyn Fn() -> HttpsClient + Send + Sync>,
+    lanes: Mutex<Vec<Lane>>,
+}
+
+impl Lanes {
+    /// The least loaded lane, or a new one when all are at
+    /// [`STREAMS_PER_LANE`].
+    fn pick(&self) -> (HttpsClient, LaneSlot) {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let load = |l: &Lane| l.in_flight.load(Ordering::Acquire);
+        let least = lanes.iter().enumerate().min_by_key(|(_, l)| load(l));
+        let index = match least {
+            Some((i, l)) if load(l) < STREAMS_PER_LANE || lanes.len() >= MAX_LANES => i,
+            _ => {
+                lanes.push(Lane { client: (self.make)(), in_flight: Arc::new(AtomicUsize::new(0)) });
+                lanes.len() - 1
+            }
+        };
+        let lane = &lanes[index];
+        lane.in_flight.fetch_add(1, Ordering::AcqRel);
+        (lane.client.clone(), LaneSlot(lane.in_flight.clone()))
+    }
+
+    fn count(&self) -> usize {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
 /// Client for the local apiserver.
 #[derive(Clone)]
 pub struct Upstream {
     base: Uri,
-    client: HttpsClient,
+    lanes: Arc<Lanes>,
     upgrade_client: HttpsClient,
     auth: AuthService,
 }
@@ -158,12 +217,16 @@ impl Upstream {
                 builder.enable_http1().wrap_connector(http.clone())
             }
         };
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .http2_keep_alive_interval(UPSTREAM_KEEPALIVE)
-            .build(connector(true));
+        let h2_connector = connector(true);
+        let make = move || {
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .http2_keep_alive_interval(UPSTREAM_KEEPALIVE)
+                .build(h2_connector.clone())
+        };
+        let lanes = Arc::new(Lanes { make: Box::new(make), lanes: Mutex::new(Vec::new()) });
         let upgrade_client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -181,7 +244,7 @@ impl Upstream {
             Some(layer) => BoxCloneSyncService::new(layer.layer(identity)),
             None => BoxCloneSyncService::new(identity),
         };
-        Ok(Self { base: config.cluster_url.clone(), client, upgrade_client, auth })
+        Ok(Self { base: config.cluster_url.clone(), lanes, upgrade_client, auth })
     }
 
     /// The apiserver's base URL.
@@ -241,11 +304,28 @@ impl Upstream {
         request: Request<UpstreamBody>,
         upgrade: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        if upgrade {
+            let request = self.authorize(request).await?;
+            return self.upgrade_client.request(request).await.map_err(classify);
+        }
+        self.send_on_lane(request).await.map(|(response, _slot)| response)
+    }
+
+    /// Authorizes and sends an ordinary request on the least loaded lane;
+    /// keep the slot until the response body is done.
+    pub async fn send_on_lane(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, LaneSlot), UpstreamError> {
         let request = self.authorize(request).await?;
-        let client = if upgrade { &self.upgrade_client } else { &self.client };
-        client.request(request).await.map_err(|e| {
-            if e.is_connect() { UpstreamError::Unreachable(e) } else { UpstreamError::Broken(e) }
-        })
+        let (client, slot) = self.lanes.pick();
+        let response = client.request(request).await.map_err(classify)?;
+        Ok((response, slot))
+    }
+
+    /// Number of HTTP/2-capable connections (lanes) opened so far.
+    pub fn lane_count(&self) -> usize {
+        self.lanes.count()
     }
 
     /// Probes `GET /version` with the agent's own identity (no
@@ -284,6 +364,10 @@ impl Upstream {
             }
         }
     }
+}
+
+fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {
+    if e.is_connect() { UpstreamError::Unreachable(e) } else { UpstreamError::Broken(e) }
 }
 
 /// Why the `/version` probe failed.
@@ -375,6 +459,16 @@ mod tests {
 
     fn values(req: &Request<UpstreamBody>, name: &str) -> Vec<String> {
         req.headers().get_all(name).iter().map(|v| v.to_str().expect("ascii").to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn requests_spread_over_lanes_below_the_stream_limit() {
+        let upstream = Upstream::from_kube_config(&kube_config(None)).expect("client");
+        let slots: Vec<LaneSlot> = (0..2 * STREAMS_PER_LANE + 1).map(|_| upstream.lanes.pick().1).collect();
+        assert_eq!(upstream.lane_count(), 3, "a third lane opens once two are full");
+        drop(slots);
+        let _again: Vec<LaneSlot> = (0..STREAMS_PER_LANE).map(|_| upstream.lanes.pick().1).collect();
+        assert_eq!(upstream.lane_count(), 3, "freed lanes are reused, not replaced");
     }
 
     #[tokio::test]

@@ -1,0 +1,385 @@
+//! Flow control, cancellation and many concurrent streams through a real hub
+//! and agent (processes), against the test apiserver running in-process so
+//! the test can wait on what it recorded.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use ferry_integration::apiserver::{RecordedRequest, RequestOutcome, TestApiserver};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::ClientConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsConnector;
+
+/// Bound on every wait in this file; generous for a loaded 2-core machine.
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A hub and an agent (processes) in front of an in-process test apiserver.
+struct World {
+    api: TestApiserver,
+    dir: tempfile::TempDir,
+    hub: Proc,
+    agent: Proc,
+    hub_addr: String,
+    /// alice's kubeconfig, issued through ferryctl.
+    alice: std::path::PathBuf,
+}
+
+impl World {
+    async fn start() -> World {
+        let api = TestApiserver::builder().start().await.expect("test apiserver");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api_kc = dir.path().join("apiserver.kubeconfig");
+        std::fs::write(&api_kc, api.kubeconfig_yaml()).expect("write kubeconfig");
+        let data = dir.path().join("hub");
+        let (hub, hub_url, agent, alice) = tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(bin("ferry-hub"));
+            cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data);
+            let mut hub = Proc::spawn("ferry-hub", cmd);
+            let hub_url = url_in(&hub.wait_line("ferry-hub ready", READY_TIMEOUT));
+            let admin = data.join("admin.kubeconfig");
+            let ferryctl = |args: &[&str]| {
+                let out = std::process::Command::new(bin("ferryctl"))
+                    .arg("--kubeconfig")
+                    .arg(&admin)
+                    .args(args)
+                    .output()
+                    .expect("ferryctl");
+                assert!(out.status.success(), "ferryctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                String::from_utf8(out.stdout).expect("utf8")
+            };
+            let token = ferryctl(&["register", "edge", "-o", "token"]);
+            let mut cmd = std::process::Command::new(bin("ferry-agent"));
+            cmd.arg("--hub").arg(&hub_url).arg("--hub-ca").arg(data.join("ca.crt"));
+            cmd.arg("--kubeconfig").arg(&api_kc).arg("--state-dir").arg(data.join("agent-state"));
+            cmd.arg("--token").arg(token.trim());
+            let mut agent = Proc::spawn("ferry-agent", cmd);
+            agent.wait_line("ferry-agent connected:", READY_TIMEOUT);
+            let alice = data.join("alice.kubeconfig");
+            std::fs::write(&alice, ferryctl(&["kubeconfig", "edge", "--user", "alice", "--group", "dev"]))
+                .expect("write");
+            (hub, hub_url, agent, alice)
+        })
+        .await
+        .expect("start processes");
+        let hub_addr = hub_url.trim_start_matches("https://").trim_end_matches('/').to_owned();
+        World { api, dir, hub, agent, hub_addr, alice }
+    }
+
+    /// A TLS client config for the hub, authenticated as alice.
+    fn alice_tls(&self, alpn: &[u8]) -> Arc<ClientConfig> {
+        let hub = ferry_client_sdk::HubConfig::load(&self.alice).expect("alice's kubeconfig");
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(hub.client_cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("cert");
+        let key = PrivateKeyDer::from_pem_slice(hub.client_key_pem.expose().as_bytes()).expect("key");
+        tls_config(&hub.ca_pem, Some((certs, key)), alpn)
+    }
+
+    /// An HTTP connection to the hub as alice.
+    async fn hub_conn(&self, h2: bool) -> Conn {
+        let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+        Conn::open(&self.hub_addr, self.alice_tls(alpn), h2).await
+    }
+
+    /// An HTTP/2 connection straight to the test apiserver (admin token).
+    async fn api_conn(&self) -> Conn {
+        let tls = tls_config(self.api.ca_pem(), None, b"h2");
+        let addr = self.api.url().trim_start_matches("https://").trim_end_matches('/').to_owned();
+        Conn::open(&addr, tls, true).await
+    }
+
+    async fn create_configmap(&self, conn: &mut Conn, name: &str, blob_len: usize) {
+        let body = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name},
+            "data": {"blob": "x".repeat(blob_len)}
+        });
+        let token = self.api.admin_token().to_owned();
+        let resp = conn
+            .send(
+                Method::POST,
+                "/api/v1/namespaces/default/configmaps",
+                Some(&token),
+                body.to_string().into(),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "create {name}");
+        resp.into_body().collect().await.expect("body");
+    }
+}
+
+fn tls_config(
+    ca_pem: &str,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    alpn: &[u8],
+) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("ca pem")).expect("root");
+    }
+    let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((certs, key)) => builder.with_client_auth_cert(certs, key).expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+/// One client connection; its driver task is aborted on drop.
+struct Conn {
+    authority: String,
+    sender: Sender,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Conn {
+    async fn open(authority: &str, tls: Arc<ClientConfig>, h2: bool) -> Conn {
+        let tcp = TcpStream::connect(authority).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let host = authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority).to_owned();
+        let name = ServerName::try_from(host).expect("server name");
+        let stream = TlsConnector::from(tls).connect(name, tcp).await.expect("TLS handshake");
+        let io = TokioIo::new(stream);
+        let (sender, driver) = if h2 {
+            let (s, c) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await
+                .expect("h2 handshake");
+            (Sender::H2(s), tokio::spawn(async move { drop(c.await) }))
+        } else {
+            let (s, c) = hyper::client::conn::http1::handshake(io).await.expect("h1 handshake");
+            (Sender::H1(s), tokio::spawn(async move { drop(c.await) }))
+        };
+        Conn { authority: authority.to_owned(), sender, driver }
+    }
+
+    fn request(&self, method: Method, path: &str, token: Option<&str>, body: Bytes) -> Request<Full<Bytes>> {
+        let uri = match self.sender {
+            Sender::H1(_) => path.to_owned(),
+            Sender::H2(_) => format!("https://{}{path}", self.authority),
+        };
+        let mut b = Request::builder().method(method).uri(uri).header("host", &self.authority);
+        b = b.header("accept", "application/json").header("content-type", "application/json");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        b.body(Full::new(body)).expect("request")
+    }
+
+    /// Sends one request; on HTTP/1.1 the connection carries one at a time.
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Bytes,
+    ) -> Response<Incoming> {
+        let req = self.request(method, path, token, body);
+        match &mut self.sender {
+            Sender::H1(s) => {
+                s.ready().await.expect("h1 ready");
+                s.send_request(req).await.expect("h1 response")
+            }
+            Sender::H2(s) => s.send_request(req).await.expect("h2 response"),
+        }
+    }
+
+    /// A clone of the HTTP/2 sender, for concurrent streams.
+    fn h2(&self) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+        match &self.sender {
+            Sender::H2(s) => s.clone(),
+            Sender::H1(_) => panic!("not an HTTP/2 connection"),
+        }
+    }
+}
+
+/// Resident set size of a process, in bytes (Linux).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// Total body size of the big LIST, and how much extra memory hub or agent
+/// may gain while a reader stalls on it (a quarter of the body).
+const BIG_OBJECTS: usize = 64;
+const BIG_OBJECT_SIZE: usize = 1000 * 1024;
+const STALL_GROWTH_LIMIT: u64 = (BIG_OBJECTS * BIG_OBJECT_SIZE / 4) as u64;
+
+async fn stalled_reader_leaves_other_requests_alone(h2_stalled: bool) {
+    let world = World::start().await;
+    let mut admin = world.api_conn().await;
+    for i in 0..BIG_OBJECTS {
+        world.create_configmap(&mut admin, &format!("big-{i}"), BIG_OBJECT_SIZE).await;
+    }
+    let (hub_before, agent_before) = (rss(world.hub.pid()), rss(world.agent.pid()));
+
+    // One reader asks for the ~64 MiB list and then reads nothing.
+    let mut stalled_conn = world.hub_conn(h2_stalled).await;
+    let stalled = stalled_conn
+        .send(Method::GET, "/clusters/edge/api/v1/namespaces/default/configmaps", None, Bytes::new())
+        .await;
+    assert_eq!(stalled.status(), StatusCode::OK);
+
+    // 100 small GETs on the same agent still complete.
+    let others = world.hub_conn(true).await;
+    let mut gets = JoinSet::new();
+    for i in 0..100 {
+        let mut s = others.h2();
+        let req = others.request(
+            Method::GET,
+            &format!("/clusters/edge/api/v1/namespaces/default?i={i}"),
+            None,
+            Bytes::new(),
+        );
+        gets.spawn(async move {
+            s.ready().await.expect("ready");
+            let resp = s.send_request(req).await.expect("response");
+            let status = resp.status();
+            resp.into_body().collect().await.expect("body");
+            status
+        });
+    }
+    let statuses = tokio::time::timeout(WAIT, gets.join_all()).await.expect("the small GETs completed");
+    assert_eq!(statuses.len(), 100);
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+
+    // Memory is bounded by windows, not by the stalled response.
+    let (hub_growth, agent_growth) = (
+        rss(world.hub.pid()).saturating_sub(hub_before),
+        rss(world.agent.pid()).saturating_sub(agent_before),
+    );
+    eprintln!(
+        "stalled reader ({}): hub RSS +{hub_growth} B, agent RSS +{agent_growth} B",
+        if h2_stalled { "h2" } else { "h1" }
+    );
+    assert!(hub_growth < STALL_GROWTH_LIMIT, "hub grew {hub_growth} bytes while a reader stalled");
+    assert!(agent_growth < STALL_GROWTH_LIMIT, "agent grew {agent_growth} bytes while a reader stalled");
+
+    // The stalled reader resumes and gets the whole list, intact.
+    let body =
+        tokio::time::timeout(WAIT, stalled.into_body().collect()).await.expect("stalled body").expect("body");
+    let list: serde_json::Value = serde_json::from_slice(&body.to_bytes()).expect("list JSON");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(BIG_OBJECTS));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_http1_reader_leaves_other_requests_alone() {
+    stalled_reader_leaves_other_requests_alone(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_http2_reader_leaves_other_requests_alone() {
+    stalled_reader_leaves_other_requests_alone(true).await;
+}
+
+fn is_watch(r: &RecordedRequest) -> bool {
+    r.path.ends_with("/configmaps") && r.query_param("watch").is_some_and(|w| w == "true" || w == "1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_kubectl_cancels_the_apiserver_request() {
+    let world = World::start().await;
+    let mut watch = kubectl_spawn(&world.alice, &["get", "configmaps", "-w", "-o", "name"]);
+    let started = tokio::time::timeout(
+        WAIT,
+        world.api.wait_for_request(|r| is_watch(r) && r.user.as_deref() == Some("alice")),
+    )
+    .await
+    .expect("the watch reached the apiserver");
+    let killed_at = Instant::now();
+    tokio::task::spawn_blocking(move || watch.kill()).await.expect("kill kubectl");
+    let id = started.id;
+    let ended = tokio::time::timeout(
+        WAIT,
+        world.api.wait_for_request(|r| r.id == id && r.outcome != RequestOutcome::InProgress),
+    )
+    .await
+    .expect("the apiserver saw the watch end");
+    assert_eq!(ended.outcome, RequestOutcome::Cancelled);
+    eprintln!("apiserver saw the watch cancelled {:?} after kubectl was killed", killed_at.elapsed());
+}
+
+const WATCHES: usize = 1000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_watches_through_one_agent_all_get_the_event() {
+    let world = World::start().await;
+    let conn = world.hub_conn(true).await;
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(WATCHES);
+    let mut watches = JoinSet::new();
+    for i in 0..WATCHES {
+        let mut s = conn.h2();
+        let req = conn.request(
+            Method::GET,
+            &format!("/clusters/edge/api/v1/namespaces/default/configmaps?watch=true&w={i}"),
+            None,
+            Bytes::new(),
+        );
+        let ready = ready_tx.clone();
+        watches.spawn(async move {
+            s.ready().await.expect("ready");
+            let resp = s.send_request(req).await.expect("watch response");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let _ = ready.send(()).await;
+            let mut body = resp.into_body();
+            let mut seen = Vec::new();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.expect("watch body").into_data() {
+                    seen.extend_from_slice(&data);
+                    if seen.windows(b"the-event".len()).any(|w| w == b"the-event") {
+                        return true;
+                    }
+                }
+            }
+            false
+        });
+    }
+    drop(ready_tx);
+    let started = Instant::now();
+    for _ in 0..WATCHES {
+        tokio::time::timeout(WAIT, ready_rx.recv())
+            .await
+            .expect("all watches open")
+            .expect("a watch failed to open");
+    }
+    eprintln!("{WATCHES} watches open through one agent in {:?}", started.elapsed());
+    let mut admin = world.api_conn().await;
+    world.create_configmap(&mut admin, "the-event", 16).await;
+    let delivered = Instant::now();
+    let results = tokio::time::timeout(WAIT, watches.join_all()).await.expect("every watch got the event");
+    assert_eq!(results.iter().filter(|ok| **ok).count(), WATCHES);
+    eprintln!("event delivered to all {WATCHES} watches in {:?}", delivered.elapsed());
+    drop(world.dir);
+}
