@@ -82,13 +82,14 @@ pub enum HeaderError {
     Invalid(String),
 }
 
-/// Checks a header map against the named limits.
-pub fn check_limits(headers: &HeaderMap) -> Result<(), HeaderError> {
+/// Checks a header map against [`MAX_HEADER_COUNT`] and `max_bytes` (at
+/// most [`MAX_HEADER_BYTES`], which the other end enforces too).
+pub fn check_limits(headers: &HeaderMap, max_bytes: usize) -> Result<(), HeaderError> {
     if headers.len() > MAX_HEADER_COUNT {
         return Err(HeaderError::TooMany(headers.len()));
     }
     let bytes: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
-    if bytes > MAX_HEADER_BYTES {
+    if bytes > max_bytes.min(MAX_HEADER_BYTES) {
         return Err(HeaderError::TooLarge(bytes));
     }
     Ok(())
@@ -181,6 +182,16 @@ mod tests {
         assert_eq!(frame_to_map(&bad, false), Err(HeaderError::Invalid("bad name".into())));
         let crlf = vec![Header { name: "x-a".into(), value: "a\r\nb".as_bytes().to_vec().into() }];
         assert_eq!(frame_to_map(&crlf, false), Err(HeaderError::Invalid("x-a".into())));
+    }
+
+    #[test]
+    fn caller_header_limit_is_capped_by_the_protocol_limit() {
+        let mut h = HeaderMap::new();
+        h.insert("x-big", HeaderValue::from_bytes(&vec![b'a'; 1000]).expect("value"));
+        assert!(check_limits(&h, 2000).is_ok());
+        assert!(matches!(check_limits(&h, 500), Err(HeaderError::TooLarge(_))));
+        h.insert("x-huge", HeaderValue::from_bytes(&vec![b'a'; MAX_HEADER_BYTES]).expect("value"));
+        assert!(matches!(check_limits(&h, usize::MAX), Err(HeaderError::TooLarge(_))));
     }
 
     #[test]

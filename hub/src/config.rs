@@ -42,6 +42,13 @@ pub struct Limits {
     pub stream_wait: Duration,
     /// Bootstrap token lifetime when the caller gives none.
     pub bootstrap_ttl: Duration,
+    /// Largest total size of a caller's request headers (capped by
+    /// [`limits::MAX_HEADER_BYTES`], the protocol's own bound).
+    pub max_header_bytes: usize,
+    /// Close an upgraded connection (exec, attach, port-forward) after this
+    /// long without a byte either way; `None` (the default) never does, as
+    /// an interactive shell may sit idle for hours.
+    pub upgrade_idle_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -53,6 +60,8 @@ impl Default for Limits {
             heartbeat_interval: limits::HEARTBEAT_INTERVAL,
             stream_wait: limits::STREAM_WAIT,
             bootstrap_ttl: DEFAULT_BOOTSTRAP_TTL,
+            max_header_bytes: limits::MAX_HEADER_BYTES,
+            upgrade_idle_timeout: None,
         }
     }
 }

@@ -9,8 +9,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry::frame::{self, FrameError};
@@ -129,7 +130,8 @@ async fn forward(
         return Err(KubeStatus::not_found(format!("clusters {name:?} not found")));
     }
     identity.validate().map_err(|e| KubeStatus::forbidden(e.to_string()))?;
-    headers::check_limits(req.headers()).map_err(|e| KubeStatus::headers_too_large(e.to_string()))?;
+    headers::check_limits(req.headers(), state.limits.max_header_bytes)
+        .map_err(|e| KubeStatus::headers_too_large(e.to_string()))?;
     let max_body = state.limits.max_request_body;
     if let Some(len) =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
@@ -210,12 +212,13 @@ async fn forward(
         *resp.status_mut() = status;
         *resp.headers_mut() = resp_headers;
         let shutdown = state.shutdown.clone();
+        let idle_timeout = state.limits.upgrade_idle_timeout;
         state.tasks.spawn(
             async move {
                 let _permit = permit;
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    r = pump_upgraded(on_upgrade, parked) => if let Err(e) = r {
+                    r = pump_upgraded(on_upgrade, parked, idle_timeout) => if let Err(e) = r {
                         debug!(error = %e, "upgraded connection ended with an error");
                     }
                 }
@@ -284,11 +287,30 @@ fn error_frame(code: ErrorCode, message: &str) -> HubFrame {
 }
 
 /// Copies bytes both ways between an upgraded caller connection and its
-/// tunnel stream, honouring half-close in each direction.
-async fn pump_upgraded(on_upgrade: hyper::upgrade::OnUpgrade, parked: Parked) -> Result<(), BoxError> {
+/// tunnel stream, honouring half-close in each direction; gives up after
+/// `idle_timeout` without traffic, if set.
+async fn pump_upgraded(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    parked: Parked,
+    idle_timeout: Option<Duration>,
+) -> Result<(), BoxError> {
     let upgraded = TokioIo::new(on_upgrade.await?);
     let (mut rd, mut wr) = tokio::io::split(upgraded);
     let Parked { tx, mut rx, .. } = parked;
+    let started = Instant::now();
+    let last_activity = AtomicU64::new(0);
+    let touch = || last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let idle = async {
+        let Some(limit) = idle_timeout else { return std::future::pending().await };
+        loop {
+            let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
+            let quiet = started.elapsed().saturating_sub(last);
+            if quiet >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - quiet).await;
+        }
+    };
     let up = async {
         let mut buf = vec![0u8; MAX_BODY_CHUNK];
         loop {
@@ -296,6 +318,7 @@ async fn pump_upgraded(on_upgrade: hyper::upgrade::OnUpgrade, parked: Parked) ->
                 n = rd.read(&mut buf) => n?,
                 _ = tx.closed() => return Ok::<(), BoxError>(()),
             };
+            touch();
             let frame = if n == 0 {
                 HubFrame { frame: Some(hub_frame::Frame::End(End {})) }
             } else {
@@ -309,7 +332,10 @@ async fn pump_upgraded(on_upgrade: hyper::upgrade::OnUpgrade, parked: Parked) ->
     let down = async {
         loop {
             match rx.message().await? {
-                Some(AgentFrame { frame: Some(agent_frame::Frame::Body(b)) }) => wr.write_all(&b).await?,
+                Some(AgentFrame { frame: Some(agent_frame::Frame::Body(b)) }) => {
+                    touch();
+                    wr.write_all(&b).await?
+                }
                 Some(AgentFrame { frame: Some(agent_frame::Frame::End(_)) }) | None => {
                     wr.shutdown().await?;
                     return Ok::<(), BoxError>(());
@@ -321,8 +347,10 @@ async fn pump_upgraded(on_upgrade: hyper::upgrade::OnUpgrade, parked: Parked) ->
             }
         }
     };
-    let (u, d) = tokio::join!(up, down);
-    u.and(d)
+    tokio::select! {
+        (u, d) = async { tokio::join!(up, down) } => u.and(d),
+        () = idle => Err(format!("closed after {idle_timeout:?} without traffic (--upgrade-idle-timeout)").into()),
+    }
 }
 
 /// Aborts the request-body pump when the response is dropped.

@@ -38,6 +38,13 @@ struct ServeArgs {
     /// Concurrent proxied requests per cluster.
     #[arg(long, default_value_t = ferry::limits::DEFAULT_MAX_STREAMS_PER_AGENT)]
     max_streams_per_cluster: u32,
+    /// Largest total size of a request's headers, in bytes (at most 65536).
+    #[arg(long, default_value_t = ferry::limits::MAX_HEADER_BYTES)]
+    max_header_bytes: usize,
+    /// Close exec/attach/port-forward connections idle this long (e.g. 30m);
+    /// off by default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    upgrade_idle_timeout: Option<std::time::Duration>,
 }
 
 #[tokio::main]
@@ -54,6 +61,8 @@ async fn main() -> anyhow::Result<()> {
     config.advertise_url = args.advertise_url;
     config.limits.max_request_body = args.max_request_body;
     config.limits.max_streams_per_cluster = args.max_streams_per_cluster;
+    config.limits.max_header_bytes = args.max_header_bytes;
+    config.limits.upgrade_idle_timeout = args.upgrade_idle_timeout;
     let hub = Hub::bind(config).await.context("starting the hub")?;
     println!(
         "ferry-hub ready at {} (listening on {}, admin kubeconfig {})",

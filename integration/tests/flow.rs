@@ -37,6 +37,12 @@ struct World {
 
 impl World {
     async fn start() -> World {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`World::start`], with extra `ferry-hub serve` flags.
+    async fn start_with(hub_args: &[&str]) -> World {
+        let hub_args: Vec<String> = hub_args.iter().map(|a| a.to_string()).collect();
         let api = TestApiserver::builder().start().await.expect("test apiserver");
         let dir = tempfile::tempdir().expect("tempdir");
         let api_kc = dir.path().join("apiserver.kubeconfig");
@@ -44,7 +50,7 @@ impl World {
         let data = dir.path().join("hub");
         let (hub, hub_url, agent, alice) = tokio::task::spawn_blocking(move || {
             let mut cmd = std::process::Command::new(bin("ferry-hub"));
-            cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data);
+            cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data).args(&hub_args);
             let mut hub = Proc::spawn("ferry-hub", cmd);
             let hub_url = url_in(&hub.wait_line("ferry-hub ready", READY_TIMEOUT));
             let admin = data.join("admin.kubeconfig");
@@ -382,4 +388,107 @@ async fn a_thousand_watches_through_one_agent_all_get_the_event() {
     assert_eq!(results.iter().filter(|ok| **ok).count(), WATCHES);
     eprintln!("event delivered to all {WATCHES} watches in {:?}", delivered.elapsed());
     drop(world.dir);
+}
+
+async fn status_json(resp: Response<Incoming>) -> (StatusCode, serde_json::Value) {
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_limit_fails_only_the_offending_request() {
+    let world = World::start_with(&[
+        "--max-streams-per-cluster",
+        "3",
+        "--max-request-body",
+        "1048576",
+        "--max-header-bytes",
+        "8192",
+    ])
+    .await;
+    let mut conn = world.hub_conn(true).await;
+    let configmaps = "/clusters/edge/api/v1/namespaces/default/configmaps";
+
+    // A body over --max-request-body with a Content-Length: 413 at once,
+    // and nothing reaches the apiserver.
+    let big = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "too-big"},
+        "data": {"blob": "x".repeat(2 << 20)}});
+    let (status, body) =
+        status_json(conn.send(Method::POST, configmaps, None, big.to_string().into()).await).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["reason"], "RequestEntityTooLarge");
+
+    // The same body streamed without a length (HTTP/1.1 chunked): cut off at
+    // the limit with a 413 too.
+    let status = chunked_post(&world, configmaps, 2 << 20).await;
+    assert_eq!(status, 413);
+    assert!(
+        !world.api.requests().iter().any(|r| r.method == "POST" && r.status == Some(201)),
+        "an oversized body must not create anything"
+    );
+
+    // Headers over --max-header-bytes: 431.
+    let mut req = conn.request(Method::GET, configmaps, None, Bytes::new());
+    req.headers_mut().insert("x-padding", "p".repeat(10_000).parse().expect("header"));
+    let (status, body) = status_json(conn.h2().send_request(req).await.expect("response")).await;
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "{body}");
+
+    // --max-streams-per-cluster: three watches fill the cluster's slots, the
+    // fourth request gets 429, and a slot comes back when a watch ends.
+    let mut watches = Vec::new();
+    for i in 0..3 {
+        let resp =
+            conn.send(Method::GET, &format!("{configmaps}?watch=true&w={i}"), None, Bytes::new()).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        watches.push(resp);
+    }
+    let (status, body) = status_json(conn.send(Method::GET, configmaps, None, Bytes::new()).await).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["reason"], "TooManyRequests");
+    drop(watches.pop());
+    tokio::time::timeout(
+        WAIT,
+        world.api.wait_for_request(|r| is_watch(r) && r.outcome == RequestOutcome::Cancelled),
+    )
+    .await
+    .expect("the dropped watch ended at the apiserver");
+    let resp = conn.send(Method::GET, configmaps, None, Bytes::new()).await;
+    assert_eq!(resp.status(), StatusCode::OK, "a freed slot serves the next request");
+}
+
+/// POSTs `len` bytes with chunked encoding on a fresh HTTP/1.1 connection
+/// and returns the response status code.
+async fn chunked_post(world: &World, path: &str, len: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = TcpStream::connect(&world.hub_addr).await.expect("connect");
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls =
+        TlsConnector::from(world.alice_tls(b"http/1.1")).connect(name, tcp).await.expect("TLS handshake");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        world.hub_addr
+    );
+    tls.write_all(head.as_bytes()).await.expect("head");
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    // The hub may answer and close before the whole body is written.
+    while sent < len {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        if tls.write_all(&framed).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let _ = tls.write_all(b"0\r\n\r\n").await;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n =
+            tokio::time::timeout(WAIT, tls.read(&mut buf)).await.expect("response in time").expect("read");
+        assert!(n > 0, "connection closed without a response: {:?}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&response).lines().next().unwrap_or_default().to_owned();
+    line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status code")
 }
