@@ -492,3 +492,27 @@ async fn chunked_post(world: &World, path: &str, len: usize) -> u16 {
     let line = String::from_utf8_lossy(&response).lines().next().unwrap_or_default().to_owned();
     line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status code")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_disconnect_fails_in_flight_requests_promptly() {
+    let mut world = World::start().await;
+    let mut conn = world.hub_conn(true).await;
+    let configmaps = "/clusters/edge/api/v1/namespaces/default/configmaps";
+    let watch = conn.send(Method::GET, &format!("{configmaps}?watch=true"), None, Bytes::new()).await;
+    assert_eq!(watch.status(), StatusCode::OK);
+    tokio::time::timeout(WAIT, world.api.wait_for_request(is_watch))
+        .await
+        .expect("watch reached the apiserver");
+
+    world.agent.kill();
+    // The open watch ends with an error instead of hanging...
+    let ended = tokio::time::timeout(WAIT, watch.into_body().collect()).await.expect("the watch ended");
+    assert!(ended.is_err(), "a response cut by a lost agent must end in an error, not look complete");
+    // ...and new requests get a clear 503 once the hub has noticed.
+    let (status, body) = status_json(conn.send(Method::GET, configmaps, None, Bytes::new()).await).await;
+    assert!(
+        status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::BAD_GATEWAY,
+        "{status} {body}"
+    );
+    assert_eq!(body["kind"], "Status");
+}
