@@ -34,6 +34,7 @@ use tokio::task::JoinHandle;
 use tonic::Streaming;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::auth::Authenticated;
 use crate::management::valid_cluster_name;
 use crate::registry::{FrameTx, NoStream, Parked};
 use crate::state::HubState;
@@ -80,7 +81,7 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// Handles one gateway request from an authenticated (or not) caller.
 pub async fn handle(
     state: Arc<HubState>,
-    caller: Option<Identity>,
+    caller: Option<Authenticated>,
     req: Request<Incoming>,
 ) -> Response<HubBody> {
     let path = req.uri().path();
@@ -93,11 +94,18 @@ pub async fn handle(
         )));
     };
     let (name, rest) = (name.to_owned(), rest.to_owned());
-    let Some(identity) = caller else {
+    let Some(caller) = caller else {
         return status_response(&KubeStatus::unauthorized(
             "a client certificate issued by the hub (ferryctl kubeconfig) is required",
         ));
     };
+    if !caller.may_reach(&name) {
+        return status_response(&KubeStatus::forbidden(format!(
+            "this credential of user {:?} is not valid for cluster {name:?}; get one with `ferryctl kubeconfig {name}`",
+            caller.identity.user
+        )));
+    }
+    let identity = caller.identity;
     let request_id = RequestId::new();
     let span = info_span!("request", cluster = %name, request_id = %request_id, method = %req.method(), path = %rest, user = %identity.user);
     match forward(state, name, rest, identity, request_id, req).instrument(span.clone()).await {

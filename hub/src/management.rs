@@ -64,11 +64,21 @@ fn store_error(e: StoreError) -> Status {
     Status::unavailable("hub store unavailable")
 }
 
+/// The caller of a management call. Credentials scoped to clusters (issued
+/// kubeconfigs) are for the gateway only: with them a user could otherwise
+/// mint a kubeconfig for another cluster.
 fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
-    req.extensions()
+    let caller = req
+        .extensions()
         .get::<Caller>()
         .and_then(|c| c.0.clone())
-        .ok_or_else(|| Status::unauthenticated("a client certificate from the hub CA is required"))
+        .ok_or_else(|| Status::unauthenticated("a client certificate from the hub CA is required"))?;
+    if caller.clusters.is_some() {
+        return Err(Status::permission_denied(
+            "this credential is scoped to a cluster and cannot use the management API",
+        ));
+    }
+    Ok(caller.identity)
 }
 
 fn admin<T>(req: &Request<T>) -> Result<Identity, Status> {
@@ -145,7 +155,7 @@ impl Management for ManagementService {
             return Err(Status::invalid_argument(format!("user name {:?} is not allowed", target.user)));
         }
         let record = self.cluster(&req.cluster).await?;
-        let issued = self.state.ca.client_cert(&target).map_err(|e| {
+        let issued = self.state.ca.client_cert(&target, std::slice::from_ref(&record.name)).map_err(|e| {
             warn!(error = %e, "client certificate issuance failed");
             Status::internal("could not issue a client certificate")
         })?;

@@ -23,6 +23,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_cert::der::{Decode, Encode};
 
+use crate::auth::Authenticated;
 use crate::files;
 
 /// Lifetime of client certificates the hub issues.
@@ -149,8 +150,10 @@ impl Ca {
         Ok((vec![cert.der().clone(), self.cert_der.clone()], key_der))
     }
 
-    /// A client certificate for `identity`: CN = user, one O per group.
-    pub fn client_cert(&self, identity: &Identity) -> Result<IssuedCert, PkiError> {
+    /// A client certificate for `identity`: CN = user, one O per group. With
+    /// `clusters` non-empty, it is valid only for those clusters (one URI
+    /// SAN `ferry://clusters/NAME` each); an empty list means any cluster.
+    pub fn client_cert(&self, identity: &Identity, clusters: &[String]) -> Result<IssuedCert, PkiError> {
         use p256::pkcs8::DecodePrivateKey;
         use x509_cert::builder::{Builder, CertificateBuilder, Profile};
         use x509_cert::ext::pkix::ExtendedKeyUsage;
@@ -188,6 +191,20 @@ impl Ca {
         builder
             .add_extension(&ExtendedKeyUsage(vec![x509_cert::der::oid::db::rfc5280::ID_KP_CLIENT_AUTH]))
             .map_err(|e| build(&e))?;
+        if !clusters.is_empty() {
+            use x509_cert::der::asn1::Ia5String;
+            use x509_cert::ext::pkix::SubjectAltName;
+            use x509_cert::ext::pkix::name::GeneralName;
+            let names = clusters
+                .iter()
+                .map(|c| {
+                    Ia5String::new(&format!("{CLUSTER_URI_PREFIX}{c}"))
+                        .map(GeneralName::UniformResourceIdentifier)
+                        .map_err(|e| build(&e))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            builder.add_extension(&SubjectAltName(names)).map_err(|e| build(&e))?;
+        }
         let cert = builder.build::<p256::ecdsa::DerSignature>().map_err(|e| build(&e))?;
         let der = cert.to_der().map_err(|e| build(&e))?;
         let cert_pem = pem_encode("CERTIFICATE", &der);
@@ -233,14 +250,29 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// Reads the identity (CN = user, O = groups) from a client certificate the
-/// TLS layer already verified against the hub CA.
-pub fn identity_from_cert(der: &[u8]) -> Option<Identity> {
+/// URI SAN prefix that scopes a client certificate to one cluster.
+pub const CLUSTER_URI_PREFIX: &str = "ferry://clusters/";
+
+/// Reads the caller (CN = user, O = groups, cluster scope from URI SANs)
+/// from a client certificate the TLS layer already verified against the hub
+/// CA.
+pub fn caller_from_cert(der: &[u8]) -> Option<Authenticated> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
     let user = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
     let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_owned)).collect();
-    Some(Identity { user, groups, ..Default::default() })
+    let mut clusters = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(uri) = name
+                && let Some(c) = uri.strip_prefix(CLUSTER_URI_PREFIX)
+            {
+                clusters.push(c.to_owned());
+            }
+        }
+    }
+    let identity = Identity { user, groups, ..Default::default() };
+    Some(Authenticated { identity, clusters: (!clusters.is_empty()).then_some(clusters) })
 }
 
 #[cfg(test)]
@@ -258,9 +290,14 @@ mod tests {
             groups: vec!["dev".into(), "ops,team".into(), "system:authenticated".into()],
             ..Default::default()
         };
-        let issued = again.client_cert(&id).expect("issue");
+        let issued = again.client_cert(&id, &[]).expect("issue");
         let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("pem");
-        assert_eq!(identity_from_cert(&der), Some(id));
+        let caller = caller_from_cert(&der).expect("caller");
+        assert_eq!(caller.identity, id);
+        assert_eq!(caller.clusters, None, "no scope: any cluster");
+        let scoped = again.client_cert(&id, &["edge-1".to_owned()]).expect("issue");
+        let der = CertificateDer::from_pem_slice(scoped.cert_pem.as_bytes()).expect("pem");
+        assert_eq!(caller_from_cert(&der).expect("caller").clusters, Some(vec!["edge-1".to_owned()]));
         assert_eq!(format!("{:?}", issued.key_pem), "MASKED");
         #[cfg(unix)]
         {
@@ -274,7 +311,7 @@ mod tests {
     fn issued_client_cert_is_accepted_by_a_verifier_pinned_to_the_ca() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Ca::load_or_create(dir.path()).expect("create");
-        let issued = ca.client_cert(&Identity { user: "bob".into(), ..Default::default() }).expect("issue");
+        let issued = ca.client_cert(&Identity { user: "bob".into(), ..Default::default() }, &[]).expect("issue");
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert_der()).expect("root");
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -286,7 +323,7 @@ mod tests {
         verifier.verify_client_cert(&der, &[], now).expect("client cert chains to the hub CA");
         let other = Ca::load_or_create(tempfile::tempdir().expect("t").path()).expect("other");
         let foreign =
-            other.client_cert(&Identity { user: "bob".into(), ..Default::default() }).expect("issue");
+            other.client_cert(&Identity { user: "bob".into(), ..Default::default() }, &[]).expect("issue");
         let der = CertificateDer::from_pem_slice(foreign.cert_pem.as_bytes()).expect("pem");
         assert!(verifier.verify_client_cert(&der, &[], now).is_err());
     }

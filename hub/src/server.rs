@@ -32,7 +32,7 @@ use crate::files;
 use crate::gateway::{self, BoxError, HubBody};
 use crate::kubeconfig::{KubeconfigSpec, render};
 use crate::management::ManagementService;
-use crate::pki::{Ca, PkiError, identity_from_cert};
+use crate::pki::{Ca, PkiError, caller_from_cert};
 use crate::state::HubState;
 use crate::store::{FileStore, StoreError};
 use crate::tunnel::TunnelService;
@@ -233,7 +233,7 @@ impl Hub {
                     .1
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .and_then(|c| identity_from_cert(c));
+                    .and_then(|c| caller_from_cert(c));
                 let caller = Caller(caller);
                 let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     let (routes, state, caller) = (routes.clone(), state2.clone(), caller.clone());
@@ -275,7 +275,7 @@ impl Hub {
 }
 
 fn write_admin_kubeconfig(path: &Path, ca: &Ca, admin: &Identity, server: &str) -> std::io::Result<()> {
-    let issued = ca.client_cert(admin).map_err(std::io::Error::other)?;
+    let issued = ca.client_cert(admin, &[]).map_err(std::io::Error::other)?;
     let yaml = render(&KubeconfigSpec {
         name: "ferry-hub",
         server,

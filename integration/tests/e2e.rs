@@ -195,4 +195,22 @@ fn bootstrap_tokens_are_single_use() {
         .expect("run agent");
     assert!(!out.status.success(), "a used token must not enroll a second agent");
     assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("token"), "{out:?}");
+
+    // A kubeconfig is scoped to its cluster: alice's for edge cannot reach
+    // other, and cannot mint new kubeconfigs through the management API.
+    let kc = env.user_kubeconfig("alice", &["dev"]);
+    let text = std::fs::read_to_string(&kc).expect("read");
+    let other = env.path("alice-other.kubeconfig");
+    std::fs::write(&other, text.replace("/clusters/edge", "/clusters/other")).expect("write");
+    let out = kubectl(&other, &["get", "--raw", "/clusters/other/api/v1/namespaces"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("Forbidden") && err.contains("not valid for cluster"), "{err}");
+    let out = std::process::Command::new(bin("ferryctl"))
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["kubeconfig", "other"])
+        .output()
+        .expect("run ferryctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("scoped to a cluster"), "{err}");
 }
