@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry::frame::{self, FrameError};
 use ferry::headers;
-use ferry::identity::Identity;
 use ferry::ids::RequestId;
 use ferry::limits::MAX_BODY_CHUNK;
 use ferry::proto::v1::{AgentFrame, End, ErrorCode, HubFrame, agent_frame, hub_frame};
@@ -99,16 +98,10 @@ pub async fn handle(
             "a client certificate issued by the hub (ferryctl kubeconfig) is required",
         ));
     };
-    if !caller.may_reach(&name) {
-        return status_response(&KubeStatus::forbidden(format!(
-            "this credential of user {:?} is not valid for cluster {name:?}; get one with `ferryctl kubeconfig {name}`",
-            caller.identity.user
-        )));
-    }
-    let identity = caller.identity;
+
     let request_id = RequestId::new();
-    let span = info_span!("request", cluster = %name, request_id = %request_id, method = %req.method(), path = %rest, user = %identity.user);
-    match forward(state, name, rest, identity, request_id, req).instrument(span.clone()).await {
+    let span = info_span!("request", cluster = %name, request_id = %request_id, method = %req.method(), path = %rest, user = %caller.identity.user);
+    match forward(state, name, rest, caller, request_id, req).instrument(span.clone()).await {
         Ok(resp) => {
             span.in_scope(|| debug!(status = resp.status().as_u16(), "response head sent"));
             resp
@@ -130,10 +123,11 @@ async fn forward(
     state: Arc<HubState>,
     name: String,
     rest: String,
-    identity: Identity,
+    caller: Authenticated,
     request_id: RequestId,
     mut req: Request<Incoming>,
 ) -> Result<Response<HubBody>, KubeStatus> {
+    let identity = caller.identity.clone();
     if !valid_cluster_name(&name) {
         return Err(KubeStatus::not_found(format!("clusters {name:?} not found")));
     }
@@ -156,6 +150,12 @@ async fn forward(
     let Some(record) = record else {
         return Err(KubeStatus::not_found(format!("clusters {name:?} not found")));
     };
+    if !caller.may_reach(&record.name) {
+        return Err(KubeStatus::forbidden(format!(
+            "this credential of user {:?} is not valid for cluster {name:?}; get one with `ferryctl kubeconfig {name}`",
+            identity.user
+        )));
+    }
     let unavailable = || KubeStatus::unavailable(format!("cluster {:?} has no connected agent", record.name));
     let live = state.registry.get(&record.name).ok_or_else(unavailable)?;
     let permit = live.try_acquire(state.limits.max_streams_per_cluster).ok_or_else(|| {
