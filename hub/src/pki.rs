@@ -311,7 +311,8 @@ mod tests {
     fn issued_client_cert_is_accepted_by_a_verifier_pinned_to_the_ca() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Ca::load_or_create(dir.path()).expect("create");
-        let issued = ca.client_cert(&Identity { user: "bob".into(), ..Default::default() }, &[]).expect("issue");
+        let issued =
+            ca.client_cert(&Identity { user: "bob".into(), ..Default::default() }, &[]).expect("issue");
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert_der()).expect("root");
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());

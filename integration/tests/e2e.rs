@@ -204,7 +204,10 @@ fn bootstrap_tokens_are_single_use() {
     std::fs::write(&other, text.replace("/clusters/edge", "/clusters/other")).expect("write");
     let out = kubectl(&other, &["get", "--raw", "/clusters/other/api/v1/namespaces"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("Forbidden") && err.contains("not valid for cluster"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("Forbidden") && err.contains("not valid for cluster"),
+        "{err}"
+    );
     let out = std::process::Command::new(bin("ferryctl"))
         .arg("--kubeconfig")
         .arg(&kc)
