@@ -192,7 +192,14 @@ pub(crate) async fn serve(
                 send_error(&stream.out, ErrorCode::Protocol, format!("unexpected {what}")).await;
                 stream.finish().await;
             }
-            Outcome::Cancelled(gone) => debug!(elapsed_ms, reason = %gone, "request cancelled by the hub"),
+            Outcome::Cancelled(gone) => {
+                debug!(elapsed_ms, reason = %gone, "request cancelled by the hub");
+                if matches!(gone, Gone::Cancelled(_)) {
+                    // The hub is closing in order: close ours in order too,
+                    // so neither side resets the HTTP/2 stream.
+                    stream.finish().await;
+                }
+            }
             Outcome::HubGone => debug!(elapsed_ms, "the hub reset the request stream"),
             Outcome::Aborted => {
                 let _ = stream.out.try_send(agent_error(ErrorCode::Cancelled, "agent shutting down"));

@@ -47,6 +47,12 @@ pub type HubBody = UnsyncBoxBody<Bytes, BoxError>;
 /// before the head reached the agent.
 const HEAD_ATTEMPTS: usize = 3;
 
+/// How long the hub waits for the agent to close its side of a stream the
+/// hub is done with. Closing in order (instead of dropping the stream) keeps
+/// HTTP/2 from resetting it, and h2 counts such resets against a per-
+/// connection limit that ends in GOAWAY.
+const CLOSE_DRAIN: Duration = Duration::from_secs(5);
+
 fn full(data: impl Into<Bytes>) -> HubBody {
     http_body_util::Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
 }
@@ -236,7 +242,14 @@ async fn forward(
         return Ok(resp);
     }
 
-    let body = TunnelBody { rx: parked.rx, _tx: parked.tx, _pump: pump, _permit: permit, done: false };
+    let body = TunnelBody {
+        rx: Some(parked.rx),
+        tx: Some(parked.tx),
+        _pump: pump,
+        _permit: permit,
+        state: BodyState::Streaming,
+        tasks: state.tasks.clone(),
+    };
     let mut resp = Response::new(body.boxed_unsync());
     *resp.status_mut() = status;
     *resp.headers_mut() = resp_headers;
@@ -355,10 +368,39 @@ async fn pump_upgraded(
             }
         }
     };
-    tokio::select! {
-        (u, d) = async { tokio::join!(up, down) } => u.and(d),
+    // A direction that ends cleanly is a half-close: wait for the other.
+    // A direction that fails (the caller vanished, the agent broke) ends
+    // both at once, so the agent cancels its apiserver connection.
+    let both = async {
+        tokio::pin!(up, down);
+        tokio::select! {
+            u = &mut up => match u {
+                Ok(()) => down.await,
+                Err(e) => Err(e),
+            },
+            d = &mut down => match d {
+                Ok(()) => up.await,
+                Err(e) => Err(e),
+            },
+        }
+    };
+    let result = tokio::select! {
+        r = both => r,
         () = idle => Err(format!("closed after {idle_timeout:?} without traffic (--upgrade-idle-timeout)").into()),
+    };
+    close_stream(tx, rx, result.is_err()).await;
+    result
+}
+
+/// Ends the hub's side of a request stream in order: an error frame when
+/// the hub gives up early, then the end of its frames, then waits (bounded)
+/// for the agent to end its side, so the stream closes without a reset.
+async fn close_stream(tx: FrameTx, mut rx: Streaming<AgentFrame>, cancelled: bool) {
+    if cancelled {
+        let _ = tx.try_send(Ok(error_frame(ErrorCode::Cancelled, "the caller went away")));
     }
+    drop(tx);
+    let _ = tokio::time::timeout(CLOSE_DRAIN, async { while let Ok(Some(_)) = rx.message().await {} }).await;
 }
 
 /// Aborts the request-body pump when the response is dropped.
@@ -372,15 +414,27 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A response body read from the agent's frames. Dropping it (the caller
-/// went away) drops the hub's side of the stream, which cancels the request
-/// at the agent.
+/// A response body read from the agent's frames. Dropped before the end
+/// (the caller went away), it cancels the request at the agent.
 struct TunnelBody {
-    rx: Streaming<AgentFrame>,
-    _tx: FrameTx,
+    rx: Option<Streaming<AgentFrame>>,
+    tx: Option<FrameTx>,
     _pump: AbortOnDrop,
     _permit: crate::registry::StreamPermit,
-    done: bool,
+    state: BodyState,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    /// Body frames are flowing.
+    Streaming,
+    /// The agent sent `End`; waiting for it to close its side.
+    Draining,
+    /// Complete, and the agent closed its side.
+    Finished,
+    /// Ended with an error.
+    Failed,
 }
 
 impl Body for TunnelBody {
@@ -391,47 +445,67 @@ impl Body for TunnelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
         loop {
-            let next = match Pin::new(&mut self.rx).poll_next(cx) {
+            if matches!(self.state, BodyState::Finished | BodyState::Failed) {
+                return Poll::Ready(None);
+            }
+            let Some(rx) = self.rx.as_mut() else { return Poll::Ready(None) };
+            let next = match Pin::new(rx).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(n) => n,
             };
-            return Poll::Ready(match next {
+            if self.state == BodyState::Draining {
+                // Anything but the end of the agent's side is ignored now.
+                if matches!(next, None | Some(Err(_))) {
+                    self.state = BodyState::Finished;
+                    return Poll::Ready(None);
+                }
+                continue;
+            }
+            let fail = |this: &mut Self, e: BoxError| {
+                this.state = BodyState::Failed;
+                Poll::Ready(Some(Err(e)))
+            };
+            match next {
                 Some(Ok(AgentFrame { frame: Some(agent_frame::Frame::Body(b)) })) => {
-                    if b.is_empty() {
-                        continue;
+                    if !b.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(b))));
                     }
-                    Some(Ok(Frame::data(b)))
                 }
                 Some(Ok(AgentFrame { frame: Some(agent_frame::Frame::End(_)) })) => {
-                    self.done = true;
-                    None
+                    self.state = BodyState::Draining;
                 }
                 Some(Ok(AgentFrame { frame: Some(agent_frame::Frame::Error(e)) })) => {
-                    self.done = true;
-                    Some(Err(format!("agent: {}", e.message).into()))
+                    return fail(&mut self, format!("agent: {}", e.message).into());
                 }
-                Some(Ok(_)) => {
-                    self.done = true;
-                    Some(Err("agent broke the protocol mid-response".into()))
-                }
+                Some(Ok(_)) => return fail(&mut self, "agent broke the protocol mid-response".into()),
                 Some(Err(status)) => {
-                    self.done = true;
-                    Some(Err(format!("tunnel failed mid-response: {}", status.message()).into()))
+                    return fail(
+                        &mut self,
+                        format!("tunnel failed mid-response: {}", status.message()).into(),
+                    );
                 }
-                None => {
-                    self.done = true;
-                    Some(Err("tunnel closed mid-response".into()))
-                }
-            });
+                None => return fail(&mut self, "tunnel closed mid-response".into()),
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        matches!(self.state, BodyState::Finished | BodyState::Failed)
+    }
+}
+
+impl Drop for TunnelBody {
+    fn drop(&mut self) {
+        let (Some(tx), Some(rx)) = (self.tx.take(), self.rx.take()) else { return };
+        match self.state {
+            // Both sides ended in order: dropping closes nothing abruptly.
+            BodyState::Finished => {}
+            state => {
+                let cancelled = state == BodyState::Streaming;
+                self.tasks.spawn(close_stream(tx, rx, cancelled).in_current_span());
+            }
+        }
     }
 }
 

@@ -51,6 +51,12 @@ pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
 pub const H2_CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 /// Concurrent HTTP/2 streams per connection (parked + in flight + control).
 pub const H2_MAX_STREAMS: u32 = 50_000;
+/// Streams the hub itself may reset over one connection's life before h2
+/// sends GOAWAY (h2 counts them and never forgets; its default of 1024
+/// would end a long-lived agent connection after 1024 cancelled requests).
+/// The hub closes request streams in order, so this is only a backstop
+/// against a peer that provokes resets on purpose.
+pub const H2_MAX_LOCAL_RESETS: usize = 100_000;
 /// Largest HTTP/1.1 request head from a caller.
 pub const H1_MAX_HEAD: usize = 128 * 1024;
 
@@ -199,7 +205,8 @@ impl Hub {
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
             .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
-            .max_header_list_size(ferry::limits::MAX_HEADER_BYTES as u32 * 2);
+            .max_header_list_size(ferry::limits::MAX_HEADER_BYTES as u32 * 2)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
         let http = Arc::new(http);
         tokio::pin!(shutdown);
         loop {

@@ -516,3 +516,54 @@ async fn agent_disconnect_fails_in_flight_requests_promptly() {
     );
     assert_eq!(body["kind"], "Status");
 }
+
+/// More than h2's default budget of 1024 stream resets per connection: if
+/// finished or cancelled requests reset their streams, the agent's
+/// connection would be torn down (GOAWAY) and requests would fail.
+const MANY: usize = 2400;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_finished_and_cancelled_requests_keep_the_agent_connected() {
+    let world = World::start().await;
+    let conn = world.hub_conn(true).await;
+    let configmaps = "/clusters/edge/api/v1/namespaces/default/configmaps";
+    let mut failures = Vec::new();
+    for round in 0..MANY / 100 {
+        let mut batch = JoinSet::new();
+        for i in 0..100 {
+            let mut s = conn.h2();
+            let watch = i % 2 == 0;
+            let path =
+                if watch { format!("{configmaps}?watch=true&r={round}") } else { configmaps.to_owned() };
+            let req = conn.request(Method::GET, &path, None, Bytes::new());
+            batch.spawn(async move {
+                s.ready().await.expect("ready");
+                let resp = s.send_request(req).await.expect("response");
+                let status = resp.status();
+                if !watch {
+                    resp.into_body().collect().await.expect("body");
+                }
+                // A watch is dropped here, after its head: the caller cancels.
+                status
+            });
+        }
+        let statuses = tokio::time::timeout(WAIT, batch.join_all()).await.expect("batch completed");
+        failures.extend(statuses.into_iter().filter(|s| *s != StatusCode::OK));
+    }
+    assert!(failures.is_empty(), "{} of {MANY} requests failed: {failures:?}", failures.len());
+    let clusters = tokio::task::spawn_blocking({
+        let admin = world.dir.path().join("hub/admin.kubeconfig");
+        move || {
+            let out = std::process::Command::new(bin("ferryctl"))
+                .arg("--kubeconfig")
+                .arg(admin)
+                .args(["clusters", "-o", "json"])
+                .output()
+                .expect("ferryctl");
+            String::from_utf8(out.stdout).expect("utf8")
+        }
+    })
+    .await
+    .expect("ferryctl");
+    assert!(clusters.contains("Connected") || clusters.contains("\"connected\""), "{clusters}");
+}
