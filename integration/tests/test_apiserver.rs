@@ -1,5 +1,7 @@
 //! The in-memory test apiserver against the real kubectl (the default one
-//! and 1.27), over raw HTTP/1.1, and as the `test-apiserver` process.
+//! and 1.27), over raw HTTP/1.1, and as the `test-apiserver` process; and
+//! its streaming (`exec`, `attach`, `cp`, `port-forward`, tty) over SPDY and
+//! WebSocket.
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -16,6 +18,10 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
+
+mod common;
+
+use common::{Flavor, TcpEcho};
 
 /// How long any single expected event may take.
 const WAIT: Duration = Duration::from_secs(20);
@@ -324,6 +330,22 @@ async fn a_wrong_or_missing_token_is_unauthorized() {
     api.shutdown().await;
 }
 
+/// A TLS connection to the server (HTTP/1.1 by ALPN), trusting its CA.
+async fn tls_connect(api: &TestApiserver) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(api.ca_pem().as_bytes()).expect("ca pem")).expect("anchor");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(api.addr()).await.expect("connect");
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("tls")
+}
+
 /// A minimal HTTP/1.1 client over TLS, trusting the server's CA.
 struct RawClient {
     sender: tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
@@ -339,18 +361,7 @@ impl Drop for RawClient {
 
 impl RawClient {
     async fn connect(api: &TestApiserver) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(api.ca_pem().as_bytes()).expect("ca pem")).expect("anchor");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(api.addr()).await.expect("connect");
-        let name = ServerName::try_from("127.0.0.1").expect("name");
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("tls");
+        let tls = tls_connect(api).await;
         let (sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.expect("handshake");
         let conn = tokio::spawn(async move {
@@ -659,5 +670,447 @@ async fn kube_rs_works_against_it() {
     let user = reviewed.status.and_then(|s| s.user_info).expect("user info");
     assert_eq!(user.username.as_deref(), Some("alice"));
     assert_eq!(user.groups, Some(vec!["dev".to_string(), "system:authenticated".to_string()]));
+    api.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Streaming: exec, attach, cp, port-forward with the real kubectl, over SPDY
+// and WebSocket, and kubectl 1.27 (SPDY only).
+// ---------------------------------------------------------------------------
+
+/// A kubeconfig file for the in-process server.
+fn kubeconfig_file(api: &TestApiserver, dir: &Path) -> PathBuf {
+    let path = dir.join("admin.kubeconfig");
+    std::fs::write(&path, api.kubeconfig_yaml()).expect("write kubeconfig");
+    path
+}
+
+/// Runs a flavored kubectl (async, bounded by `WAIT`), stdin from `input`.
+async fn run_flavor(f: &Flavor, kc: &Path, args: &[&str], input: Option<&[u8]>) -> Output {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = Command::from(f.command(kc, args));
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn kubectl");
+    if let Some(data) = input {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(data).await.expect("write stdin");
+        drop(stdin);
+    }
+    tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("[{}] kubectl {args:?} timed out", f.name))
+        .expect("kubectl output")
+}
+
+fn last_id(api: &TestApiserver) -> u64 {
+    api.requests().last().map_or(0, |r| r.id)
+}
+
+/// Waits for the first request after `after` to a path ending in `suffix`
+/// that satisfies `pred`.
+async fn wait_after(
+    api: &TestApiserver,
+    after: u64,
+    suffix: &str,
+    pred: impl Fn(&RecordedRequest) -> bool,
+) -> RecordedRequest {
+    let what = format!("a request to *{suffix} after #{after}");
+    wait_for(api, &what, |r| r.id > after && r.path.ends_with(suffix) && pred(r)).await
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_commands_over_spdy_and_websocket() {
+    let api = TestApiserver::start().await.expect("start");
+    let dir = tempdir();
+    let kc = kubeconfig_file(&api, dir.path());
+    let admin = Flavor::spdy();
+    admin.ok(&kc, &["run", "box", "--image=busybox", "--restart=Never", "--env=COLOR=blue"]);
+    for f in Flavor::all() {
+        let before = last_id(&api);
+        let out = run_flavor(&f, &kc, &["exec", "box", "--", "echo", "hello", f.name], None).await;
+        assert!(out.status.success(), "[{}] {}", f.name, text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("hello {}\n", f.name));
+        let r = wait_after(&api, before, "/exec", |r| r.outcome == RequestOutcome::Completed).await;
+        assert_eq!(r.upgrade.as_deref(), Some(f.exec_upgrade), "[{}] {r:?}", f.name);
+        let protocol = if f.exec_upgrade == "websocket" { "v5.channel.k8s.io" } else { "v4.channel.k8s.io" };
+        assert_eq!(r.stream_protocol.as_deref(), Some(protocol), "[{}]", f.name);
+        assert_eq!((r.status, r.exit_code), (Some(101), Some(0)));
+        assert_eq!(r.query_param("command").as_deref(), Some("echo"));
+
+        let out = run_flavor(&f, &kc, &["exec", "box", "--", "sh", "-c", "exit 3"], None).await;
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "[{}] the exit code is kubectl's: {}",
+            f.name,
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).contains("command terminated with exit code 3"), "{}", text(&out.stderr));
+
+        let input = format!("piped through cat by {}\nsecond line\n", f.name);
+        let out = run_flavor(&f, &kc, &["exec", "-i", "box", "--", "cat"], Some(input.as_bytes())).await;
+        assert!(out.status.success(), "[{}] {}", f.name, text(&out.stderr));
+        assert_eq!(text(&out.stdout), input, "[{}] stdin reaches cat and stdin EOF ends it", f.name);
+
+        let out =
+            run_flavor(&f, &kc, &["exec", "box", "--", "sh", "-c", "echo $COLOR; echo oops >&2"], None).await;
+        assert!(out.status.success(), "[{}] {}", f.name, text(&out.stderr));
+        assert_eq!(
+            (text(&out.stdout).as_str(), text(&out.stderr).as_str()),
+            ("blue\n", "oops\n"),
+            "[{}]",
+            f.name
+        );
+
+        let out = run_flavor(&f, &kc, &["exec", "box", "--", "no-such-command"], None).await;
+        assert_eq!(out.status.code(), Some(127), "[{}]", f.name);
+        assert!(
+            text(&out.stderr).contains("\"no-such-command\": executable file not found"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let missing = run_flavor(&admin, &kc, &["exec", "nope", "--", "true"], None).await;
+    assert!(text(&missing.stderr).contains("pods \"nope\" not found"), "{}", text(&missing.stderr));
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cp_copies_files_both_ways() {
+    let api = TestApiserver::start().await.expect("start");
+    let dir = tempdir();
+    let kc = kubeconfig_file(&api, dir.path());
+    Flavor::spdy().ok(&kc, &["run", "box", "--image=busybox", "--restart=Never"]);
+    for f in Flavor::all() {
+        let local = dir.path().join(format!("up-{}.bin", f.name));
+        let size = 3 * 1024 * 1024 + 17;
+        let path = local.clone();
+        let sum = tokio::task::spawn_blocking(move || common::write_random_file(&path, size))
+            .await
+            .expect("write file");
+        let remote = format!("box:/tmp/{}.bin", f.name);
+        let out = run_flavor(&f, &kc, &["cp", local.to_str().expect("utf8"), &remote], None).await;
+        assert!(out.status.success(), "[{}] cp to the pod: {}", f.name, text(&out.stderr));
+        let out =
+            run_flavor(&f, &kc, &["exec", "box", "--", "sha256sum", &format!("/tmp/{}.bin", f.name)], None)
+                .await;
+        assert!(
+            text(&out.stdout).starts_with(&sum),
+            "[{}] the pod has the file: {}",
+            f.name,
+            text(&out.stdout)
+        );
+        let back = dir.path().join(format!("down-{}.bin", f.name));
+        let out = run_flavor(&f, &kc, &["cp", &remote, back.to_str().expect("utf8")], None).await;
+        assert!(out.status.success(), "[{}] cp from the pod: {}", f.name, text(&out.stderr));
+        let (back_sum, len) = common::sha256_file(&back);
+        assert_eq!((back_sum, len), (sum, size), "[{}] round trip", f.name);
+    }
+    // A directory, from the pod.
+    let etc = dir.path().join("etc-copy");
+    Flavor::websocket().ok(&kc, &["cp", "box:/etc", etc.to_str().expect("utf8")]);
+    assert_eq!(std::fs::read_to_string(etc.join("hostname")).expect("hostname"), "box\n");
+    api.shutdown().await;
+}
+
+/// A long-running kubectl with piped stdin and stdout lines.
+struct Interactive {
+    child: Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Interactive {
+    fn spawn(f: &Flavor, kc: &Path, args: &[&str]) -> Self {
+        let mut cmd = Command::from(f.command(kc, args));
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn kubectl");
+        let stdin = child.stdin.take();
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Self { child, stdin, lines }
+    }
+
+    async fn send(&mut self, data: &str) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(data.as_bytes()).await.expect("write stdin");
+        stdin.flush().await.expect("flush");
+    }
+
+    async fn line_containing(&mut self, needle: &str) -> String {
+        let read = async {
+            loop {
+                match self.lines.next_line().await.expect("read kubectl stdout") {
+                    Some(line) if line.contains(needle) => return line,
+                    Some(_) => {}
+                    None => panic!("kubectl exited before printing {needle:?}"),
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, read).await.unwrap_or_else(|_| panic!("no line with {needle:?}"))
+    }
+
+    async fn close_stdin_and_wait(mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        tokio::time::timeout(WAIT, self.child.wait()).await.expect("kubectl exits").expect("wait")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_echoes_stdin_and_shows_log_lines() {
+    let api = TestApiserver::start().await.expect("start");
+    let dir = tempdir();
+    let kc = kubeconfig_file(&api, dir.path());
+    Flavor::spdy().ok(&kc, &["run", "main", "--image=busybox", "--restart=Never"]);
+    for f in Flavor::all() {
+        let before = last_id(&api);
+        let mut attach = Interactive::spawn(&f, &kc, &["attach", "-i", "main"]);
+        // The echo proves the session (and its log subscription) is up.
+        attach.send(&format!("typed by {}\n", f.name)).await;
+        attach.line_containing(&format!("typed by {}", f.name)).await;
+        api.append_log("default", "main", &format!("log line for {}", f.name));
+        attach.line_containing(&format!("log line for {}", f.name)).await;
+        let status = attach.close_stdin_and_wait().await;
+        assert!(status.success(), "[{}] stdin EOF ends the attach: {status}", f.name);
+        let r = wait_after(&api, before, "/attach", |r| r.outcome == RequestOutcome::Completed).await;
+        assert_eq!(r.upgrade.as_deref(), Some(f.exec_upgrade), "[{}]", f.name);
+        assert_eq!(r.exit_code, Some(0));
+    }
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_reaches_the_annotated_target_or_the_echo_service() {
+    let api = TestApiserver::start().await.expect("start");
+    let dir = tempdir();
+    let kc = kubeconfig_file(&api, dir.path());
+    let echo = TcpEcho::start();
+    let admin = Flavor::spdy();
+    let annotation =
+        format!("--annotations={}={}", ferry_integration::apiserver::FORWARD_TO_ANNOTATION, echo.addr);
+    admin.ok(&kc, &["run", "fwd", "--image=nginx", "--restart=Never", &annotation]);
+    admin.ok(&kc, &["run", "plain", "--image=nginx", "--restart=Never"]);
+    let input = dir.path().join("forwarded.bin");
+    let size = 4 * 1024 * 1024 + 3;
+    let sent = common::write_random_file(&input, size);
+    for f in Flavor::all() {
+        for pod in ["fwd", "plain"] {
+            let before = last_id(&api);
+            let target = format!("pod/{pod}");
+            let mut pf = Interactive::spawn(&f, &kc, &["port-forward", &target, ":8080"]);
+            let line = pf.line_containing("Forwarding from 127.0.0.1:").await;
+            let addr = format!("127.0.0.1:{}", common::forwarded_port(&line));
+            let output = dir.path().join(format!("echoed-{}-{pod}.bin", f.name));
+            let (from, to) = (input.clone(), output.clone());
+            let len = tokio::task::spawn_blocking(move || common::tcp_round_trip(&addr, &from, &to))
+                .await
+                .expect("round trip");
+            assert_eq!(len, size, "[{}] {pod}: every byte comes back", f.name);
+            assert_eq!(common::sha256_file(&output).0, sent, "[{}] {pod}: unchanged", f.name);
+            let r = wait_after(&api, before, "/portforward", |r| r.status == Some(101)).await;
+            assert_eq!(r.upgrade.as_deref(), Some(f.port_forward_upgrade), "[{}]", f.name);
+            let protocol = if f.port_forward_upgrade == "websocket" {
+                "SPDY/3.1+portforward.k8s.io"
+            } else {
+                "portforward.k8s.io"
+            };
+            assert_eq!(r.stream_protocol.as_deref(), Some(protocol));
+            pf.child.kill().await.expect("kill kubectl");
+            let ended =
+                wait_after(&api, before, "/portforward", |r| r.outcome == RequestOutcome::Cancelled).await;
+            assert!(ended.finished_at.is_some(), "[{}] the end of the connection is recorded", f.name);
+        }
+    }
+    drop(echo);
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_kubectl_mid_exec_is_recorded_as_cancelled() {
+    let api = TestApiserver::start().await.expect("start");
+    let dir = tempdir();
+    let kc = kubeconfig_file(&api, dir.path());
+    Flavor::spdy().ok(&kc, &["run", "box", "--image=busybox", "--restart=Never"]);
+    for f in [Flavor::spdy(), Flavor::websocket()] {
+        let before = last_id(&api);
+        let mut exec = Interactive::spawn(&f, &kc, &["exec", "-i", "box", "--", "cat"]);
+        exec.send("ping\n").await;
+        exec.line_containing("ping").await;
+        let running = wait_after(&api, before, "/exec", |r| r.status == Some(101)).await;
+        assert_eq!(running.outcome, RequestOutcome::InProgress);
+        exec.child.kill().await.expect("kill kubectl");
+        let ended = wait_after(&api, before, "/exec", |r| r.outcome == RequestOutcome::Cancelled).await;
+        assert_eq!(ended.id, running.id, "[{}]", f.name);
+        assert!(ended.finished_at.is_some() && ended.exit_code.is_none(), "[{}] {ended:?}", f.name);
+    }
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_needs_create_on_the_subresource() {
+    let read_pods =
+        RbacRule::for_user("alice").verbs(["get", "list"]).resources(["pods"]).namespaces(["default"]);
+    let api = TestApiserver::builder().rbac([read_pods.clone()]).start().await.expect("start");
+    let dir = tempdir();
+    let kc = kubeconfig_file(&api, dir.path());
+    Flavor::spdy().ok(&kc, &["run", "box", "--image=busybox", "--restart=Never"]);
+    for f in [Flavor::spdy(), Flavor::websocket()] {
+        let out = run_flavor(&f, &kc, &["exec", "box", "--as", "alice", "--", "true"], None).await;
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("pods \"box\" is forbidden: User \"alice\" cannot create resource \"pods/exec\" in API group \"\" in the namespace \"default\""),
+            "[{}] {}",
+            f.name,
+            text(&out.stderr)
+        );
+        let out = run_flavor(&f, &kc, &["attach", "box", "--as", "alice"], None).await;
+        assert!(
+            text(&out.stderr).contains("cannot create resource \"pods/attach\""),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    // `create` alone: SPDY (POST) works; a WebSocket (GET) also needs `get`,
+    // so kubectl falls back to SPDY.
+    let exec = RbacRule::for_user("alice").verbs(["create"]).resources(["pods/exec"]).namespaces(["default"]);
+    api.set_rbac([read_pods, exec]);
+    let before = last_id(&api);
+    let out =
+        run_flavor(&Flavor::websocket(), &kc, &["exec", "box", "--as", "alice", "--", "echo", "ok"], None)
+            .await;
+    assert_eq!(text(&out.stdout), "ok\n", "{}", text(&out.stderr));
+    let denied = wait_after(&api, before, "/exec", |r| r.method == "GET").await;
+    assert_eq!(denied.status, Some(403));
+    let allowed = wait_after(&api, before, "/exec", |r| r.method == "POST").await;
+    assert_eq!((allowed.status, allowed.upgrade.as_deref()), (Some(101), Some("SPDY/3.1")));
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_exec_through_a_pseudo_terminal() {
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("no `script` (util-linux) to give kubectl a pty: skipping the tty test");
+        return;
+    }
+    let api = TestApiserver::start().await.expect("start");
+    let dir = tempdir();
+    let kc = kubeconfig_file(&api, dir.path());
+    Flavor::spdy().ok(&kc, &["run", "box", "--image=busybox", "--restart=Never"]);
+    for f in [Flavor::spdy(), Flavor::websocket()] {
+        // `script` runs kubectl on a pty of a known size.
+        let line = format!(
+            "stty cols 101 rows 41; exec {} --kubeconfig {} exec -it box -- sh",
+            f.bin.display(),
+            kc.display()
+        );
+        let mut cmd = std::process::Command::new("/usr/bin/script");
+        cmd.args(["-qfec", &line, "/dev/null"]).env_remove("KUBECONFIG");
+        for (k, v) in &f.envs {
+            cmd.env(k, v);
+        }
+        let mut cmd = Command::from(cmd);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn script");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let mut out = child.stdout.take().expect("stdout");
+        let mut seen = Vec::new();
+        async fn until(out: &mut ChildStdout, seen: &mut Vec<u8>, needle: &str) {
+            use tokio::io::AsyncReadExt;
+            let read = async {
+                let mut buf = [0u8; 4096];
+                while !String::from_utf8_lossy(seen).contains(needle) {
+                    let n = out.read(&mut buf).await.expect("read pty output");
+                    assert!(n > 0, "output ended before {needle:?}: {:?}", String::from_utf8_lossy(seen));
+                    seen.extend_from_slice(&buf[..n]);
+                }
+            };
+            tokio::time::timeout(WAIT, read).await.unwrap_or_else(|_| panic!("no {needle:?} in {seen:?}"));
+        }
+        // The terminal size arrives as a resize event; the shell prints it.
+        until(&mut out, &mut seen, "resize 101x41\r\n").await;
+        use tokio::io::AsyncWriteExt;
+        stdin.write_all(b"echo hi from a tty\r").await.expect("type");
+        until(&mut out, &mut seen, "\r\nhi from a tty\r\n").await;
+        stdin.write_all(b"exit 7\r").await.expect("type");
+        let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits").expect("wait");
+        assert_eq!(status.code(), Some(7), "[{}] {:?}", f.name, String::from_utf8_lossy(&seen));
+    }
+    let r = wait_for(&api, "a tty exec", |r| {
+        r.query_param("tty").as_deref() == Some("true") && r.exit_code == Some(7)
+    })
+    .await;
+    assert!(r.upgrade.is_some());
+    api.shutdown().await;
+}
+
+/// The `base64.channel.k8s.io` WebSocket protocol with a tty, spoken
+/// directly (no kubectl uses it): text messages carry the channel as a
+/// digit and base64 data; a resize on channel 4 is shown by the terminal
+/// session, and the exit is reported on channel 3 as text (pre-v4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_base64_protocol_with_a_tty() {
+    use base64::Engine as _;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let api = TestApiserver::start().await.expect("start");
+    let dir = tempdir();
+    let kc = kubeconfig_file(&api, dir.path());
+    Flavor::spdy().ok(&kc, &["run", "box", "--image=busybox", "--restart=Never"]);
+    let url = format!(
+        "wss://{}/api/v1/namespaces/default/pods/box/exec?command=sh&stdin=true&stdout=true&tty=true",
+        api.addr()
+    );
+    let mut req = url.into_client_request().expect("request");
+    let auth = format!("Bearer {}", api.admin_token());
+    req.headers_mut().insert("authorization", auth.parse().expect("header"));
+    req.headers_mut().insert("sec-websocket-protocol", "base64.channel.k8s.io".parse().expect("header"));
+    let (mut ws, resp) =
+        tokio_tungstenite::client_async(req, tls_connect(&api).await).await.expect("WebSocket handshake");
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "base64.channel.k8s.io");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let send = |channel: char, data: &[u8]| Message::Text(format!("{channel}{}", b64.encode(data)).into());
+    ws.send(send('4', br#"{"Width":80,"Height":24}"#)).await.expect("resize");
+    ws.send(send('0', b"exit 5\r")).await.expect("type");
+    let (mut stdout, mut error) = (Vec::new(), Vec::new());
+    let read = async {
+        let mut closed = None;
+        // Reading on after the close frame sends the reply and ends the stream.
+        while let Some(Ok(msg)) = ws.next().await {
+            match msg {
+                Message::Text(t) => {
+                    let (channel, data) = t.as_str().split_at(1);
+                    let data = b64.decode(data).expect("base64");
+                    match channel {
+                        "1" => stdout.extend(data),
+                        "3" => error.extend(data),
+                        other => panic!("unexpected channel {other}"),
+                    }
+                }
+                Message::Close(frame) => closed = frame.map(|f| u16::from(f.code)),
+                Message::Binary(_) => panic!("base64 protocols send text"),
+                _ => {}
+            }
+        }
+        assert_eq!(closed, Some(1000), "a normal close");
+    };
+    tokio::time::timeout(WAIT, read).await.expect("the session ends");
+    let stdout = String::from_utf8_lossy(&stdout);
+    assert!(stdout.contains("resize 80x24\r\n") && stdout.contains("exit 5\r\n"), "{stdout:?}");
+    let error = String::from_utf8_lossy(&error);
+    assert!(
+        error.contains("command terminated with non-zero exit code") && error.ends_with("exit code 5"),
+        "{error}"
+    );
+    let r = wait_for(&api, "the base64 exec", |r| r.exit_code == Some(5)).await;
+    assert_eq!(r.stream_protocol.as_deref(), Some("base64.channel.k8s.io"));
     api.shutdown().await;
 }

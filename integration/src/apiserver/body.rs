@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use super::status::ApiError;
 /// The body of every response the test apiserver sends.
 pub(crate) struct ResponseBody {
     inner: UnsyncBoxBody<Bytes, Infallible>,
-    guard: Option<RecordGuard>,
+    guard: Option<Arc<RecordGuard>>,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -41,7 +42,7 @@ impl ResponseBody {
     }
 
     /// Ties the body to the request's record.
-    pub fn with_guard(mut self, guard: RecordGuard) -> Self {
+    pub fn with_guard(mut self, guard: Arc<RecordGuard>) -> Self {
         self.guard = Some(guard);
         self
     }

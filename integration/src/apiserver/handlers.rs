@@ -476,8 +476,14 @@ fn delete_one(ctx: &Ctx<'_>, target: &Target, name: &str, opts: &DeleteOptions) 
     })?;
     if !opts.dry_run {
         match kind {
-            ResourceKind::Pod => ctx.state.logs.pod_gone(target.ns(), name),
-            ResourceKind::Namespace => ctx.state.logs.namespace_gone(name),
+            ResourceKind::Pod => {
+                ctx.state.logs.pod_gone(target.ns(), name);
+                ctx.state.files.pod_gone(target.ns(), name);
+            }
+            ResourceKind::Namespace => {
+                ctx.state.logs.namespace_gone(name);
+                ctx.state.files.namespace_gone(name);
+            }
             ResourceKind::ConfigMap | ResourceKind::Event => {}
         }
     }

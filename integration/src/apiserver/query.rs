@@ -2,23 +2,35 @@
 
 use std::collections::HashMap;
 
-/// The decoded query string of one request (the first value of each key).
+/// The decoded query string of one request.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Query(HashMap<String, String>);
+pub(crate) struct Query {
+    /// The first value of each key.
+    first: HashMap<String, String>,
+    /// Every pair, in order.
+    all: Vec<(String, String)>,
+}
 
 impl Query {
     /// Decodes `a=b&c=d` (form-urlencoded).
     pub fn parse(raw: Option<&str>) -> Self {
-        let mut map = HashMap::new();
+        let mut first = HashMap::new();
+        let mut all = Vec::new();
         for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-            map.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+            first.entry(k.to_string()).or_insert_with(|| v.to_string());
+            all.push((k.into_owned(), v.into_owned()));
         }
-        Self(map)
+        Self { first, all }
     }
 
     /// The raw value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.first.get(key).map(String::as_str)
+    }
+
+    /// Every value of a repeated `key` (`command=sh&command=-c`), in order.
+    pub fn all(&self, key: &str) -> Vec<String> {
+        self.all.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect()
     }
 
     /// The value of `key`, treating an empty value as absent.
@@ -54,5 +66,7 @@ mod tests {
         assert_eq!(q.int("limit"), Ok(Some(5)));
         assert_eq!(q.non_empty("x"), None);
         assert!(q.int("labelSelector").is_err());
+        let q = Query::parse(Some("command=sh&command=-c&command=echo%20hi&stdout=1"));
+        assert_eq!(q.all("command"), ["sh", "-c", "echo hi"]);
     }
 }

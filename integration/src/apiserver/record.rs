@@ -66,10 +66,26 @@ pub struct RecordedRequest {
     pub status: Option<u16>,
     /// When the request arrived.
     pub received_at: SystemTime,
-    /// When the response finished or was cancelled.
+    /// When the response finished or was cancelled (for an upgraded
+    /// connection: when the connection ended).
     pub finished_at: Option<SystemTime>,
-    /// How the exchange ended.
+    /// How the exchange ended. For an upgraded connection (`exec`,
+    /// `attach`, `port-forward`): `Completed` when the server ended the
+    /// session (the command exited), `Cancelled` when the client went away
+    /// first.
     pub outcome: RequestOutcome,
+    /// The protocol the connection was upgraded to (`SPDY/3.1` or
+    /// `websocket`), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<String>,
+    /// The negotiated streaming protocol (`v4.channel.k8s.io`,
+    /// `v5.channel.k8s.io`, `portforward.k8s.io`,
+    /// `SPDY/3.1+portforward.k8s.io`, ...); empty when the client named none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_protocol: Option<String>,
+    /// The exit code of an `exec` (or `attach`) session that ran to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 impl RecordedRequest {
@@ -149,6 +165,9 @@ impl Recorder {
             received_at: SystemTime::now(),
             finished_at: None,
             outcome: RequestOutcome::InProgress,
+            upgrade: None,
+            stream_protocol: None,
+            exit_code: None,
         });
         drop(inner);
         self.changed.send_modify(|n| *n += 1);
@@ -234,6 +253,19 @@ impl RecordGuard {
     /// Records the response status.
     pub fn set_status(&self, status: u16) {
         self.update(|e| e.status = Some(status));
+    }
+
+    /// Records the upgrade of the connection and the negotiated protocol.
+    pub fn set_stream(&self, upgrade: &str, protocol: &str) {
+        self.update(|e| {
+            e.upgrade = Some(upgrade.to_string());
+            e.stream_protocol = Some(protocol.to_string());
+        });
+    }
+
+    /// Records a streaming session's exit code.
+    pub fn set_exit_code(&self, code: i32) {
+        self.update(|e| e.exit_code = Some(code));
     }
 
     /// Records the end of the exchange (only the first call counts).

@@ -1,13 +1,14 @@
 //! The request pipeline, in kube-apiserver's order: record, authenticate
 //! (and impersonate), authorize, read the body, then route.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
 use super::auth::{Identity, authenticate};
 use super::body::{self, ResponseBody};
@@ -18,11 +19,12 @@ use super::media::{DiscoveryVersion, Representation, negotiate};
 use super::query::Query;
 use super::rbac::authorize;
 use super::record::{Arrival, RecordGuard};
-use super::request_info::{RequestInfo, classify};
+use super::request_info::{RequestInfo, ResourceRequest, classify};
 use super::resources::ResourceKind;
 use super::reviews;
 use super::server::State;
 use super::status::ApiError;
+use super::streaming::{self, Subresource};
 use super::test_endpoints;
 
 /// The largest request body accepted (kube-apiserver's 3 MiB).
@@ -36,6 +38,12 @@ pub(crate) struct Ctx<'a> {
     pub query: &'a Query,
     pub identity: &'a Identity,
     pub body: Bytes,
+    /// The connection upgrade of an HTTP/1.1 request that asks for one
+    /// (taken by the streaming subresources).
+    pub upgrade: &'a Mutex<Option<OnUpgrade>>,
+    /// The request's record (a streaming session keeps it until the
+    /// upgraded connection ends).
+    pub guard: &'a Arc<RecordGuard>,
 }
 
 fn version_name(v: http::Version) -> &'static str {
@@ -55,7 +63,8 @@ fn is_test_path(path: &str) -> bool {
 
 /// Serves one request; never fails (failures are `Status` responses).
 pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let upgrade = Mutex::new(parts.extensions.remove::<OnUpgrade>());
     let guard = if is_test_path(parts.uri.path()) {
         RecordGuard::disabled()
     } else {
@@ -77,7 +86,8 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
             http_version: version_name(parts.version).to_string(),
         })
     };
-    let resp = match serve(&state, &parts, body, &guard).await {
+    let guard = Arc::new(guard);
+    let resp = match serve(&state, &parts, body, &guard, &upgrade).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(method = %parts.method, path = parts.uri.path(), code = e.code.as_u16(), message = %e.message, "request failed");
@@ -86,6 +96,10 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
     };
     guard.set_status(resp.status().as_u16());
     let (head, b) = resp.into_parts();
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        // The streaming session holds the record until its connection ends.
+        return Response::from_parts(head, b);
+    }
     Response::from_parts(head, b.with_guard(guard))
 }
 
@@ -105,7 +119,8 @@ async fn serve(
     state: &Arc<State>,
     parts: &Parts,
     body: Incoming,
-    guard: &RecordGuard,
+    guard: &Arc<RecordGuard>,
+    upgrade: &Mutex<Option<OnUpgrade>>,
 ) -> Result<Response<ResponseBody>, ApiError> {
     let identity = authenticate(&parts.headers, state.admin_token.expose())?;
     guard.set_user(&identity.user, identity.impersonated);
@@ -117,6 +132,17 @@ async fn serve(
         classify(&parts.method, path, &query)
     };
     authorize(&state.rules(), &identity, &info)?;
+    if let RequestInfo::Resource(r) = &info
+        && r.verb != "create"
+        && r.resource == "pods"
+        && Subresource::parse(&r.subresource).is_some()
+    {
+        // WebSocket streaming uses GET: like kube-apiserver 1.34+ (with
+        // AuthorizePodWebsocketUpgradeCreatePermission), also require the
+        // `create` that the SPDY POST needs.
+        let create = ResourceRequest { verb: "create".to_string(), ..r.clone() };
+        authorize(&state.rules(), &identity, &RequestInfo::Resource(create))?;
+    }
     let body = read_body(body, guard).await?;
     let ctx = Ctx {
         state,
@@ -125,6 +151,8 @@ async fn serve(
         query: &query,
         identity: &identity,
         body,
+        upgrade,
+        guard,
     };
     if is_test_path(path) {
         return test_endpoints::serve(&ctx, path);
@@ -267,8 +295,10 @@ fn core(ctx: &Ctx<'_>, rest: &[&str]) -> Result<Response<ResponseBody>, ApiError
                     get_only(ctx)?;
                     logs::serve_log(ctx, ns, name)
                 }
-                "exec" | "attach" | "portforward" => Err(ApiError::bad_request("Upgrade request required")),
-                _ => Err(ApiError::no_route()),
+                other => match Subresource::parse(other) {
+                    Some(sub) => streaming::serve(ctx, ns, name, sub),
+                    None => Err(ApiError::no_route()),
+                },
             };
         }
         [plural] => {

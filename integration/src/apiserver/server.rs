@@ -17,10 +17,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::defaults::prepare_create;
 use super::error::StartError;
 use super::logs::Logs;
+use super::podfs::PodFiles;
 use super::rbac::RbacRule;
 use super::record::{RecordedRequest, Recorder};
 use super::resources::ResourceKind;
@@ -46,7 +48,12 @@ pub(crate) struct State {
     pub logs: Logs,
     rbac: RwLock<Vec<RbacRule>>,
     pub recorder: Arc<Recorder>,
-    /// Cancelled at shutdown: ends watches and log follows.
+    /// Every pod's in-memory files (what `exec` commands see).
+    pub files: PodFiles,
+    /// Streaming sessions (`exec`, `attach`, `port-forward`) on upgraded
+    /// connections, which outlive the HTTP connection task.
+    pub sessions: TaskTracker,
+    /// Cancelled at shutdown: ends watches, log follows and sessions.
     pub shutdown: CancellationToken,
     pub bookmark_interval: Duration,
     /// `127.0.0.1:PORT`, for `/api`'s `serverAddressByClientCIDRs`.
@@ -127,6 +134,8 @@ impl TestApiserverBuilder {
             logs: Logs::new(),
             rbac: RwLock::new(self.rbac.unwrap_or_else(|| vec![RbacRule::allow_all()])),
             recorder: Arc::new(Recorder::default()),
+            files: PodFiles::default(),
+            sessions: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             bookmark_interval: self.bookmark_interval,
             server_address: client_addr.to_string(),
@@ -282,9 +291,17 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, state: Arc<St
         }
     }
     drop(listener);
-    let drain = async { while conns.join_next().await.is_some() {} };
+    state.sessions.close();
+    let drain = async {
+        while conns.join_next().await.is_some() {}
+        state.sessions.wait().await;
+    };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-        tracing::warn!(open = conns.len(), "aborting connections still open after shutdown grace");
+        tracing::warn!(
+            open = conns.len(),
+            sessions = state.sessions.len(),
+            "aborting connections still open after shutdown grace"
+        );
         conns.shutdown().await;
     }
 }
@@ -317,7 +334,8 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAccepto
     if h2 {
         builder = builder.http2_only();
     }
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    // Upgrades: `exec`, `attach` and `port-forward` over SPDY or WebSocket.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,

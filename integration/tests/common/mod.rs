@@ -321,3 +321,328 @@ pub fn kubectl_spawn(kubeconfig: &Path, args: &[&str]) -> Proc {
     cmd.arg("--kubeconfig").arg(kubeconfig).args(args).env_remove("KUBECONFIG");
     Proc::spawn("kubectl", cmd)
 }
+
+/// An older kubectl shipped beside the real file of `kubectl` on `PATH`
+/// (`kubectl.1.27`, ...), if this machine has it.
+pub fn versioned_kubectl(version: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let found = std::env::split_paths(&path).map(|d| d.join("kubectl")).find(|p| p.is_file())?;
+    let real = std::fs::canonicalize(found).ok()?;
+    let versioned = real.parent()?.join(format!("kubectl.{version}"));
+    versioned.is_file().then_some(versioned)
+}
+
+/// A kubectl binary with the environment that picks its streaming
+/// transport.
+#[derive(Clone, Debug)]
+pub struct Flavor {
+    /// Short name for messages.
+    pub name: &'static str,
+    /// The binary.
+    pub bin: PathBuf,
+    /// `KUBECTL_*_WEBSOCKETS` settings.
+    pub envs: Vec<(&'static str, &'static str)>,
+    /// The `upgrade` the test apiserver should record (`SPDY/3.1` or
+    /// `websocket`) for exec and for port-forward.
+    pub exec_upgrade: &'static str,
+    /// The same for port-forward.
+    pub port_forward_upgrade: &'static str,
+}
+
+impl Flavor {
+    /// The default kubectl forced onto SPDY.
+    pub fn spdy() -> Flavor {
+        Flavor {
+            name: "spdy",
+            bin: PathBuf::from(kubectl_bin()),
+            envs: vec![
+                ("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false"),
+                ("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false"),
+            ],
+            exec_upgrade: "SPDY/3.1",
+            port_forward_upgrade: "SPDY/3.1",
+        }
+    }
+
+    /// The default kubectl on WebSockets.
+    pub fn websocket() -> Flavor {
+        Flavor {
+            name: "websocket",
+            bin: PathBuf::from(kubectl_bin()),
+            envs: vec![
+                ("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "true"),
+                ("KUBECTL_PORT_FORWARD_WEBSOCKETS", "true"),
+            ],
+            exec_upgrade: "websocket",
+            port_forward_upgrade: "websocket",
+        }
+    }
+
+    /// kubectl 1.27 (SPDY only), when installed.
+    pub fn kubectl_1_27() -> Option<Flavor> {
+        Some(Flavor {
+            name: "kubectl-1.27",
+            bin: versioned_kubectl("1.27")?,
+            envs: Vec::new(),
+            exec_upgrade: "SPDY/3.1",
+            port_forward_upgrade: "SPDY/3.1",
+        })
+    }
+
+    /// The three flavors the streaming tests cover (1.27 when installed).
+    pub fn all() -> Vec<Flavor> {
+        let mut all = vec![Flavor::spdy(), Flavor::websocket()];
+        match Flavor::kubectl_1_27() {
+            Some(f) => all.push(f),
+            None => eprintln!("kubectl.1.27 not found beside kubectl: skipping it"),
+        }
+        all
+    }
+
+    /// A kubectl command with `kubeconfig` and this flavor's environment.
+    pub fn command(&self, kubeconfig: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--kubeconfig").arg(kubeconfig).args(args).env_remove("KUBECONFIG");
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs kubectl to completion.
+    pub fn run(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        self.command(kubeconfig, args).stdin(Stdio::null()).output().expect("run kubectl")
+    }
+
+    /// Runs kubectl; it must succeed. Returns stdout.
+    pub fn ok(&self, kubeconfig: &Path, args: &[&str]) -> String {
+        let out = self.run(kubeconfig, args);
+        assert!(
+            out.status.success(),
+            "[{}] kubectl {args:?} failed ({}): {}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    /// Runs kubectl with stdin from one file and stdout into another (for
+    /// large transfers); returns the exit status and stderr.
+    pub fn run_files(
+        &self,
+        kubeconfig: &Path,
+        args: &[&str],
+        stdin: &Path,
+        stdout: &Path,
+    ) -> (std::process::ExitStatus, String) {
+        let out = self
+            .command(kubeconfig, args)
+            .stdin(std::fs::File::open(stdin).expect("open stdin file"))
+            .stdout(std::fs::File::create(stdout).expect("create stdout file"))
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run kubectl");
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// Starts a long-running kubectl whose stdout lines are collected.
+    pub fn spawn(&self, kubeconfig: &Path, args: &[&str]) -> Proc {
+        Proc::spawn(&format!("kubectl ({})", self.name), self.command(kubeconfig, args))
+    }
+}
+
+/// Writes `size` random bytes (from the kernel, fast even in debug builds)
+/// to `path`; returns their SHA-256 (hex).
+pub fn write_random_file(path: &Path, size: u64) -> String {
+    use std::io::Read;
+    let mut random = std::fs::File::open("/dev/urandom").expect("open /dev/urandom").take(size);
+    let mut f = std::fs::File::create(path).expect("create");
+    let copied = std::io::copy(&mut random, &mut f).expect("write random data");
+    assert_eq!(copied, size);
+    sha256_file(path).0
+}
+
+/// SHA-256 (hex) of a file and its length (with coreutils' `sha256sum`,
+/// as a debug build of a hash crate would be slow on 50 MiB).
+pub fn sha256_file(path: &Path) -> (String, u64) {
+    let len = std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display())).len();
+    let out = Command::new("sha256sum").arg(path).output().expect("run sha256sum");
+    assert!(out.status.success(), "sha256sum {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    (text.split_whitespace().next().expect("a digest").to_owned(), len)
+}
+
+/// A TCP echo server on 127.0.0.1:0 that keeps half-closes: on EOF from
+/// the client it finishes echoing, then shuts its write side. Stopped (and
+/// its threads joined) on drop.
+pub struct TcpEcho {
+    pub addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<Vec<std::thread::JoinHandle<u64>>>>,
+}
+
+/// How long an echo connection may sit idle before it is dropped (so
+/// threads always end).
+const ECHO_IDLE: Duration = Duration::from_secs(60);
+
+impl TcpEcho {
+    pub fn start() -> TcpEcho {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind echo server");
+        let addr = listener.local_addr().expect("addr");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let accept = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            for conn in listener.incoming() {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                conns.push(std::thread::spawn(move || {
+                    use std::io::Read;
+                    let _ = conn.set_read_timeout(Some(ECHO_IDLE));
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut total = 0u64;
+                    loop {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                total += n as u64;
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = conn.shutdown(std::net::Shutdown::Write);
+                    total
+                }));
+            }
+            conns
+        });
+        TcpEcho { addr, stop, accept: Some(accept) }
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(accept) = self.accept.take()
+            && let Ok(conns) = accept.join()
+        {
+            for c in conns {
+                let _ = c.join();
+            }
+        }
+    }
+}
+
+/// Sends the file `input` to `addr` while reading everything back (on
+/// another thread) into the file `output`, half-closing after the last
+/// byte; returns the number of bytes received.
+pub fn tcp_round_trip(addr: &str, input: &Path, output: &Path) -> u64 {
+    let conn = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    conn.set_read_timeout(Some(READY_TIMEOUT)).expect("timeout");
+    let mut writer = conn.try_clone().expect("clone");
+    let mut source = std::fs::File::open(input).expect("open input");
+    let sender = std::thread::spawn(move || {
+        let sent = std::io::copy(&mut source, &mut writer).expect("send");
+        writer.shutdown(std::net::Shutdown::Write).expect("half-close");
+        sent
+    });
+    let mut reader = conn;
+    let mut sink = std::fs::File::create(output).expect("create output");
+    let got = std::io::copy(&mut reader, &mut sink).unwrap_or_else(|e| panic!("reading the echo: {e}"));
+    sender.join().expect("sender thread");
+    got
+}
+
+/// The local port in kubectl port-forward's `Forwarding from
+/// 127.0.0.1:PORT -> ...` line.
+pub fn forwarded_port(line: &str) -> u16 {
+    line.split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no local port in {line:?}"))
+}
+
+impl Env {
+    /// Waits (server side, up to `timeout`) for a recorded request whose
+    /// path contains `path_part` and that ended with `outcome`
+    /// (`inProgress`, `completed`, `cancelled`) and came after request
+    /// `after`; returns it, or `None` on timeout.
+    pub fn wait_recorded(
+        &self,
+        path_part: &str,
+        outcome: &str,
+        after: u64,
+        timeout: Duration,
+    ) -> Option<serde_json::Value> {
+        let path = format!(
+            "/_test/requests/wait?pathContains={}&outcome={outcome}&afterId={after}&timeoutSeconds={}",
+            path_part.replace('/', "%2F"),
+            timeout.as_secs().max(1)
+        );
+        let out = kubectl(&self.apiserver_kubeconfig(), &["get", "--raw", &path, "--request-timeout", "0"]);
+        assert!(
+            out.status.success(),
+            "wait for a recorded request: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        (v["found"] == true).then(|| v["request"].clone())
+    }
+
+    /// The id of the latest recorded request (0 if none).
+    pub fn last_recorded_id(&self) -> u64 {
+        self.recorded().iter().filter_map(|r| r["id"].as_u64()).max().unwrap_or(0)
+    }
+}
+
+impl Proc {
+    /// Like [`Proc::spawn`], with stdin piped; returns its write end too.
+    pub fn spawn_with_stdin(name: &str, mut cmd: Command) -> (Proc, std::process::ChildStdin) {
+        cmd.stdout(Stdio::piped()).stdin(Stdio::piped());
+        if std::env::var_os("FERRY_TEST_QUIET").is_some() {
+            cmd.stderr(Stdio::null());
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (Proc { name: name.to_owned(), child, lines: rx, seen: Vec::new() }, stdin)
+    }
+
+    /// Waits for the process to exit (at most `timeout`, else it is killed
+    /// and the test fails), collecting its remaining stdout lines.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                // stdout closed: the exit is imminent.
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.child.wait().expect("wait"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.kill();
+                    panic!("{} did not exit within {timeout:?}; saw {:?}", self.name, self.seen);
+                }
+            }
+        }
+    }
+}
