@@ -45,3 +45,16 @@ pub const STREAM_WAIT: Duration = Duration::from_secs(10);
 
 /// Messages buffered on the control stream in each direction.
 pub const CONTROL_CHANNEL_CAPACITY: usize = 32;
+
+/// HTTP/2 receive window per stream on the tunnel connection (both ends):
+/// what one stalled request can pin in flight per direction.
+pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+
+/// HTTP/2 receive window per tunnel connection (both ends): large, so a
+/// few stalled streams never starve the others on the agent's connection.
+pub const H2_CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+
+/// Largest HTTP/2 frame each end accepts on the tunnel connection: a whole
+/// body chunk plus gRPC framing fits in one DATA frame, instead of five
+/// frames at HTTP/2's 16 KiB default.
+pub const H2_MAX_FRAME_SIZE: u32 = 128 * 1024;

@@ -39,7 +39,8 @@ pub enum HubError {
 }
 
 /// The hub endpoint: TLS trusting only the configured CA, server name from
-/// the URL, TCP_NODELAY and HTTP/2 keepalive.
+/// the URL, TCP_NODELAY, HTTP/2 keepalive, and the tunnel's shared window
+/// and frame sizes.
 pub fn endpoint(config: &AgentConfig) -> Result<Endpoint, HubError> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&config.hub_ca_pem))
@@ -51,7 +52,10 @@ pub fn endpoint(config: &AgentConfig) -> Result<Endpoint, HubError> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(ferry::limits::H2_STREAM_WINDOW)
+        .initial_connection_window_size(ferry::limits::H2_CONNECTION_WINDOW)
+        .max_frame_size(ferry::limits::H2_MAX_FRAME_SIZE))
 }
 
 /// Dials the hub and returns a client over the new connection.

@@ -194,10 +194,17 @@ async fn forward(
 
     let too_large = Arc::new(AtomicBool::new(false));
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let pump = (!upgrade).then(|| {
+    let pump = if upgrade {
+        None
+    } else if req.body().is_end_stream() {
+        // No body (most GETs): end it inline instead of spawning a pump. The
+        // channel holds only the head, so there is room.
+        let _ = parked.tx.try_send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End {})) }));
+        None
+    } else {
         let (tx, flag) = (parked.tx.clone(), too_large.clone());
-        tokio::spawn(pump_request_body(req.into_body(), tx, max_body, flag).in_current_span())
-    });
+        Some(tokio::spawn(pump_request_body(req.into_body(), tx, max_body, flag).in_current_span()))
+    };
     let pump = AbortOnDrop(pump);
 
     let first = parked.rx.message().await;

@@ -44,11 +44,6 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a keep-alive ping may go unanswered.
 pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Per-stream HTTP/2 receive window: what one stalled stream can hold.
-pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
-/// Per-connection HTTP/2 receive window: large, so a few stalled streams
-/// never starve the others on the agent's connection.
-pub const H2_CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 /// Concurrent HTTP/2 streams per connection (parked + in flight + control).
 pub const H2_MAX_STREAMS: u32 = 50_000;
 /// Streams the hub itself may reset over one connection's life before h2
@@ -201,8 +196,9 @@ impl Hub {
         http.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(H2_MAX_STREAMS)
-            .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .initial_stream_window_size(ferry::limits::H2_STREAM_WINDOW)
+            .initial_connection_window_size(ferry::limits::H2_CONNECTION_WINDOW)
+            .max_frame_size(ferry::limits::H2_MAX_FRAME_SIZE)
             .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
             .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
             .max_header_list_size(ferry::limits::MAX_HEADER_BYTES as u32 * 2)

@@ -1079,8 +1079,10 @@ async fn websocket_base64_protocol_with_a_tty() {
     let b64 = base64::engine::general_purpose::STANDARD;
     let send = |channel: char, data: &[u8]| Message::Text(format!("{channel}{}", b64.encode(data)).into());
     ws.send(send('4', br#"{"Width":80,"Height":24}"#)).await.expect("resize");
-    ws.send(send('0', b"exit 5\r")).await.expect("type");
     let (mut stdout, mut error) = (Vec::new(), Vec::new());
+    // Resize and stdin are separate channels with no order between them (as
+    // with a kubelet): type only once the resize has been shown.
+    let mut exit_sent = false;
     let read = async {
         let mut closed = None;
         // Reading on after the close frame sends the reply and ends the stream.
@@ -1098,6 +1100,10 @@ async fn websocket_base64_protocol_with_a_tty() {
                 Message::Close(frame) => closed = frame.map(|f| u16::from(f.code)),
                 Message::Binary(_) => panic!("base64 protocols send text"),
                 _ => {}
+            }
+            if !exit_sent && String::from_utf8_lossy(&stdout).contains("resize 80x24\r\n") {
+                exit_sent = true;
+                ws.send(send('0', b"exit 5\r")).await.expect("type");
             }
         }
         assert_eq!(closed, Some(1000), "a normal close");
