@@ -569,3 +569,59 @@ async fn thousands_of_finished_and_cancelled_requests_keep_the_agent_connected()
     .expect("ferryctl");
     assert!(clusters.contains("Connected") || clusters.contains("\"connected\""), "{clusters}");
 }
+
+/// Reads a child's output until it contains `needle` (bounded by [`WAIT`]).
+async fn read_until(out: &mut tokio::process::ChildStdout, seen: &mut Vec<u8>, needle: &str) {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(seen).contains(needle) {
+            let n = out.read(&mut buf).await.expect("read pty output");
+            assert!(n > 0, "output ended before {needle:?}: {:?}", String::from_utf8_lossy(seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, read).await.unwrap_or_else(|_| panic!("no {needle:?} in {seen:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_exec_through_the_hub_and_the_upgrade_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let world = World::start_with(&["--upgrade-idle-timeout", "2s"]).await;
+    kubectl_ok(&world.alice, &["run", "box", "--image=busybox", "--restart=Never"]);
+    // `script` (util-linux) gives kubectl a pseudo-terminal of a known size.
+    let line = format!(
+        "stty cols 101 rows 41; exec {} --kubeconfig {} exec -it box -- sh",
+        kubectl_bin(),
+        world.alice.display()
+    );
+    let mut child = tokio::process::Command::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        .env_remove("KUBECONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn script (util-linux)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut seen = Vec::new();
+    // The terminal size crossed hub and agent as a resize event.
+    read_until(&mut out, &mut seen, "resize 101x41").await;
+    stdin.write_all(b"hello through the hub\r").await.expect("type");
+    read_until(&mut out, &mut seen, "hello through the hub").await;
+
+    // Then nothing either way: the hub closes the idle connection after 2 s
+    // (--upgrade-idle-timeout), kubectl ends, and the apiserver sees it go.
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("kubectl ended").expect("wait");
+    assert!(!status.success(), "an idle-closed exec is not a clean exit: {status}");
+    let exec =
+        world.api.requests().into_iter().find(|r| r.path.ends_with("/pods/box/exec")).expect("exec recorded");
+    let ended = tokio::time::timeout(
+        WAIT,
+        world.api.wait_for_request(|r| r.id == exec.id && r.outcome != RequestOutcome::InProgress),
+    )
+    .await
+    .expect("the apiserver saw the exec end");
+    assert_eq!(ended.outcome, RequestOutcome::Cancelled);
+}
