@@ -80,6 +80,7 @@ fn exec_pipes_50_mib_through_cat() {
         let (status, err) = f.run_files(&kc, &["exec", "-i", "box", "--", "cat"], &input, &output);
         assert!(status.success(), "[{}] {status}: {err}", f.name);
         assert_eq!(sha256_file(&output), (sum.clone(), BIG), "[{}] 50 MiB through cat", f.name);
+        eprintln!("[{}] exec -i cat: {BIG} bytes in and out, sha256 {sum}", f.name);
     }
 }
 
@@ -97,6 +98,7 @@ fn cp_copies_50_mib_both_ways() {
         let back = env.path(&format!("down-{}.bin", f.name));
         f.ok(&kc, &["cp", &remote, back.to_str().expect("utf8")]);
         assert_eq!(sha256_file(&back), (sum.clone(), BIG), "[{}] 50 MiB back from the pod", f.name);
+        eprintln!("[{}] cp: {BIG} bytes to and from the pod, sha256 {sum}", f.name);
     }
 }
 
@@ -138,6 +140,7 @@ fn port_forward_carries_50_mib_each_way() {
         let got = tcp_round_trip(&addr, &input, &output);
         assert_eq!(got, BIG, "[{}] every byte came back through the echo server", f.name);
         assert_eq!(sha256_file(&output).0, sum, "[{}] unchanged", f.name);
+        eprintln!("[{}] port-forward: {got} bytes each way, sha256 {sum}", f.name);
         let r =
             env.wait_recorded("/pods/fwd/portforward", "inProgress", after, READY_TIMEOUT).expect("recorded");
         assert_eq!(r["upgrade"], f.port_forward_upgrade, "[{}] {r}", f.name);
