@@ -587,7 +587,7 @@ async fn read_until(out: &mut tokio::process::ChildStdout, seen: &mut Vec<u8>, n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tty_exec_through_the_hub_and_the_upgrade_idle_timeout() {
     use tokio::io::AsyncWriteExt;
-    let world = World::start_with(&["--upgrade-idle-timeout", "2s"]).await;
+    let world = World::start_with(&["--upgrade-idle-timeout", "5s"]).await;
     kubectl_ok(&world.alice, &["run", "box", "--image=busybox", "--restart=Never"]);
     // `script` (util-linux) gives kubectl a pseudo-terminal of a known size.
     let line = format!(
@@ -611,7 +611,7 @@ async fn tty_exec_through_the_hub_and_the_upgrade_idle_timeout() {
     stdin.write_all(b"hello through the hub\r").await.expect("type");
     read_until(&mut out, &mut seen, "hello through the hub").await;
 
-    // Then nothing either way: the hub closes the idle connection after 2 s
+    // Then nothing either way: the hub closes the idle connection after 5 s
     // (--upgrade-idle-timeout), kubectl ends, and the apiserver sees it go.
     let status = tokio::time::timeout(WAIT, child.wait()).await.expect("kubectl ended").expect("wait");
     assert!(!status.success(), "an idle-closed exec is not a clean exit: {status}");
