@@ -362,17 +362,7 @@ users:
         path
     }
 
-    /// The full message chain, as `ferryctl` prints it.
-    fn chain(e: &dyn std::error::Error) -> String {
-        let mut out = e.to_string();
-        let mut cur = e.source();
-        while let Some(s) = cur {
-            out.push_str(": ");
-            out.push_str(&s.to_string());
-            cur = s.source();
-        }
-        out
-    }
+    use crate::management::chain;
 
     #[test]
     fn loads_data_fields() {

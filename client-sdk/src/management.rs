@@ -294,7 +294,8 @@ fn endpoint(config: &HubConfig) -> Result<(Endpoint, String), ManagementError> {
     Ok((endpoint, hub))
 }
 
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its sources joined with `: `, as `ferryctl` prints them.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
