@@ -587,9 +587,11 @@ async fn read_until(out: &mut tokio::process::ChildStdout, seen: &mut Vec<u8>, n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tty_exec_through_the_hub_and_the_upgrade_idle_timeout() {
     use tokio::io::AsyncWriteExt;
-    let world = World::start_with(&["--upgrade-idle-timeout", "5s"]).await;
+    let world = World::start_with(&["--upgrade-idle-timeout", "3s"]).await;
     kubectl_ok(&world.alice, &["run", "box", "--image=busybox", "--restart=Never"]);
     // `script` (util-linux) gives kubectl a pseudo-terminal of a known size.
+    // SPDY: over WebSocket kubectl pings every 5 s, which is traffic, so a
+    // WebSocket session is never idle for a timeout longer than that.
     let line = format!(
         "stty cols 101 rows 41; exec {} --kubeconfig {} exec -it box -- sh",
         kubectl_bin(),
@@ -598,6 +600,7 @@ async fn tty_exec_through_the_hub_and_the_upgrade_idle_timeout() {
     let mut child = tokio::process::Command::new("script")
         .args(["-qfec", &line, "/dev/null"])
         .env_remove("KUBECONFIG")
+        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -611,10 +614,11 @@ async fn tty_exec_through_the_hub_and_the_upgrade_idle_timeout() {
     stdin.write_all(b"hello through the hub\r").await.expect("type");
     read_until(&mut out, &mut seen, "hello through the hub").await;
 
-    // Then nothing either way: the hub closes the idle connection after 5 s
+    // Then nothing either way: the hub closes the idle connection after 3 s
     // (--upgrade-idle-timeout), kubectl ends, and the apiserver sees it go.
-    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("kubectl ended").expect("wait");
-    assert!(!status.success(), "an idle-closed exec is not a clean exit: {status}");
+    // (kubectl over SPDY exits 0 when the connection closes under it; what
+    // matters is that the session ends instead of hanging.)
+    tokio::time::timeout(WAIT, child.wait()).await.expect("kubectl ended").expect("wait");
     let exec =
         world.api.requests().into_iter().find(|r| r.path.ends_with("/pods/box/exec")).expect("exec recorded");
     let ended = tokio::time::timeout(
