@@ -6,12 +6,20 @@
 //! replacement is opened, so the pool stays full and no request waits for a
 //! round trip. Each parked stream is a task that serves its request once
 //! claimed; the pool owns every such task.
+//!
+//! A stream whose request finished cleanly in both directions goes back to
+//! the pool (the agent's `End` says so, and the hub parks it again) while
+//! fewer than the pool size plus [`MAX_EXTRA_PARKED`] are parked: sequential
+//! and concurrent traffic then reuses streams instead of opening a gRPC call
+//! (and its HTTP/2 stream, headers, credential check and tasks) per
+//! request. The hub closes surplus streams that stay idle (it alone may, as
+//! only it knows whether a head is on its way).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ferry::proto::v1::{ErrorCode, HubFrame, hub_frame};
+use ferry::proto::v1::{ErrorCode, HubFrame, RequestHead, hub_frame};
 use tokio::sync::Notify;
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -52,6 +60,8 @@ struct Shared {
     session: Arc<SessionShared>,
     /// Streams being opened or parked (not yet claimed by a request).
     parked: AtomicUsize,
+    /// Most streams parked at once (pool size + [`MAX_EXTRA_PARKED`]).
+    limit: usize,
     /// Woken whenever a parked stream is claimed.
     claimed: Notify,
     /// Cancelled when the hub refuses Proxy calls for this session.
@@ -73,16 +83,18 @@ pub(crate) struct Pool {
 impl Pool {
     /// An empty pool that keeps `target` streams parked once filled.
     pub fn new(session: Arc<SessionShared>, target: usize) -> Self {
+        let target = target.min(MAX_POOL_SIZE);
         let shared = Arc::new(Shared {
             session,
             parked: AtomicUsize::new(0),
+            limit: target + MAX_EXTRA_PARKED,
             claimed: Notify::new(),
             rejected: CancellationToken::new(),
             rejection: OnceLock::new(),
             stop_parking: CancellationToken::new(),
             abort: CancellationToken::new(),
         });
-        Self { shared, tasks: JoinSet::new(), target: target.min(MAX_POOL_SIZE) }
+        Self { shared, tasks: JoinSet::new(), target }
     }
 
     /// Opens streams until `target` are parked.
@@ -95,7 +107,7 @@ impl Pool {
     /// Opens `count` extra streams at the hub's request (bounded); they are
     /// not replaced once claimed.
     pub fn open_extra(&mut self, count: u32) {
-        let limit = self.target + MAX_EXTRA_PARKED;
+        let limit = self.shared.limit;
         let room = limit.saturating_sub(self.shared.parked.load(Ordering::Acquire));
         let n = usize::try_from(count).unwrap_or(usize::MAX).min(room);
         debug!(requested = count, opening = n, "hub asked for more parked streams");
@@ -187,14 +199,102 @@ fn rejects_session(status: &tonic::Status) -> bool {
     )
 }
 
+/// A place in the pool reserved for a stream that finished its request.
+/// Dropped without [`ParkSlot::keep`], the place is given back.
+pub(crate) struct ParkSlot {
+    shared: Arc<Shared>,
+    kept: bool,
+}
+
+impl ParkSlot {
+    /// Counts the stream as parked for good.
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for ParkSlot {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.shared.parked.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Shared {
+    /// Reserves a place for a finished stream, unless the pool is stopping
+    /// or already holds [`Shared::limit`] streams.
+    fn reserve(self: &Arc<Self>) -> Option<ParkSlot> {
+        if self.stop_parking.is_cancelled() {
+            return None;
+        }
+        let limit = self.limit;
+        self.parked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .ok()?;
+        Some(ParkSlot { shared: self.clone(), kept: false })
+    }
+
+    /// A parked stream was claimed or lost: one fewer parked, and the
+    /// session tops the pool up.
+    fn unpark(&self) {
+        self.parked.fetch_sub(1, Ordering::AcqRel);
+        self.claimed.notify_one();
+    }
+}
+
 /// One parked stream: opens the call (retrying with backoff), waits for the
-/// request head, then serves that request.
+/// request head, then serves that request, and more requests after it while
+/// the pool keeps the stream.
 async fn parked_stream(shared: Arc<Shared>) {
+    let Some((mut stream, mut head)) = open_parked(&shared).await else { return };
+    loop {
+        // Claimed: ask for a replacement before serving, so the pool stays full.
+        shared.unpark();
+        let keep = || shared.reserve();
+        let Some((kept, slot)) =
+            proxy::serve(stream, head, &shared.session.proxy, &shared.abort, &keep).await
+        else {
+            return;
+        };
+        slot.keep();
+        stream = kept;
+        let next = tokio::select! {
+            m = stream.inbound.message() => m,
+            () = shared.stop_parking.cancelled() => {
+                shared.unpark();
+                stream.close(PARKED_CLOSE_TIMEOUT).await;
+                return;
+            }
+        };
+        head = match next {
+            Ok(Some(HubFrame { frame: Some(hub_frame::Frame::Head(head)) })) => head,
+            other => {
+                shared.unpark();
+                match other {
+                    Ok(Some(_)) => {
+                        warn!("the hub sent a frame other than a request head on a reused stream");
+                        proxy::send_error(&stream.out, ErrorCode::Protocol, "expected a request head").await;
+                        stream.finish().await;
+                    }
+                    Ok(None) => debug!("the hub closed a reused stream"),
+                    Err(status) if rejects_session(&status) => reject(&shared, status),
+                    Err(status) => debug!(error = %report(&status), "reused stream failed"),
+                }
+                return;
+            }
+        };
+    }
+}
+
+/// Opens a call and waits for its first request head, retrying with
+/// backoff; `None` when the pool stops parking or the session is refused.
+async fn open_parked(shared: &Shared) -> Option<(RequestStream, RequestHead)> {
     let mut backoff = Backoff::reconnect();
-    let (stream, head) = loop {
+    loop {
         let opened = tokio::select! {
             r = open(&shared.session) => r,
-            () = shared.stop_parking.cancelled() => return,
+            () = shared.stop_parking.cancelled() => return None,
         };
         match opened {
             Ok(mut stream) => {
@@ -202,32 +302,36 @@ async fn parked_stream(shared: Arc<Shared>) {
                     m = stream.inbound.message() => m,
                     () = shared.stop_parking.cancelled() => {
                         stream.close(PARKED_CLOSE_TIMEOUT).await;
-                        return;
+                        return None;
                     }
                 };
                 match first {
-                    Ok(Some(HubFrame { frame: Some(hub_frame::Frame::Head(head)) })) => break (stream, head),
+                    Ok(Some(HubFrame { frame: Some(hub_frame::Frame::Head(head)) })) => {
+                        return Some((stream, head));
+                    }
                     Ok(Some(_)) => {
                         warn!("the hub sent a frame other than a request head on a parked stream");
                         proxy::send_error(&stream.out, ErrorCode::Protocol, "expected a request head").await;
                         stream.finish().await;
                     }
                     Ok(None) => debug!("the hub closed a parked stream"),
-                    Err(status) if rejects_session(&status) => return reject(&shared, status),
+                    Err(status) if rejects_session(&status) => {
+                        reject(shared, status);
+                        return None;
+                    }
                     Err(status) => debug!(error = %report(&status), "parked stream failed"),
                 }
             }
-            Err(status) if rejects_session(&status) => return reject(&shared, status),
+            Err(status) if rejects_session(&status) => {
+                reject(shared, status);
+                return None;
+            }
             Err(status) => warn!(error = %report(&status), "cannot open a request stream"),
         }
         if !backoff.wait(&shared.stop_parking).await {
-            return;
+            return None;
         }
-    };
-    // Claimed: ask for a replacement before serving, so the pool stays full.
-    shared.parked.fetch_sub(1, Ordering::AcqRel);
-    shared.claimed.notify_one();
-    proxy::serve(stream, head, &shared.session.proxy, &shared.abort).await;
+    }
 }
 
 /// Opens a Proxy call; resolves when the hub has answered with headers.

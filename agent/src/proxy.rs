@@ -10,6 +10,7 @@
 //! future touching the apiserver is dropped, which cancels the request there.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +29,7 @@ use tonic::Streaming;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::error::report;
+use crate::pool::ParkSlot;
 use crate::upgrade;
 use crate::upstream::{Upstream, UpstreamBody, UpstreamError, empty_body};
 
@@ -128,6 +130,10 @@ pub(crate) async fn next_event(inbound: &mut Streaming<HubFrame>) -> HubEvent {
     }
 }
 
+/// Offers a stream whose request finished cleanly back to the pool:
+/// `Some` when the pool keeps it for another request.
+pub(crate) type Keep<'a> = &'a (dyn Fn() -> Option<ParkSlot> + Sync);
+
 /// How one request ended.
 pub(crate) enum Outcome {
     /// The response went out completely (`End` sent).
@@ -136,6 +142,8 @@ pub(crate) enum Outcome {
         status: StatusCode,
         /// Response body bytes sent.
         bytes: u64,
+        /// The pool's slot when the `End` offered the stream for reuse.
+        kept: Option<ParkSlot>,
     },
     /// The agent failed the request with an error frame (already logged).
     Failed,
@@ -147,13 +155,16 @@ pub(crate) enum Outcome {
     Aborted,
 }
 
-/// Serves one request whose head just arrived on a parked stream.
+/// Serves one request whose head just arrived on a parked stream. Returns
+/// the stream when it finished cleanly and `keep` took it back: the hub
+/// parks it again and its next frame is another request's head.
 pub(crate) async fn serve(
     stream: RequestStream,
     head: RequestHead,
     ctx: &ProxyContext,
     abort: &CancellationToken,
-) {
+    keep: Keep<'_>,
+) -> Option<(RequestStream, ParkSlot)> {
     let started = Instant::now();
     let request_id = head.request_id.clone();
     let proxied = match decode_request_head(head) {
@@ -162,7 +173,7 @@ pub(crate) async fn serve(
             warn!(cluster = %ctx.cluster, %request_id, error = %e, "refused an invalid request head");
             send_error(&stream.out, ErrorCode::Protocol, e.to_string()).await;
             stream.finish().await;
-            return;
+            return None;
         }
     };
     let span = info_span!(
@@ -178,13 +189,23 @@ pub(crate) async fn serve(
         let outcome = if upgrade {
             upgrade::serve(&mut stream, &proxied, &ctx.upstream, abort).await
         } else {
-            serve_http(&mut stream, &proxied, &ctx.upstream, abort).await
+            serve_http(&mut stream, &proxied, &ctx.upstream, abort, keep).await
         };
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match outcome {
-            Outcome::Completed { status, bytes } => {
-                debug!(status = status.as_u16(), bytes, elapsed_ms, upgrade, "request completed");
-                stream.finish().await;
+            Outcome::Completed { status, bytes, kept } => {
+                debug!(
+                    status = status.as_u16(),
+                    bytes,
+                    elapsed_ms,
+                    upgrade,
+                    reused = kept.is_some(),
+                    "request completed"
+                );
+                match kept {
+                    Some(slot) => return Some((stream, slot)),
+                    None => stream.finish().await,
+                }
             }
             Outcome::Failed => stream.finish().await,
             Outcome::Cancelled(Gone::Protocol(what)) => {
@@ -206,17 +227,20 @@ pub(crate) async fn serve(
                 debug!(elapsed_ms, "request aborted: agent shutting down");
             }
         }
+        None
     }
     .instrument(span)
-    .await;
+    .await
 }
 
-/// An ordinary (non-upgrade) request.
+/// An ordinary (non-upgrade) request. The stream is offered back for reuse
+/// only when the hub's `End` arrived before the response's end.
 async fn serve_http(
     stream: &mut RequestStream,
     proxied: &ferry::frame::ProxiedRequest,
     upstream: &Upstream,
     abort: &CancellationToken,
+    keep: Keep<'_>,
 ) -> Outcome {
     let RequestStream { out, inbound } = stream;
     // An immediate End means no body at all, so a GET goes out without one
@@ -242,9 +266,13 @@ async fn serve_http(
         }
     };
     let out = &*out;
+    let hub_ended = AtomicBool::new(ended);
     let exchange = async {
         match upstream.send_on_lane(request).await {
-            Ok((response, _slot)) => forward_response(response, out).await,
+            Ok((response, _slot)) => {
+                let offer = || if hub_ended.load(Ordering::Acquire) { keep() } else { None };
+                forward_response(response, out, offer).await
+            }
             Err(e) => upstream_failed(e, out).await,
         }
     };
@@ -252,7 +280,7 @@ async fn serve_http(
         biased;
         () = abort.cancelled() => Outcome::Aborted,
         outcome = exchange => outcome,
-        gone = watch_hub(inbound, body_tx, ended, out) => Outcome::Cancelled(gone),
+        gone = watch_hub(inbound, body_tx, &hub_ended, out) => Outcome::Cancelled(gone),
     }
 }
 
@@ -307,11 +335,12 @@ fn request_body(first: Bytes) -> (UpstreamBody, BodySender) {
 }
 
 /// Feeds the rest of the request body to the apiserver, then watches the
-/// hub's side for cancellation. Returns only when the hub's side is gone.
+/// hub's side for cancellation; sets `ended` when the hub's `End` arrives.
+/// Returns only when the hub's side is gone.
 pub(crate) async fn watch_hub(
     inbound: &mut Streaming<HubFrame>,
     mut body_tx: Option<BodySender>,
-    mut ended: bool,
+    ended: &AtomicBool,
     out: &mpsc::Sender<AgentFrame>,
 ) -> Gone {
     loop {
@@ -320,7 +349,7 @@ pub(crate) async fn watch_hub(
             () = out.closed() => return Gone::Closed,
         };
         match event {
-            HubEvent::Body(_) | HubEvent::End if ended => {
+            HubEvent::Body(_) | HubEvent::End if ended.load(Ordering::Acquire) => {
                 return Gone::Protocol("a frame after the body ended");
             }
             HubEvent::Body(chunk) => {
@@ -339,7 +368,7 @@ pub(crate) async fn watch_hub(
                 }
             }
             HubEvent::End => {
-                ended = true;
+                ended.store(true, Ordering::Release);
                 if let Some(tx) = body_tx.take() {
                     tx.finish();
                 }
@@ -349,10 +378,12 @@ pub(crate) async fn watch_hub(
     }
 }
 
-/// Sends the response head, the body in chunks as it arrives, then `End`.
+/// Sends the response head, the body in chunks as it arrives, then `End`,
+/// offering the stream for reuse when `keep` (asked only then) takes it.
 pub(crate) async fn forward_response(
     response: Response<Incoming>,
     out: &mpsc::Sender<AgentFrame>,
+    keep: impl FnOnce() -> Option<ParkSlot>,
 ) -> Outcome {
     let status = response.status();
     let head =
@@ -380,10 +411,12 @@ pub(crate) async fn forward_response(
             }
         }
     }
-    if out.send(end_frame()).await.is_err() {
+    let kept = keep();
+    // A failed send drops the slot, which returns it to the pool.
+    if out.send(end_frame(kept.is_some())).await.is_err() {
         return Outcome::HubGone;
     }
-    Outcome::Completed { status, bytes }
+    Outcome::Completed { status, bytes, kept }
 }
 
 /// Reports a failed apiserver call to the hub.
@@ -405,9 +438,9 @@ pub(crate) fn body_frame(chunk: Bytes) -> AgentFrame {
     AgentFrame { frame: Some(agent_frame::Frame::Body(chunk)) }
 }
 
-/// An end frame.
-pub(crate) fn end_frame() -> AgentFrame {
-    AgentFrame { frame: Some(agent_frame::Frame::End(pb::End {})) }
+/// An end frame; `reuse` offers the stream for another request.
+pub(crate) fn end_frame(reuse: bool) -> AgentFrame {
+    AgentFrame { frame: Some(agent_frame::Frame::End(pb::End { reuse })) }
 }
 
 #[cfg(test)]

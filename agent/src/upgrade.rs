@@ -8,6 +8,8 @@
 //! The two directions are pumped concurrently (a proxy that alternates
 //! between them can deadlock when both peers write at once).
 
+use std::sync::atomic::AtomicBool;
+
 use bytes::BytesMut;
 use ferry::frame::{ProxiedRequest, response_head};
 use ferry::limits::MAX_BODY_CHUNK;
@@ -71,11 +73,12 @@ pub(crate) async fn serve(
     let status = response.status();
     if status != StatusCode::SWITCHING_PROTOCOLS {
         // Refused (403, 400, ...): an ordinary response.
+        let hub_ended = AtomicBool::new(!hub_open);
         return tokio::select! {
             biased;
             () = abort.cancelled() => Outcome::Aborted,
-            outcome = forward_response(response, out) => outcome,
-            gone = watch_hub(inbound, None, !hub_open, out) => Outcome::Cancelled(gone),
+            outcome = forward_response(response, out, || None) => outcome,
+            gone = watch_hub(inbound, None, &hub_ended, out) => Outcome::Cancelled(gone),
         };
     }
 
@@ -154,12 +157,12 @@ where
             w = &mut writes => return match w {
                 // Both directions are done: the hub closing now is the normal end.
                 WriteSide::Gone(Gone::Closed) if !reading => {
-                    Outcome::Completed { status: StatusCode::SWITCHING_PROTOCOLS, bytes: sent }
+                    Outcome::Completed { status: StatusCode::SWITCHING_PROTOCOLS, bytes: sent, kept: None }
                 }
                 WriteSide::Gone(gone) => Outcome::Cancelled(gone),
                 // The apiserver closed after its EOF; nothing left to deliver.
                 WriteSide::Failed(_) if !reading => {
-                    Outcome::Completed { status: StatusCode::SWITCHING_PROTOCOLS, bytes: sent }
+                    Outcome::Completed { status: StatusCode::SWITCHING_PROTOCOLS, bytes: sent, kept: None }
                 }
                 WriteSide::Failed(e) => {
                     warn!(error = %e, "writing to the upgraded apiserver connection failed");
@@ -179,7 +182,7 @@ async fn apiserver_to_hub<R: AsyncRead>(rd: R, out: &mpsc::Sender<AgentFrame>) -
         buf.reserve(MAX_BODY_CHUNK);
         match rd.read_buf(&mut buf).await {
             Ok(0) => {
-                return if out.send(end_frame()).await.is_ok() {
+                return if out.send(end_frame(false)).await.is_ok() {
                     ReadSide::Done(total)
                 } else {
                     ReadSide::HubGone

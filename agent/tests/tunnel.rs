@@ -56,7 +56,7 @@ fn body(data: &'static str) -> hub_frame::Frame {
 }
 
 fn end() -> hub_frame::Frame {
-    hub_frame::Frame::End(pb::End {})
+    hub_frame::Frame::End(pb::End::default())
 }
 
 /// Test fixture: CA, fake apiserver, fake hub, state dir.
@@ -235,7 +235,25 @@ async fn reuses_the_credential_streams_bodies_and_reconnects() {
         other => panic!("expected a head, got {other:?}"),
     }
     assert_eq!(parked.recv().await, Some(agent_frame::Frame::Body(Bytes::from_static(b"{\"data\":1}"))));
-    assert_eq!(parked.recv().await, Some(agent_frame::Frame::End(pb::End {})));
+    // Both directions ended cleanly: the agent offers the stream again.
+    assert_eq!(parked.recv().await, Some(agent_frame::Frame::End(pb::End { reuse: true })));
+
+    // The next request on the same stream is served like the first.
+    parked.send(hub_frame::Frame::Head(head("GET", "/api/v1/namespaces", "", &[], false))).await;
+    parked.send(end()).await;
+    let exchange = w.api.next().await;
+    assert_eq!(exchange.request.uri().path(), "/api/v1/namespaces");
+    assert_eq!(exchange.request.headers()["impersonate-user"], "alice");
+    assert!(exchange.respond.send(status(200)).is_ok());
+    match parked.recv().await {
+        Some(agent_frame::Frame::Head(h)) => assert_eq!(h.status, 200),
+        other => panic!("expected a head, got {other:?}"),
+    }
+    let mut last = parked.recv().await;
+    while let Some(agent_frame::Frame::Body(_)) = last {
+        last = parked.recv().await;
+    }
+    assert!(matches!(last, Some(agent_frame::Frame::End(_))), "got {last:?}");
     drop(parked);
 
     // The hub asks for more streams: replacement plus three extra.
@@ -392,7 +410,7 @@ async fn upgrades_pump_bytes_both_ways() {
     socket.write_all(b"bye").await.expect("write");
     socket.shutdown().await.expect("shutdown");
     assert_eq!(parked.recv().await, Some(agent_frame::Frame::Body(Bytes::from_static(b"bye"))));
-    assert_eq!(parked.recv().await, Some(agent_frame::Frame::End(pb::End {})));
+    assert_eq!(parked.recv().await, Some(agent_frame::Frame::End(pb::End { reuse: false })));
 
     drop(parked);
     agent.stop().await.expect("clean stop");

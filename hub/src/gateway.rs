@@ -35,7 +35,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::Authenticated;
 use crate::management::valid_cluster_name;
-use crate::registry::{FrameTx, NoStream, Parked};
+use crate::registry::{FrameTx, LiveCluster, NoStream, Parked};
 use crate::state::HubState;
 
 /// Error type of response bodies.
@@ -199,7 +199,7 @@ async fn forward(
     } else if req.body().is_end_stream() {
         // No body (most GETs): end it inline instead of spawning a pump. The
         // channel holds only the head, so there is room.
-        let _ = parked.tx.try_send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End {})) }));
+        let _ = parked.tx.try_send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End::default())) }));
         None
     } else {
         let (tx, flag) = (parked.tx.clone(), too_large.clone());
@@ -252,6 +252,7 @@ async fn forward(
     let body = TunnelBody {
         rx: Some(parked.rx),
         tx: Some(parked.tx),
+        reuse: (!upgrade).then_some((live, parked.session)),
         _pump: pump,
         _permit: permit,
         state: BodyState::Streaming,
@@ -302,7 +303,7 @@ async fn pump_request_body(mut body: Incoming, tx: FrameTx, max: u64, too_large:
             }
         }
     }
-    let _ = tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End {})) })).await;
+    let _ = tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End::default())) })).await;
 }
 
 fn error_frame(code: ErrorCode, message: &str) -> HubFrame {
@@ -348,7 +349,7 @@ async fn pump_upgraded(
             };
             touch();
             let frame = if n == 0 {
-                HubFrame { frame: Some(hub_frame::Frame::End(End {})) }
+                HubFrame { frame: Some(hub_frame::Frame::End(End::default())) }
             } else {
                 HubFrame { frame: Some(hub_frame::Frame::Body(Bytes::copy_from_slice(&buf[..n]))) }
             };
@@ -402,7 +403,7 @@ async fn pump_upgraded(
 /// Ends the hub's side of a request stream in order: an error frame when
 /// the hub gives up early, then the end of its frames, then waits (bounded)
 /// for the agent to end its side, so the stream closes without a reset.
-async fn close_stream(tx: FrameTx, mut rx: Streaming<AgentFrame>, cancelled: bool) {
+pub(crate) async fn close_stream(tx: FrameTx, mut rx: Streaming<AgentFrame>, cancelled: bool) {
     if cancelled {
         let _ = tx.try_send(Ok(error_frame(ErrorCode::Cancelled, "the caller went away")));
     }
@@ -422,10 +423,16 @@ impl Drop for AbortOnDrop {
 }
 
 /// A response body read from the agent's frames. Dropped before the end
-/// (the caller went away), it cancels the request at the agent.
+/// (the caller went away), it cancels the request at the agent. When the
+/// agent ends the response with `End { reuse: true }` (it had the hub's
+/// `End` first, so both directions finished), the stream is parked again
+/// for the next request instead of being closed.
 struct TunnelBody {
     rx: Option<Streaming<AgentFrame>>,
     tx: Option<FrameTx>,
+    /// Where to park the stream again if the agent offers it; `None` for
+    /// responses to upgrade requests, whose streams are never reused.
+    reuse: Option<(Arc<LiveCluster>, ferry::ids::SessionId)>,
     _pump: AbortOnDrop,
     _permit: crate::registry::StreamPermit,
     state: BodyState,
@@ -479,7 +486,17 @@ impl Body for TunnelBody {
                         return Poll::Ready(Some(Ok(Frame::data(b))));
                     }
                 }
-                Some(Ok(AgentFrame { frame: Some(agent_frame::Frame::End(_)) })) => {
+                Some(Ok(AgentFrame { frame: Some(agent_frame::Frame::End(end)) })) => {
+                    if end.reuse
+                        && let Some((live, session)) = self.reuse.take()
+                        && let (Some(tx), Some(rx)) = (self.tx.take(), self.rx.take())
+                    {
+                        // A refusal (the session just ended) drops the
+                        // stream with its session.
+                        let _ = live.park(Parked { session, tx, rx });
+                        self.state = BodyState::Finished;
+                        return Poll::Ready(None);
+                    }
                     self.state = BodyState::Draining;
                 }
                 Some(Ok(AgentFrame { frame: Some(agent_frame::Frame::Error(e)) })) => {

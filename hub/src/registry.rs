@@ -9,6 +9,7 @@ use std::time::Duration;
 use ferry::ids::{ClusterId, SessionId};
 use ferry::proto::v1::{AgentFrame, HubControl, HubFrame, OpenStreams, hub_control};
 use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
 /// Sender half of a parked stream (hub to agent).
@@ -39,10 +40,17 @@ pub struct SessionInfo {
     pub control: ControlTx,
 }
 
+/// How long a parked stream beyond the pool size may stay idle before the
+/// hub closes it. Streams come back to the pool after each request they
+/// carry (the agent reuses them), so a burst of N concurrent requests leaves
+/// N parked; the surplus goes once traffic is quiet for this long.
+pub const PARKED_IDLE_TRIM: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<SessionId, SessionInfo>,
-    pool: VecDeque<Parked>,
+    /// Parked streams, with when each was parked; the newest at the back.
+    pool: VecDeque<(Instant, Parked)>,
 }
 
 /// One cluster's live state.
@@ -118,7 +126,7 @@ impl LiveCluster {
     pub fn remove_session(&self, id: SessionId) {
         let mut inner = self.lock();
         inner.sessions.remove(&id);
-        inner.pool.retain(|p| p.session != id);
+        inner.pool.retain(|(_, p)| p.session != id);
         self.sessions_tx.send_replace(inner.sessions.len());
     }
 
@@ -129,17 +137,35 @@ impl LiveCluster {
         }
     }
 
-    /// Parks a stream; refused (returned) when its session is unknown.
+    /// Parks a stream (new, or back from a finished request); refused
+    /// (returned) when its session is unknown.
     #[allow(clippy::result_large_err)]
     pub fn park(&self, parked: Parked) -> Result<(), Parked> {
         let mut inner = self.lock();
         if !inner.sessions.contains_key(&parked.session) {
             return Err(parked);
         }
-        inner.pool.push_back(parked);
+        inner.pool.push_back((Instant::now(), parked));
         drop(inner);
         self.parked.notify_one();
         Ok(())
+    }
+
+    /// Takes out the streams parked longer than `idle` while more than
+    /// `keep_per_session` × sessions are parked, for the caller to close in
+    /// order. Requests take the newest stream, so under steady traffic the
+    /// oldest are the surplus.
+    pub fn trim_idle(&self, keep_per_session: usize, idle: Duration) -> Vec<Parked> {
+        let mut inner = self.lock();
+        let keep = keep_per_session.saturating_mul(inner.sessions.len());
+        let mut trimmed = Vec::new();
+        while inner.pool.len() > keep && inner.pool.front().is_some_and(|(since, _)| since.elapsed() >= idle)
+        {
+            if let Some((_, p)) = inner.pool.pop_front() {
+                trimmed.push(p);
+            }
+        }
+        trimmed
     }
 
     /// Number of connected sessions.
@@ -177,7 +203,9 @@ impl LiveCluster {
             notified.as_mut().enable();
             {
                 let mut inner = self.lock();
-                while let Some(p) = inner.pool.pop_front() {
+                // The newest first: it is the likeliest to be alive, and the
+                // oldest age into the surplus that `trim_idle` closes.
+                while let Some((_, p)) = inner.pool.pop_back() {
                     if !p.tx.is_closed() {
                         return Ok(p);
                     }
@@ -234,6 +262,45 @@ mod tests {
             },
         );
         (id, rx)
+    }
+
+    /// A parked stream over channels, with the agent's side held by the test.
+    fn stream(session: SessionId) -> (Parked, mpsc::Receiver<Result<HubFrame, Status>>) {
+        let (tx, rx) = mpsc::channel(1);
+        let body = http_body_util::Empty::<bytes::Bytes>::new();
+        let agent = Streaming::new_empty(tonic_prost::ProstDecoder::<AgentFrame>::default(), body);
+        (Parked { session, tx, rx: agent }, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_take_the_newest_stream_and_idle_surplus_is_trimmed() {
+        let live = LiveCluster::new("c".into(), ClusterId::new());
+        let (id, _control) = session(&live);
+        let mut agent_sides = Vec::new();
+        let mut first_tx = None;
+        for i in 0..4 {
+            let (p, rx) = stream(id);
+            if i == 0 {
+                first_tx = Some(p.tx.clone());
+            }
+            assert!(live.park(p).is_ok());
+            agent_sides.push(rx);
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // The newest goes to a request; it comes back after its request.
+        let taken = live.take_stream(Duration::from_secs(1)).await.expect("stream");
+        assert!(!first_tx.as_ref().expect("first").same_channel(&taken.tx));
+        assert!(live.park(taken).is_ok());
+        assert_eq!(live.parked_count(), 4);
+
+        // Nothing is trimmed before the idle time, nor below the pool size.
+        assert!(live.trim_idle(2, PARKED_IDLE_TRIM).is_empty());
+        tokio::time::advance(PARKED_IDLE_TRIM).await;
+        let trimmed = live.trim_idle(2, PARKED_IDLE_TRIM);
+        assert_eq!(trimmed.len(), 2);
+        assert!(trimmed[0].tx.same_channel(first_tx.as_ref().expect("first")), "the oldest go first");
+        assert_eq!(live.parked_count(), 2);
+        assert!(live.trim_idle(2, PARKED_IDLE_TRIM).is_empty());
     }
 
     #[tokio::test]

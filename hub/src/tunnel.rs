@@ -18,7 +18,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::registry::{LiveCluster, Parked, SessionInfo};
+use crate::gateway::close_stream;
+use crate::registry::{LiveCluster, PARKED_IDLE_TRIM, Parked, SessionInfo};
 use crate::state::HubState;
 use crate::store::{ClusterRecord, StoreError};
 
@@ -137,6 +138,7 @@ impl Tunnel for TunnelService {
             info_span!("session", cluster = %record.name, session = %session, agent_id = %hello.agent_id);
         let dead_after = limits.heartbeat_interval * HEARTBEAT_MISSES;
         let shutdown = self.state.shutdown.clone();
+        let (tasks, pool_size) = (self.state.tasks.clone(), limits.pool_size as usize);
         self.state.tasks.spawn(
             async move {
                 info!(agent_version = %hello.agent_version, "agent connected");
@@ -152,6 +154,9 @@ impl Tunnel for TunnelService {
                         Ok(Ok(Some(AgentControl { msg: Some(agent_control::Msg::Heartbeat(hb)) }))) => {
                             if let Some(status) = hb.status {
                                 live.set_kubernetes_version(session, status.kubernetes_version);
+                            }
+                            for parked in live.trim_idle(pool_size, PARKED_IDLE_TRIM) {
+                                tasks.spawn(close_stream(parked.tx, parked.rx, false));
                             }
                             let echo = Heartbeat { sent_at_unix_ms: unix_ms(), status: None };
                             let _ =

@@ -217,6 +217,21 @@ impl Conn {
         }
     }
 
+    /// Builds requests like [`Conn::request`] (no token), from any task.
+    fn requester(&self) -> impl Fn(Method, &str, String) -> Request<Full<Bytes>> + Send + 'static {
+        let authority = self.authority.clone();
+        move |method, path, body| {
+            Request::builder()
+                .method(method)
+                .uri(format!("https://{authority}{path}"))
+                .header("host", &authority)
+                .header("accept", "application/json")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .expect("request")
+        }
+    }
+
     /// A clone of the HTTP/2 sender, for concurrent streams.
     fn h2(&self) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
         match &self.sender {
@@ -224,6 +239,12 @@ impl Conn {
             Sender::H1(_) => panic!("not an HTTP/2 connection"),
         }
     }
+}
+
+/// A JSON response body.
+async fn json_body(resp: Response<Incoming>) -> serde_json::Value {
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    serde_json::from_slice(&body).expect("JSON body")
 }
 
 /// Resident set size of a process, in bytes (Linux).
@@ -568,6 +589,65 @@ async fn thousands_of_finished_and_cancelled_requests_keep_the_agent_connected()
     .await
     .expect("ferryctl");
     assert!(clusters.contains("Connected") || clusters.contains("\"connected\""), "{clusters}");
+}
+
+/// Streams are reused for the next request once one finishes cleanly in
+/// both directions. Whatever mix of requests shared them (bodies larger than
+/// one frame, errors, cancelled watches), every caller gets the answer to
+/// its own request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_streams_never_mix_up_requests() {
+    let world = World::start().await;
+    let conn = world.hub_conn(true).await;
+    let configmaps = "/clusters/edge/api/v1/namespaces/default/configmaps";
+    for round in 0..3 {
+        let mut batch = JoinSet::new();
+        for i in 0..40 {
+            let mut s = conn.h2();
+            let conn_request = conn.requester();
+            let name = format!("cm-{round}-{i}");
+            batch.spawn(async move {
+                s.ready().await.expect("ready");
+                match i % 4 {
+                    // A body of several frames, then the object read back.
+                    0 | 1 => {
+                        let value = format!("{name}:").repeat(20_000);
+                        let body = serde_json::json!({
+                            "apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": name}, "data": {"v": value},
+                        });
+                        let req = conn_request(Method::POST, configmaps, body.to_string());
+                        let resp = s.send_request(req).await.expect("create");
+                        assert_eq!(resp.status(), StatusCode::CREATED, "{name}");
+                        let created: serde_json::Value = json_body(resp).await;
+                        assert_eq!(created["metadata"]["name"], name.as_str());
+                        let req = conn_request(Method::GET, &format!("{configmaps}/{name}"), String::new());
+                        let got: serde_json::Value = json_body(s.send_request(req).await.expect("get")).await;
+                        assert_eq!(got["metadata"]["name"], name.as_str());
+                        assert_eq!(got["data"]["v"], value.as_str(), "{name} came back with another body");
+                    }
+                    // An error answer names the object that was asked for.
+                    2 => {
+                        let req =
+                            conn_request(Method::GET, &format!("{configmaps}/missing-{name}"), String::new());
+                        let resp = s.send_request(req).await.expect("get");
+                        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+                        let status: serde_json::Value = json_body(resp).await;
+                        let message = status["message"].as_str().unwrap_or_default();
+                        assert!(message.contains(&format!("missing-{name}")), "{message}");
+                    }
+                    // A watch the caller drops after its head.
+                    _ => {
+                        let req =
+                            conn_request(Method::GET, &format!("{configmaps}?watch=true"), String::new());
+                        let resp = s.send_request(req).await.expect("watch");
+                        assert_eq!(resp.status(), StatusCode::OK);
+                    }
+                }
+            });
+        }
+        tokio::time::timeout(WAIT, batch.join_all()).await.expect("batch completed");
+    }
 }
 
 /// Reads a child's output until it contains `needle` (bounded by [`WAIT`]).
