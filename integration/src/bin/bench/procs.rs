@@ -201,6 +201,21 @@ pub fn stats(pid: u32) -> anyhow::Result<ProcStats> {
     })
 }
 
+/// CPU time of a process's live threads, in nanoseconds precision (the sum
+/// of `/proc/PID/task/*/schedstat`; `/proc/PID/stat` counts 10 ms ticks,
+/// too coarse for one LIST). Threads that exited are not counted, so use it
+/// for short intervals over long-lived threads (tokio workers).
+pub fn thread_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread may exit between listing and reading.
+        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        total += text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Ok(Duration::from_nanos(total))
+}
+
 /// `sysconf(_SC_CLK_TCK)`; 100 on every Linux we run on.
 fn clock_ticks() -> u64 {
     100

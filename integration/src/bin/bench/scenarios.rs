@@ -118,6 +118,62 @@ pub struct Ctx<'a> {
     pub agent_pid: u32,
 }
 
+/// CPU time spent by the bench process (load generators and backend, the
+/// same work on both paths), the hub and the agent.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    bench: Duration,
+    hub: Duration,
+    agent: Duration,
+}
+
+impl Cpu {
+    fn now(ctx: &Ctx<'_>) -> anyhow::Result<Cpu> {
+        Ok(Cpu {
+            bench: procs::thread_cpu(std::process::id())?,
+            hub: procs::thread_cpu(ctx.hub_pid)?,
+            agent: procs::thread_cpu(ctx.agent_pid)?,
+        })
+    }
+
+    /// Adds the CPU spent since `start`.
+    fn add_since(&mut self, ctx: &Ctx<'_>, start: Cpu) -> anyhow::Result<()> {
+        let now = Cpu::now(ctx)?;
+        self.bench += now.bench.saturating_sub(start.bench);
+        self.hub += now.hub.saturating_sub(start.hub);
+        self.agent += now.agent.saturating_sub(start.agent);
+        Ok(())
+    }
+
+    /// Runs `f`, adding the CPU it took.
+    async fn measure<T>(&mut self, ctx: &Ctx<'_>, f: impl Future<Output = T>) -> anyhow::Result<T> {
+        let start = Cpu::now(ctx)?;
+        let out = f.await;
+        self.add_since(ctx, start)?;
+        Ok(out)
+    }
+
+    fn total(&self) -> Duration {
+        self.bench + self.hub + self.agent
+    }
+}
+
+/// "CPU per unit" row: all processes' CPU per request (or MB) on each path.
+/// On a machine whose cores are all busy, throughput through the tunnel
+/// cannot exceed direct ÷ this ratio.
+fn cpu_row(name: &str, unit: &str, direct: (Cpu, f64), tunnel: (Cpu, f64), scale: f64) -> Row {
+    let per = |cpu: Duration, n: f64| cpu.as_secs_f64() * scale / n.max(1e-9);
+    let (d, dn) = direct;
+    let (t, tn) = tunnel;
+    Row::compare(name, unit, per(d.total(), dn), per(t.total(), tn), Goal::Info).note(format!(
+        "all processes' CPU; tunnel split: hub {:.1}, agent {:.1}, clients + backend {:.1} {unit}; \
+         direct: clients + backend",
+        per(t.hub, tn),
+        per(t.agent, tn),
+        per(t.bench, tn),
+    ))
+}
+
 /// Waits until a small GET through `target` succeeds (the agent may be
 /// reconnecting after the hub dropped its connection); returns the failed
 /// attempts.
@@ -377,13 +433,15 @@ pub async fn concurrent(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
     load(ctx.tunnel, p.clients, Duration::from_millis(500)).await?;
     let mut d = Load::default();
     let mut t = Load::default();
+    let (mut dcpu, mut tcpu) = (Cpu::default(), Cpu::default());
     for _ in 0..p.rounds.min(3) {
-        d.merge(load(ctx.direct, p.clients, p.load_round).await?);
-        t.merge(load(ctx.tunnel, p.clients, p.load_round).await?);
+        d.merge(dcpu.measure(ctx, load(ctx.direct, p.clients, p.load_round)).await??);
+        t.merge(tcpu.measure(ctx, load(ctx.tunnel, p.clients, p.load_round)).await??);
     }
     let name = |s: &str| format!("2. small GET {} clients {s}", p.clients);
     Ok(vec![
         Row::compare(&name("req/s"), "req/s", d.rps(), t.rps(), Goal::RatioAtLeast(0.7)),
+        cpu_row(&name("CPU per request"), "µs", (dcpu, d.ok as f64), (tcpu, t.ok as f64), 1e6),
         Row::compare(
             &name("p99"),
             "ms",
@@ -404,8 +462,10 @@ pub async fn large_list(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
         let mut conns = [ctx.direct.connect(proto).await?, ctx.tunnel.connect(proto).await?];
         let targets = [ctx.direct, ctx.tunnel];
         let mut totals = [(0usize, Duration::ZERO); 2];
+        let mut cpu = [Cpu::default(); 2];
         for rep in 0..=p.list_reps {
             for i in 0..2 {
+                let start = Cpu::now(ctx)?;
                 let (n, dt) = timed(conns[i].fetch(targets[i].get(LIST))).await;
                 let n = n?;
                 if n != p.list_bytes {
@@ -415,6 +475,7 @@ pub async fn large_list(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
                 if rep > 0 {
                     totals[i].0 += n;
                     totals[i].1 += dt;
+                    cpu[i].add_since(ctx, start)?;
                 }
             }
         }
@@ -428,6 +489,8 @@ pub async fn large_list(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
             mbps(totals[1]),
             Goal::RatioAtLeast(0.9),
         ));
+        let mb = |i: usize| totals[i].0 as f64 / 1e6;
+        rows.push(cpu_row(&format!("3. LIST {v} CPU per MB"), "ms", (cpu[0], mb(0)), (cpu[1], mb(1)), 1e3));
     }
     Ok(rows)
 }
@@ -484,20 +547,26 @@ pub async fn byte_stream(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
     echo(ctx.direct, 8 << 20).await?;
     echo(ctx.tunnel, 8 << 20).await?;
     let mut times = [Duration::ZERO; 2];
+    let mut cpu = [Cpu::default(); 2];
     for _ in 0..p.stream_reps {
         wait_healthy(ctx.tunnel).await?;
-        times[0] += echo(ctx.direct, p.stream_bytes).await?;
-        times[1] += echo(ctx.tunnel, p.stream_bytes).await?;
+        times[0] += cpu[0].measure(ctx, echo(ctx.direct, p.stream_bytes)).await??;
+        times[1] += cpu[1].measure(ctx, echo(ctx.tunnel, p.stream_bytes)).await??;
     }
     let total = p.stream_bytes as f64 * p.stream_reps as f64;
     let mbps = |t: Duration| total / 1e6 / t.as_secs_f64();
-    Ok(vec![Row::compare(
-        &format!("4. upgraded stream {} MiB each way", p.stream_bytes >> 20),
-        "MB/s each way",
-        mbps(times[0]),
-        mbps(times[1]),
-        Goal::RatioAtLeast(0.9),
-    )])
+    // Both directions' bytes count: the echo carries `total` each way.
+    let mb = 2.0 * total / 1e6;
+    Ok(vec![
+        Row::compare(
+            &format!("4. upgraded stream {} MiB each way", p.stream_bytes >> 20),
+            "MB/s each way",
+            mbps(times[0]),
+            mbps(times[1]),
+            Goal::RatioAtLeast(0.9),
+        ),
+        cpu_row("4. upgraded stream CPU per MB", "ms", (cpu[0], mb), (cpu[1], mb), 1e3),
+    ])
 }
 
 /// One path's watch run.
