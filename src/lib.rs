@@ -5,6 +5,7 @@
 //! (what is stripped, what is forwarded), frame conversion, named limits,
 //! secrets and the Kubernetes `Status` error body.
 
+pub mod codec;
 pub mod frame;
 pub mod headers;
 pub mod identity;

@@ -58,3 +58,12 @@ pub const H2_CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 /// body chunk plus gRPC framing fits in one DATA frame, instead of five
 /// frames at HTTP/2's 16 KiB default.
 pub const H2_MAX_FRAME_SIZE: u32 = 128 * 1024;
+
+/// Initial size of the encode and decode buffer of every gRPC stream (tonic's
+/// default is 8 KiB). Tunnel streams mostly sit idle (parked, or carrying a
+/// quiet watch) with a head or two of a few hundred bytes in them; large body
+/// chunks need a fresh buffer of their own size whatever this is.
+pub const CODEC_BUFFER_SIZE: usize = 1024;
+
+/// Encoded bytes tonic batches before yielding them to HTTP/2 (its default).
+pub const CODEC_YIELD_THRESHOLD: usize = 32 * 1024;

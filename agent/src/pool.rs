@@ -268,7 +268,7 @@ async fn parked_stream(shared: Arc<Shared>) {
             }
         };
         head = match next {
-            Ok(Some(HubFrame { frame: Some(hub_frame::Frame::Head(head)) })) => head,
+            Ok(Some(HubFrame { frame: Some(hub_frame::Frame::Head(head)) })) => *head,
             other => {
                 shared.unpark();
                 match other {
@@ -307,7 +307,7 @@ async fn open_parked(shared: &Shared) -> Option<(RequestStream, RequestHead)> {
                 };
                 match first {
                     Ok(Some(HubFrame { frame: Some(hub_frame::Frame::Head(head)) })) => {
-                        return Some((stream, head));
+                        return Some((stream, *head));
                     }
                     Ok(Some(_)) => {
                         warn!("the hub sent a frame other than a request head on a parked stream");

@@ -24,8 +24,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use ferry_agent::AgentError;
 use support::*;
 
-fn head(method: &str, path: &str, query: &str, headers: &[(&str, &str)], upgrade: bool) -> RequestHead {
-    RequestHead {
+fn head(method: &str, path: &str, query: &str, headers: &[(&str, &str)], upgrade: bool) -> Box<RequestHead> {
+    Box::new(RequestHead {
         request_id: RequestId::new().to_string(),
         method: method.into(),
         path: path.into(),
@@ -44,7 +44,7 @@ fn head(method: &str, path: &str, query: &str, headers: &[(&str, &str)], upgrade
             .into(),
         ),
         upgrade,
-    }
+    })
 }
 
 fn values(req: &http::Request<hyper::body::Incoming>, name: &str) -> Vec<String> {

@@ -29,6 +29,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc::error::SendError;
 use tokio::task::JoinHandle;
 use tonic::Streaming;
 use tracing::{Instrument, debug, info_span, warn};
@@ -172,7 +173,8 @@ async fn forward(
     let pq = PathAndQuery::try_from(query.as_str())
         .map_err(|_| KubeStatus::bad_request("invalid request path"))?;
     let upgrade = is_upgrade(&req);
-    let head = frame::request_head(request_id, req.method(), &pq, req.headers(), upgrade, identity);
+    let mut head =
+        Box::new(frame::request_head(request_id, req.method(), &pq, req.headers(), upgrade, identity));
 
     let mut attempt = 0;
     let mut parked: Parked = loop {
@@ -181,14 +183,15 @@ async fn forward(
             NoStream::NoAgent => unavailable(),
             NoStream::Timeout => KubeStatus::unavailable(format!("cluster {:?}: {e}", record.name)),
         })?;
-        let frame = HubFrame { frame: Some(hub_frame::Frame::Head(head.clone())) };
-        if p.tx.send(Ok(frame)).await.is_ok() {
-            break p;
+        let closed = || KubeStatus::bad_gateway("the tunnel to the agent closed before the request was sent");
+        match p.tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::Head(head)) })).await {
+            Ok(()) => break p,
+            // A dead stream hands the head back for the next attempt.
+            Err(SendError(Ok(HubFrame { frame: Some(hub_frame::Frame::Head(h)) }))) => head = h,
+            Err(_) => return Err(closed()),
         }
         if attempt >= HEAD_ATTEMPTS {
-            return Err(KubeStatus::bad_gateway(
-                "the tunnel to the agent closed before the request was sent",
-            ));
+            return Err(closed());
         }
     };
 
