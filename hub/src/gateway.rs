@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ferry::frame::{self, FrameError};
 use ferry::headers;
 use ferry::ids::RequestId;
@@ -344,20 +344,23 @@ async fn pump_upgraded(
         }
     };
     let up = async {
-        let mut buf = vec![0u8; MAX_BODY_CHUNK];
+        // Read straight into the frame's buffer: no copy per chunk.
+        let mut buf = BytesMut::new();
         loop {
+            buf.reserve(MAX_BODY_CHUNK);
             let n = tokio::select! {
-                n = rd.read(&mut buf) => n?,
+                n = rd.read_buf(&mut buf) => n?,
                 _ = tx.closed() => return Ok::<(), BoxError>(()),
             };
             touch();
-            let frame = if n == 0 {
-                HubFrame { frame: Some(hub_frame::Frame::End(End::default())) }
-            } else {
-                HubFrame { frame: Some(hub_frame::Frame::Body(Bytes::copy_from_slice(&buf[..n]))) }
-            };
-            if tx.send(Ok(frame)).await.is_err() || n == 0 {
+            if n == 0 {
+                let _ = tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End::default())) })).await;
                 return Ok(());
+            }
+            for chunk in frame::chunks(buf.split().freeze()) {
+                if tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) })).await.is_err() {
+                    return Ok(());
+                }
             }
         }
     };
