@@ -272,6 +272,12 @@ async fn parked_stream(shared: Arc<Shared>) {
             other => {
                 shared.unpark();
                 match other {
+                    // The hub's caller went away just as the response ended:
+                    // the hub closes the stream in order; so does the agent.
+                    Ok(Some(HubFrame { frame: Some(hub_frame::Frame::Error(e)) })) => {
+                        debug!(message = %e.message, "the hub closed a reused stream with an error frame");
+                        stream.finish().await;
+                    }
                     Ok(Some(_)) => {
                         warn!("the hub sent a frame other than a request head on a reused stream");
                         proxy::send_error(&stream.out, ErrorCode::Protocol, "expected a request head").await;

@@ -254,6 +254,15 @@ async fn reuses_the_credential_streams_bodies_and_reconnects() {
         last = parked.recv().await;
     }
     assert!(matches!(last, Some(agent_frame::Frame::End(_))), "got {last:?}");
+    // The hub's caller went away as the response ended: the hub closes the
+    // kept stream with an error frame, and the agent ends its side quietly.
+    parked
+        .send(hub_frame::Frame::Error(pb::Error {
+            code: ErrorCode::Cancelled as i32,
+            message: "the caller went away".into(),
+        }))
+        .await;
+    assert_eq!(parked.recv().await, None, "the agent ends its side without answering");
     drop(parked);
 
     // The hub asks for more streams: replacement plus three extra.
