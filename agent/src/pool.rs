@@ -294,7 +294,8 @@ async fn parked_stream(shared: Arc<Shared>) {
 }
 
 /// Opens a call and waits for its first request head, retrying with
-/// backoff; `None` when the pool stops parking or the session is refused.
+/// backoff; `None` when the pool stops parking, the session is refused or
+/// the hub closed the stream unclaimed.
 async fn open_parked(shared: &Shared) -> Option<(RequestStream, RequestHead)> {
     let mut backoff = Backoff::reconnect();
     loop {
@@ -320,7 +321,14 @@ async fn open_parked(shared: &Shared) -> Option<(RequestStream, RequestHead)> {
                         proxy::send_error(&stream.out, ErrorCode::Protocol, "expected a request head").await;
                         stream.finish().await;
                     }
-                    Ok(None) => debug!("the hub closed a parked stream"),
+                    Ok(None) => {
+                        // The hub trimmed an idle surplus stream (or is
+                        // dropping the session): not reopened unless the
+                        // pool falls below its size.
+                        debug!("the hub closed a parked stream");
+                        shared.unpark();
+                        return None;
+                    }
                     Err(status) if rejects_session(&status) => {
                         reject(shared, status);
                         return None;
