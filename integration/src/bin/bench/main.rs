@@ -325,14 +325,7 @@ async fn run(args: &Args, started: Instant) -> anyhow::Result<Report> {
             }
         };
         for r in &got {
-            eprintln!(
-                "  {}: direct {:?} tunnel {:?} ratio {:?} {}",
-                r.name,
-                r.direct,
-                r.tunnel,
-                r.ratio,
-                if r.met { "" } else { "(target not met)" }
-            );
+            eprintln!("  {}", r.progress_line());
         }
         rows.extend(got);
         let (hub1, agent1) = (env.hub_stats(), procs::stats(env.agent.pid).unwrap_or_default());

@@ -86,7 +86,9 @@ impl Row {
             tunnel,
             ratio: ratio.is_finite().then_some(ratio),
             target: goal.describe(),
-            met: ratio.is_finite() && goal.met(ratio),
+            // An informational row (failures, say, where both paths had
+            // none and so no ratio) is never "not met".
+            met: matches!(goal, Goal::Info) || (ratio.is_finite() && goal.met(ratio)),
             note: String::new(),
         }
     }
@@ -105,10 +107,45 @@ impl Row {
         }
     }
 
+    /// One line for the progress log: figures, ratio and the verdict.
+    pub fn progress_line(&self) -> String {
+        let verdict = match (self.target.as_str(), self.met) {
+            _ if self.note.starts_with("not measured") => format!(" ({})", self.note),
+            ("info", _) => String::new(),
+            (t, true) => format!(" (target {t}: met)"),
+            (t, false) => format!(" (target {t}: NOT met)"),
+        };
+        format!(
+            "{}: direct {} tunnel {} {} ratio {}{verdict}",
+            self.name,
+            fmt(self.direct),
+            fmt(self.tunnel),
+            self.unit,
+            fmt(self.ratio)
+        )
+    }
+
     /// Adds a note.
     pub fn note(mut self, note: impl Into<String>) -> Self {
         self.note = note.into();
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_rows_are_met_even_without_a_ratio() {
+        let none_failed = Row::compare("failed", "requests", 0.0, 0.0, Goal::Info);
+        assert_eq!(none_failed.ratio, None);
+        assert!(none_failed.met);
+        let slow = Row::compare("p50", "ms", 1.0, 2.0, Goal::RatioAtMost(1.3));
+        assert_eq!(slow.ratio, Some(2.0));
+        assert!(!slow.met);
+        let no_direct = Row::compare("p50", "ms", 0.0, 2.0, Goal::RatioAtMost(1.3));
+        assert!(!no_direct.met, "a target row without a ratio cannot be met");
     }
 }
 
