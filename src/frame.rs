@@ -24,6 +24,9 @@ pub enum FrameError {
     /// Path not absolute or not a valid URI path and query.
     #[error("invalid path {0:?}")]
     Path(String),
+    /// A path the tunnel never forwards (dot-segments, encoded slashes).
+    #[error("path refused: {0}")]
+    PathRefused(#[from] crate::path::PathError),
     /// Missing or unparsable request id.
     #[error("invalid request id {0:?}")]
     RequestId(String),
@@ -49,6 +52,7 @@ pub fn request_head(
     headers: &HeaderMap,
     upgrade: bool,
     identity: Identity,
+    impersonate: Option<Identity>,
 ) -> RequestHead {
     RequestHead {
         request_id: request_id.to_string(),
@@ -58,6 +62,7 @@ pub fn request_head(
         headers: headers::request_to_frame(headers, upgrade),
         identity: Some(identity.into()),
         upgrade,
+        impersonate: impersonate.map(Into::into),
     }
 }
 
@@ -72,8 +77,12 @@ pub struct ProxiedRequest {
     pub path_and_query: PathAndQuery,
     /// Headers with credentials and hop-by-hop headers removed.
     pub headers: HeaderMap,
-    /// Who the apiserver should see.
+    /// The caller, as the hub authenticated it.
     pub identity: Identity,
+    /// Whom the caller asked to act as (kubectl `--as`), when the hub
+    /// allowed it; the agent impersonates this identity only after the
+    /// child cluster confirms `identity` may impersonate it.
+    pub impersonate: Option<Identity>,
     /// Whether this is an HTTP/1.1 upgrade.
     pub upgrade: bool,
 }
@@ -85,15 +94,25 @@ pub fn decode_request_head(head: RequestHead) -> Result<ProxiedRequest, FrameErr
         RequestId::parse(&head.request_id).ok_or_else(|| FrameError::RequestId(head.request_id.clone()))?;
     let method =
         Method::from_bytes(head.method.as_bytes()).map_err(|_| FrameError::Method(head.method.clone()))?;
-    if !head.path.starts_with('/') {
-        return Err(FrameError::Path(head.path));
-    }
+    crate::path::check(&head.path)?;
     let pq = if head.query.is_empty() { head.path.clone() } else { format!("{}?{}", head.path, head.query) };
     let path_and_query = PathAndQuery::try_from(pq.as_str()).map_err(|_| FrameError::Path(pq.clone()))?;
     let identity: Identity = head.identity.ok_or(FrameError::MissingIdentity)?.into();
     identity.validate()?;
+    let impersonate: Option<Identity> = head.impersonate.map(Into::into);
+    if let Some(target) = &impersonate {
+        target.validate()?;
+    }
     let headers = headers::frame_to_map(&head.headers, true)?;
-    Ok(ProxiedRequest { request_id, method, path_and_query, headers, identity, upgrade: head.upgrade })
+    Ok(ProxiedRequest {
+        request_id,
+        method,
+        path_and_query,
+        headers,
+        identity,
+        impersonate,
+        upgrade: head.upgrade,
+    })
 }
 
 /// The agent's side: a response head for the hub.
@@ -149,8 +168,10 @@ mod tests {
         h.insert("authorization", HeaderValue::from_static("Bearer x"));
         let id = RequestId::new();
         let pq = PathAndQuery::from_static("/api/v1/namespaces?labelSelector=a%3Db&watch=true");
-        let head = request_head(id, &Method::GET, &pq, &h, false, alice());
+        let bob = Identity { user: "bob".into(), ..Default::default() };
+        let head = request_head(id, &Method::GET, &pq, &h, false, alice(), Some(bob.clone()));
         let req = decode_request_head(head).expect("valid");
+        assert_eq!(req.impersonate, Some(bob));
         assert_eq!(req.request_id, id);
         assert_eq!(req.method, Method::GET);
         assert_eq!(req.path_and_query, pq);
@@ -168,10 +189,19 @@ mod tests {
             &HeaderMap::new(),
             false,
             alice(),
+            None,
         );
+        for path in ["api", "//evil/api", "/../api", "/api/%2e%2e/x", "/api%2fv1"] {
+            let mut h = good.clone();
+            h.path = path.into();
+            assert!(matches!(decode_request_head(h), Err(FrameError::PathRefused(_))), "{path}");
+        }
         let mut h = good.clone();
-        h.path = "api".into();
-        assert!(matches!(decode_request_head(h), Err(FrameError::Path(_))));
+        h.impersonate = Some(
+            Identity { user: "eve".into(), groups: vec!["system:masters".into()], ..Default::default() }
+                .into(),
+        );
+        assert!(matches!(decode_request_head(h), Err(FrameError::Identity(_))), "no escalation through --as");
         let mut h = good.clone();
         h.method = "GE T".into();
         assert!(matches!(decode_request_head(h), Err(FrameError::Method(_))));

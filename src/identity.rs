@@ -73,6 +73,54 @@ impl Identity {
     }
 }
 
+/// How the hub maps its callers' identities before they reach a child
+/// cluster: optional prefixes keep hub user and group names from colliding
+/// with the cluster's own, and denied groups are never forwarded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityPolicy {
+    /// Prepended to every user name (e.g. `ferry:`); empty: none.
+    pub user_prefix: String,
+    /// Prepended to every group name; empty: none.
+    pub group_prefix: String,
+    /// Groups dropped before forwarding, compared before and after the
+    /// prefix; [`DENIED_GROUPS`] are always among them.
+    pub denied_groups: Vec<String>,
+}
+
+impl Default for IdentityPolicy {
+    fn default() -> Self {
+        Self {
+            user_prefix: String::new(),
+            group_prefix: String::new(),
+            denied_groups: DENIED_GROUPS.iter().map(|g| (*g).to_owned()).collect(),
+        }
+    }
+}
+
+impl IdentityPolicy {
+    /// Whether `group` (as the hub knows it) is never forwarded.
+    pub fn denies_group(&self, group: &str) -> bool {
+        let prefixed = format!("{}{group}", self.group_prefix);
+        DENIED_GROUPS.contains(&group) || self.denied_groups.iter().any(|d| d == group || *d == prefixed)
+    }
+
+    /// A group as the child cluster sees it.
+    pub fn group(&self, group: &str) -> String {
+        format!("{}{group}", self.group_prefix)
+    }
+
+    /// The identity the child cluster sees for a hub caller: prefixes
+    /// applied, denied groups dropped.
+    pub fn map(&self, id: &Identity) -> Identity {
+        Identity {
+            user: format!("{}{}", self.user_prefix, id.user),
+            uid: id.uid.clone(),
+            groups: id.groups.iter().filter(|g| !self.denies_group(g)).map(|g| self.group(g)).collect(),
+            extra: id.extra.clone(),
+        }
+    }
+}
+
 /// Percent-encodes an extra key the way the apiserver decodes
 /// `Impersonate-Extra-` header suffixes (keys are case-insensitive header
 /// names, so anything outside lower-case token characters is escaped).
@@ -172,6 +220,24 @@ mod tests {
         let mut id = alice();
         id.user = "alice\r\nImpersonate-Group: system:masters".into();
         assert!(matches!(id.impersonation_headers(), Err(IdentityError::InvalidValue(_))));
+    }
+
+    #[test]
+    fn policy_prefixes_and_drops_denied_groups() {
+        let policy = IdentityPolicy {
+            user_prefix: "ferry:".into(),
+            group_prefix: "ferry:".into(),
+            denied_groups: vec!["ops".into()],
+        };
+        let mut id = alice();
+        id.groups.push("system:masters".into());
+        let mapped = policy.map(&id);
+        assert_eq!(mapped.user, "ferry:alice");
+        assert_eq!(mapped.groups, vec!["ferry:dev".to_owned()], "ops and system:masters never forwarded");
+        assert_eq!(mapped.uid, "42");
+        let plain = IdentityPolicy::default().map(&id);
+        assert_eq!(plain.user, "alice");
+        assert_eq!(plain.groups, vec!["dev".to_owned(), "ops".to_owned()]);
     }
 
     #[test]

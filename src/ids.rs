@@ -56,6 +56,10 @@ uuid_id!(
     /// Identifies one agent instance (replica) across reconnects.
     AgentId
 );
+uuid_id!(
+    /// Identifies a caller's bearer token (`ferryctl token revoke ID`).
+    TokenId
+);
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,8 @@
 //!
 //! Everything both ends of the tunnel need lives here once: the generated
 //! gRPC types, the protocol version, ids, caller identity, the header policy
-//! (what is stripped, what is forwarded), frame conversion, named limits,
+//! (what is stripped, what is forwarded), which paths may be forwarded,
+//! frame conversion, named limits,
 //! secrets and the Kubernetes `Status` error body.
 
 pub mod codec;
@@ -12,6 +13,7 @@ pub mod identity;
 pub mod ids;
 pub mod limits;
 pub mod metadata;
+pub mod path;
 pub mod proto;
 pub mod secret;
 pub mod status;

@@ -1,18 +1,28 @@
-//! The agent's lifecycle: enroll once, then keep a hub session up,
-//! reconnecting with backoff, until shut down or refused.
+//! The agent's lifecycle: get a credential (stored, or by enrolling), then
+//! keep a hub session up, reconnecting with backoff, renewing the
+//! credential before it expires, until shut down.
+//!
+//! Nothing the hub refuses is fatal: a refused or used token, a deleted or
+//! denied cluster, an unknown certificate all lead to a clear error in the
+//! log and a slow retry (the operator may fix it: approve the cluster,
+//! apply a new `agent.yaml`), never to a crash loop or a spin. Only local
+//! problems the agent cannot wait out (no token at all, an unusable
+//! kubeconfig or state dir) stop it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::backoff::{Backoff, HEALTHY_AFTER};
 use crate::config::AgentConfig;
-use crate::credential::{CREDENTIAL_FILE, StateDir};
+use crate::credential::{CredentialStore, StateDir, StoredCredential};
 use crate::enroll;
 use crate::error::AgentError;
-use crate::session::{self, SessionParams};
+use crate::health;
+use crate::session::{self, SessionError, SessionParams};
 use crate::upstream::Upstream;
 
 /// Where the agent is in its lifecycle (observable through
@@ -21,7 +31,7 @@ use crate::upstream::Upstream;
 pub enum AgentState {
     /// Loading configuration and state.
     Starting,
-    /// Exchanging the bootstrap token for a credential.
+    /// Getting a credential (enrolling with the bootstrap token).
     Enrolling,
     /// Dialling the hub or waiting for its welcome.
     Connecting,
@@ -34,6 +44,12 @@ pub enum AgentState {
     },
     /// Session lost; waiting before reconnecting.
     Disconnected,
+    /// The hub refused the agent (token, credential, or the cluster was
+    /// denied or deleted); retrying slowly.
+    Refused {
+        /// What the hub said.
+        reason: String,
+    },
     /// The agent has stopped.
     Stopped,
 }
@@ -57,65 +73,171 @@ impl Agent {
     }
 
     /// Runs until `shutdown` fires (`Ok`) or something retrying cannot fix
-    /// happens: a refused bootstrap token or credential, unusable state
+    /// happens: no bootstrap token and no credential, an unusable state
     /// directory or kubeconfig (`Err`).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let health = match self.config.health_listen {
+            Some(addr) => {
+                let h = health::serve(addr, self.state.subscribe(), shutdown.child_token()).await?;
+                // The bound address (port 0 picks one), for scripts and tests.
+                use std::io::Write;
+                println!("ferry-agent health: http://{}", h.addr);
+                let _ = std::io::stdout().flush();
+                Some(h)
+            }
+            None => None,
+        };
         let result = self.run_inner(&shutdown).await;
         self.state.send_replace(AgentState::Stopped);
+        if let Some(h) = health {
+            h.stop().await;
+        }
         result
     }
 
     async fn run_inner(&self, shutdown: &CancellationToken) -> Result<(), AgentError> {
         install_crypto_provider();
-        let state_dir = StateDir::new(&self.config.state_dir);
-        state_dir.ensure()?;
-        let agent_id = state_dir.agent_id()?;
-        let upstream = Arc::new(Upstream::load(self.config.kubeconfig.as_deref()).await?);
+        let kube_config = Upstream::load_config(self.config.kubeconfig.as_deref()).await?;
+        let upstream = Arc::new(Upstream::from_kube_config(&kube_config)?);
+        let (store, agent_id) = match &self.config.credential_secret {
+            Some(secret) => {
+                let client = kube::Client::try_from(kube_config.clone())
+                    .map_err(|e| AgentError::Upstream(crate::upstream::UpstreamError::Client(e)))?;
+                let store = CredentialStore::Secret { secret: secret.clone(), client };
+                (store, self.config.agent_id.unwrap_or_default())
+            }
+            None => {
+                let dir = StateDir::new(&self.config.state_dir);
+                dir.ensure()?;
+                let id = match self.config.agent_id {
+                    Some(id) => id,
+                    None => dir.agent_id()?,
+                };
+                (CredentialStore::Dir(dir), id)
+            }
+        };
         info!(
             %agent_id,
             hub = %self.config.hub_url,
             apiserver = %upstream.base(),
+            credential_store = %store.describe(),
             version = ferry::FERRY_VERSION,
             "ferry-agent starting"
         );
 
-        self.state.send_replace(AgentState::Enrolling);
-        let Some(stored) = enroll::ensure_credential(&self.config, &state_dir, agent_id, shutdown).await?
-        else {
-            return Ok(());
-        };
-
-        let params =
-            SessionParams { config: self.config.clone(), credential: stored.credential, agent_id, upstream };
-        let mut backoff = Backoff::reconnect();
+        let mut refused = Backoff::refused();
+        let mut rejected: Option<String> = None;
         loop {
-            let end = session::run(&params, &self.state, shutdown).await;
-            self.state.send_replace(AgentState::Disconnected);
-            let error = match end.result {
-                Ok(()) => {
+            self.state.send_replace(AgentState::Enrolling);
+            let enrolled =
+                enroll::ensure_credential(&self.config, &store, agent_id, rejected.as_deref(), shutdown);
+            let Some(stored) = enrolled.await? else {
+                info!("ferry-agent stopped");
+                return Ok(());
+            };
+            let params = SessionParams {
+                config: self.config.clone(),
+                credential: Arc::new(Mutex::new(stored)),
+                store: store.clone(),
+                agent_id,
+                upstream: upstream.clone(),
+            };
+            match self.keep_connected(&params, shutdown).await {
+                None => {
                     info!("ferry-agent stopped");
                     return Ok(());
                 }
-                Err(e) if e.is_fatal() => {
-                    let credential = state_dir.path().join(CREDENTIAL_FILE);
-                    error!(error = %e, path = %credential.display(), "the hub refused the agent credential");
-                    return Err(AgentError::CredentialRevoked { message: e.to_string(), credential });
+                // The credential was refused: enroll again (a new token
+                // may be there) after a pause, never with that certificate.
+                Some((reason, certificate)) => {
+                    rejected = Some(certificate);
+                    self.state.send_replace(AgentState::Refused { reason });
+                    if !refused.wait(shutdown).await {
+                        info!("ferry-agent stopped");
+                        return Ok(());
+                    }
                 }
+            }
+        }
+    }
+
+    /// Sessions one after another with the credential in `params`, until
+    /// shutdown (`None`) or the hub refuses the credential for good
+    /// (`Some((reason, the refused certificate))`).
+    async fn keep_connected(
+        &self,
+        params: &SessionParams,
+        shutdown: &CancellationToken,
+    ) -> Option<(String, String)> {
+        let mut backoff = Backoff::reconnect();
+        let mut refused = Backoff::refused();
+        loop {
+            if !current_or_stored(params).await {
+                return Some(("the credential expired".into(), params.credential_pem()));
+            }
+            let end = session::run(params, &self.state, shutdown).await;
+            self.state.send_replace(AgentState::Disconnected);
+            let error = match end.result {
+                Ok(()) => return None,
                 Err(e) => e,
             };
             if end.connected_for.is_some_and(|d| d >= HEALTHY_AFTER) {
                 backoff.reset();
+                refused.reset();
             }
-            let delay = backoff.next_delay();
+            let delay = match &error {
+                SessionError::Unauthenticated(message) => {
+                    error!(hub_says = %message, "the hub refused the agent certificate");
+                    // Another replica may have stored a newer one.
+                    if adopt_stored(params).await {
+                        backoff.next_delay()
+                    } else {
+                        return Some((message.clone(), params.credential_pem()));
+                    }
+                }
+                SessionError::Refused(message) => {
+                    error!(hub_says = %message, "the hub refused the session; retrying slowly");
+                    self.state.send_replace(AgentState::Refused { reason: message.clone() });
+                    refused.next_delay()
+                }
+                _ => backoff.next_delay(),
+            };
             session::log_end(&error, delay);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = shutdown.cancelled() => {
-                    info!("ferry-agent stopped");
-                    return Ok(());
-                }
+                () = shutdown.cancelled() => return None,
             }
         }
+    }
+}
+
+/// Makes sure the session credential is valid now, taking the stored one if
+/// it is newer (another replica renewed, or this one's save of a renewal is
+/// all that is left after a restart); `false` when neither is valid.
+async fn current_or_stored(params: &SessionParams) -> bool {
+    adopt_stored(params).await;
+    let current = params.credential.lock().unwrap_or_else(|p| p.into_inner());
+    current.valid_at(SystemTime::now())
+}
+
+/// Replaces the session credential with the stored one when that expires
+/// later; `true` when it did.
+async fn adopt_stored(params: &SessionParams) -> bool {
+    let stored: Option<StoredCredential> = match params.store.load().await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %crate::error::report(&e), "cannot read the stored credential");
+            None
+        }
+    };
+    let Some(stored) = stored else { return false };
+    let mut current = params.credential.lock().unwrap_or_else(|p| p.into_inner());
+    if stored.not_after > current.not_after && stored.cert_pem != current.cert_pem {
+        info!(expires = %humantime::format_rfc3339_seconds(stored.not_after), "using the newer stored credential");
+        *current = stored;
+        true
+    } else {
+        false
     }
 }
 

@@ -15,6 +15,13 @@ pub const RECONNECT_BASE: Duration = Duration::from_millis(500);
 /// Largest ceiling: an agent retries at least this often.
 pub const RECONNECT_CAP: Duration = Duration::from_secs(30);
 
+/// First ceiling after the hub refused the agent's token or credential.
+pub const REFUSED_BASE: Duration = Duration::from_secs(2);
+
+/// Largest ceiling after refusals: a refused agent asks again at least
+/// this often (a person must act first, so there is no hurry).
+pub const REFUSED_CAP: Duration = Duration::from_secs(600);
+
 /// A session that stayed up this long counts as healthy: the next failure
 /// starts again from [`RECONNECT_BASE`].
 pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
@@ -40,6 +47,12 @@ impl Backoff {
     /// The policy for reconnects and retried hub calls (500 ms to 30 s).
     pub fn reconnect() -> Self {
         Self::new(RECONNECT_BASE, RECONNECT_CAP)
+    }
+
+    /// The policy after the hub refused the token or credential (2 s to
+    /// 10 min): slow, so a refused fleet does not hammer the hub.
+    pub fn refused() -> Self {
+        Self::new(REFUSED_BASE, REFUSED_CAP)
     }
 
     /// The upper bound of the next delay.

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use ferry::ids::AgentId;
 use ferry::secret::Secret;
 use http::Uri;
 
@@ -29,17 +30,67 @@ pub struct Args {
     #[arg(long = "hub-ca", env = "FERRY_HUB_CA", value_name = "FILE")]
     pub hub_ca: PathBuf,
     /// Single-use bootstrap token from `ferryctl register`; only needed
-    /// until the agent has enrolled.
+    /// until the agent has enrolled. Prefer `--token-file` or `FERRY_TOKEN`:
+    /// an argument is visible to every user in `ps`.
     #[arg(long, env = "FERRY_TOKEN", value_name = "TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub token: Option<Secret>,
+    /// File holding the bootstrap token (re-read at every enrollment
+    /// attempt, so a replaced Secret is picked up).
+    #[arg(long = "token-file", env = "FERRY_TOKEN_FILE", value_name = "FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Kubeconfig for the local apiserver; the in-cluster service account
     /// is used when omitted.
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Directory where the credential, the cluster name and the agent id
-    /// are kept across restarts.
+    /// are kept across restarts (unless `--credential-secret` is given).
     #[arg(long = "state-dir", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// Keep the credential in this Secret (`NAMESPACE/NAME`) of the local
+    /// cluster instead of the state dir; every replica shares it.
+    #[arg(long = "credential-secret", env = "FERRY_CREDENTIAL_SECRET", value_name = "NAMESPACE/NAME", value_parser = parse_secret_ref)]
+    pub credential_secret: Option<SecretRef>,
+    /// This agent instance's id (a uuid; in a pod, its uid). Default: kept
+    /// in the state dir, or made fresh at each start with
+    /// `--credential-secret`.
+    #[arg(long = "agent-id", env = "FERRY_AGENT_ID", value_name = "UUID", value_parser = parse_agent_id)]
+    pub agent_id: Option<AgentId>,
+    /// Serve `/healthz` and `/readyz` over plain HTTP on this address (for
+    /// Kubernetes probes); off by default.
+    #[arg(long = "health-listen", env = "FERRY_HEALTH_LISTEN", value_name = "ADDR")]
+    pub health_listen: Option<std::net::SocketAddr>,
+}
+
+/// A Secret in the local cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+fn parse_secret_ref(s: &str) -> Result<SecretRef, String> {
+    let (namespace, name) = s.split_once('/').ok_or("must be NAMESPACE/NAME")?;
+    let label = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    if !label(namespace) || !label(name) {
+        return Err("must be NAMESPACE/NAME with lower-case DNS names".into());
+    }
+    Ok(SecretRef { namespace: namespace.into(), name: name.into() })
+}
+
+fn parse_agent_id(s: &str) -> Result<AgentId, String> {
+    AgentId::parse(s.trim()).ok_or_else(|| "must be a uuid".to_owned())
 }
 
 fn parse_secret(s: &str) -> Result<Secret, String> {
@@ -72,6 +123,29 @@ pub enum ConfigError {
     HubCaNotPem(PathBuf),
 }
 
+/// Where the bootstrap token comes from.
+#[derive(Clone, Debug)]
+pub enum TokenSource {
+    /// Given on the command line or in `FERRY_TOKEN`.
+    Value(Secret),
+    /// A file, read at each enrollment attempt.
+    File(PathBuf),
+}
+
+impl TokenSource {
+    /// The token now; `None` when the file is missing or empty.
+    pub fn read(&self) -> Option<Secret> {
+        match self {
+            TokenSource::Value(s) => Some(s.clone()),
+            TokenSource::File(path) => {
+                let text = std::fs::read_to_string(path).ok()?;
+                let token = text.trim();
+                (!token.is_empty()).then(|| Secret::new(token))
+            }
+        }
+    }
+}
+
 /// Validated agent configuration.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -79,12 +153,18 @@ pub struct AgentConfig {
     pub hub_url: Uri,
     /// PEM bundle of the CA trusted for the hub connection.
     pub hub_ca_pem: Vec<u8>,
-    /// Bootstrap token, used only when no credential is stored yet.
-    pub bootstrap_token: Option<Secret>,
+    /// Bootstrap token, used only when no usable credential is stored.
+    pub bootstrap_token: Option<TokenSource>,
     /// Kubeconfig for the local apiserver (`None`: in-cluster).
     pub kubeconfig: Option<PathBuf>,
-    /// Where the credential and agent id live.
+    /// Where the credential and agent id live (without a credential Secret).
     pub state_dir: PathBuf,
+    /// The Secret holding the credential, if the agent keeps it there.
+    pub credential_secret: Option<SecretRef>,
+    /// This instance's id, if given.
+    pub agent_id: Option<AgentId>,
+    /// Address of the health endpoint, if any.
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -96,12 +176,20 @@ impl Args {
         if !String::from_utf8_lossy(&hub_ca_pem).contains("-----BEGIN CERTIFICATE-----") {
             return Err(ConfigError::HubCaNotPem(self.hub_ca));
         }
+        let bootstrap_token = match (self.token, self.token_file) {
+            (Some(t), _) => Some(TokenSource::Value(t)),
+            (None, Some(f)) => Some(TokenSource::File(f)),
+            (None, None) => None,
+        };
         Ok(AgentConfig {
             hub_url,
             hub_ca_pem,
-            bootstrap_token: self.token,
+            bootstrap_token,
             kubeconfig: self.kubeconfig,
             state_dir: self.state_dir,
+            credential_secret: self.credential_secret,
+            agent_id: self.agent_id,
+            health_listen: self.health_listen,
         })
     }
 }
@@ -144,6 +232,63 @@ mod tests {
         assert_eq!(args.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(args.token.as_ref().map(Secret::expose), Some("ferryboot.x.y"));
         assert!(!format!("{args:?}").contains("ferryboot"), "the token never shows in Debug");
+        let args = Args::try_parse_from([
+            "ferry-agent",
+            "--hub",
+            "https://hub:8443",
+            "--hub-ca",
+            "/ca",
+            "--token-file",
+            "/etc/ferry/bootstrap/token",
+            "--credential-secret",
+            "ferry-system/ferry-agent-credential",
+            "--agent-id",
+            "6f1c5a2e-0d53-4a0b-9f57-2b8f2f1e9c11",
+            "--health-listen",
+            "0.0.0.0:8081",
+        ])
+        .expect("in-cluster command line");
+        assert_eq!(
+            args.credential_secret,
+            Some(SecretRef { namespace: "ferry-system".into(), name: "ferry-agent-credential".into() })
+        );
+        assert!(
+            Args::try_parse_from([
+                "ferry-agent",
+                "--hub",
+                "h",
+                "--hub-ca",
+                "c",
+                "--credential-secret",
+                "nope"
+            ])
+            .is_err()
+        );
+        assert!(
+            Args::try_parse_from([
+                "ferry-agent",
+                "--hub",
+                "h",
+                "--hub-ca",
+                "c",
+                "--token",
+                "t",
+                "--token-file",
+                "f"
+            ])
+            .is_err(),
+            "one token source"
+        );
+    }
+
+    #[test]
+    fn a_token_file_is_read_when_needed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("token");
+        let source = TokenSource::File(file.clone());
+        assert!(source.read().is_none(), "missing file: no token yet");
+        std::fs::write(&file, "ferryboot.a.b\n").expect("write");
+        assert_eq!(source.read().map(|s| s.expose().to_owned()), Some("ferryboot.a.b".into()));
     }
 
     #[test]
@@ -164,8 +309,12 @@ mod tests {
             hub: "https://hub".into(),
             hub_ca: ca,
             token: None,
+            token_file: None,
             kubeconfig: None,
             state_dir: dir.path().into(),
+            credential_secret: None,
+            agent_id: None,
+            health_listen: None,
         };
         assert!(matches!(args.into_config(), Err(ConfigError::HubCaNotPem(_))));
     }

@@ -1,7 +1,5 @@
 //! The agent's fatal errors, and error reports for logs.
 
-use std::path::PathBuf;
-
 use crate::credential::CredentialError;
 use crate::hub::HubError;
 use crate::upstream::UpstreamError;
@@ -20,31 +18,24 @@ pub enum AgentError {
     #[error(transparent)]
     Hub(#[from] HubError),
     /// Not enrolled yet and no bootstrap token given.
-    #[error("not enrolled: no credential in {0:?}; pass a bootstrap token with --token (or FERRY_TOKEN)")]
-    MissingToken(PathBuf),
-    /// The hub refused the bootstrap token (wrong, used or expired).
     #[error(
-        "the hub refused the bootstrap token ({code:?}: {message}); register the cluster again for a fresh token"
+        "not enrolled: no valid credential in the {0}; pass a bootstrap token with --token-file FILE (or FERRY_TOKEN)"
     )]
-    EnrollRejected {
-        /// gRPC status code.
-        code: tonic::Code,
-        /// The hub's message.
-        message: String,
-    },
-    /// The hub answered the enrollment with an unusable credential.
-    #[error("the hub returned an empty credential")]
-    EmptyCredential,
-    /// The hub refused the stored credential: it was revoked or the cluster
-    /// was deleted.
-    #[error(
-        "the hub refused the agent credential ({message}); it may have been revoked: delete {credential:?} and enroll again with a new bootstrap token"
-    )]
-    CredentialRevoked {
-        /// The hub's message.
-        message: String,
-        /// The credential file to delete.
-        credential: PathBuf,
+    MissingToken(String),
+    /// The hub answered the enrollment with an unusable certificate.
+    #[error("the hub returned an unusable certificate: {0}")]
+    BadCertificate(String),
+    /// A key or certificate request could not be made.
+    #[error("cannot make a key: {0}")]
+    Key(String),
+    /// The health endpoint cannot listen.
+    #[error("cannot listen on {addr} for health checks")]
+    Health {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
 }
 

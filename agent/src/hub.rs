@@ -6,12 +6,12 @@ use std::time::Duration;
 use ferry::limits::MAX_FRAME_SIZE;
 use ferry::metadata;
 use ferry::proto::v1::tunnel_client::TunnelClient;
-use ferry::secret::Secret;
 use http::Uri;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::AgentConfig;
+use crate::credential::StoredCredential;
 
 /// How long dialling the hub (TCP and TLS) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,12 +39,16 @@ pub enum HubError {
 }
 
 /// The hub endpoint: TLS trusting only the configured CA, server name from
-/// the URL, TCP_NODELAY, HTTP/2 keepalive, and the tunnel's shared window
-/// and frame sizes.
-pub fn endpoint(config: &AgentConfig) -> Result<Endpoint, HubError> {
-    let tls = ClientTlsConfig::new()
+/// the URL, the agent's client certificate when it has one (enrollment
+/// goes without), TCP_NODELAY, HTTP/2 keepalive, and the tunnel's shared
+/// window and frame sizes.
+pub fn endpoint(config: &AgentConfig, credential: Option<&StoredCredential>) -> Result<Endpoint, HubError> {
+    let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&config.hub_ca_pem))
         .domain_name(tls_domain(&config.hub_url));
+    if let Some(c) = credential {
+        tls = tls.identity(Identity::from_pem(&c.cert_pem, c.key_pem.expose()));
+    }
     Ok(Endpoint::from(config.hub_url.clone())
         .tls_config(tls)
         .map_err(HubError::Endpoint)?
@@ -58,9 +62,13 @@ pub fn endpoint(config: &AgentConfig) -> Result<Endpoint, HubError> {
         .max_frame_size(ferry::limits::H2_MAX_FRAME_SIZE))
 }
 
-/// Dials the hub and returns a client over the new connection.
-pub async fn connect(config: &AgentConfig) -> Result<HubClient, HubError> {
-    let channel = endpoint(config)?.connect().await.map_err(HubError::Connect)?;
+/// Dials the hub (presenting `credential`, if any) and returns a client
+/// over the new connection.
+pub async fn connect(
+    config: &AgentConfig,
+    credential: Option<&StoredCredential>,
+) -> Result<HubClient, HubError> {
+    let channel = endpoint(config, credential)?.connect().await.map_err(HubError::Connect)?;
     Ok(client(channel))
 }
 
@@ -78,37 +86,24 @@ fn tls_domain(url: &Uri) -> String {
     host.trim_start_matches('[').trim_end_matches(']').to_owned()
 }
 
-/// Metadata that authenticates Control and Proxy calls.
+/// Metadata of Proxy calls: the session they belong to. (The connection's
+/// client certificate authenticates every call.)
 #[derive(Clone, Debug)]
 pub struct CallAuth {
-    authorization: AsciiMetadataValue,
-    session: Option<AsciiMetadataValue>,
+    session: AsciiMetadataValue,
 }
 
 impl CallAuth {
-    /// `authorization: Bearer <credential>`, marked sensitive so it is never
-    /// indexed by HPACK or printed.
-    pub fn new(credential: &Secret) -> Result<Self, HubError> {
-        let mut authorization = AsciiMetadataValue::try_from(format!("Bearer {}", credential.expose()))
-            .map_err(|_| HubError::Metadata("credential"))?;
-        authorization.set_sensitive(true);
-        Ok(Self { authorization, session: None })
-    }
-
-    /// The same plus `ferry-session: <session_id>`, for Proxy calls.
-    pub fn with_session(&self, session_id: &str) -> Result<Self, HubError> {
+    /// `ferry-session: <session_id>`.
+    pub fn for_session(session_id: &str) -> Result<Self, HubError> {
         let session =
             AsciiMetadataValue::try_from(session_id).map_err(|_| HubError::Metadata("session id"))?;
-        Ok(Self { authorization: self.authorization.clone(), session: Some(session) })
+        Ok(Self { session })
     }
 
     /// Adds the metadata to a call.
     pub fn apply<T>(&self, request: &mut tonic::Request<T>) {
-        let md = request.metadata_mut();
-        md.insert(metadata::AUTHORIZATION, self.authorization.clone());
-        if let Some(session) = &self.session {
-            md.insert(metadata::SESSION, session.clone());
-        }
+        request.metadata_mut().insert(metadata::SESSION, self.session.clone());
     }
 }
 
@@ -124,12 +119,11 @@ mod tests {
 
     #[test]
     fn call_metadata() {
-        let auth = CallAuth::new(&Secret::new("cred")).expect("valid").with_session("s-1").expect("valid");
+        let auth = CallAuth::for_session("s-1").expect("valid");
         let mut req = tonic::Request::new(());
         auth.apply(&mut req);
-        assert_eq!(req.metadata().get("authorization").expect("set"), "Bearer cred");
         assert_eq!(req.metadata().get("ferry-session").expect("set"), "s-1");
-        assert!(!format!("{auth:?}").contains("cred\""), "sensitive values are not printed");
-        assert!(CallAuth::new(&Secret::new("bad\nvalue")).is_err());
+        assert!(req.metadata().get("authorization").is_none(), "the certificate authenticates");
+        assert!(CallAuth::for_session("bad\nvalue").is_err());
     }
 }

@@ -4,8 +4,11 @@
 //!
 //! - [`config`]: command line and validated configuration.
 //! - [`agent`]: lifecycle: enroll, then keep a session up (reconnects).
-//! - [`credential`]: the state directory (credential, cluster, agent id).
-//! - `enroll`: bootstrap token for credential exchange.
+//! - [`credential`]: the credential (certificate and key) and where it is
+//!   kept: the state directory or a Secret.
+//! - `enroll`: bootstrap token and key for a certificate.
+//! - `health`: `/healthz` and `/readyz` for probes.
+//! - `impersonation`: checking a caller's `--as` with the child cluster.
 //! - [`hub`]: the TLS/HTTP/2 channel to the hub and call metadata.
 //! - `session`: one session: control stream, heartbeats, the pool.
 //! - `pool`: parked request streams, topped up as they are claimed.
@@ -22,7 +25,9 @@ pub mod config;
 pub mod credential;
 mod enroll;
 pub mod error;
+mod health;
 pub mod hub;
+mod impersonation;
 mod pool;
 mod proxy;
 mod session;

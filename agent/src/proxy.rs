@@ -17,6 +17,7 @@ use bytes::Bytes;
 use ferry::frame::{agent_error, decode_request_head, response_head};
 use ferry::limits::FRAME_CHANNEL_CAPACITY;
 use ferry::proto::v1::{self as pb, AgentFrame, ErrorCode, HubFrame, RequestHead, agent_frame, hub_frame};
+use ferry::status::KubeStatus;
 use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -29,6 +30,7 @@ use tonic::Streaming;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::error::report;
+use crate::impersonation;
 use crate::pool::ParkSlot;
 use crate::upgrade;
 use crate::upstream::{Upstream, UpstreamBody, UpstreamError, empty_body};
@@ -167,7 +169,7 @@ pub(crate) async fn serve(
 ) -> Option<(RequestStream, ParkSlot)> {
     let started = Instant::now();
     let request_id = head.request_id.clone();
-    let proxied = match decode_request_head(head) {
+    let mut proxied = match decode_request_head(head) {
         Ok(p) => p,
         Err(e) => {
             warn!(cluster = %ctx.cluster, %request_id, error = %e, "refused an invalid request head");
@@ -185,6 +187,23 @@ pub(crate) async fn serve(
     );
     async move {
         let mut stream = stream;
+        if let Some(target) = proxied.impersonate.take() {
+            let checked = tokio::select! {
+                r = impersonation::check(&ctx.upstream, &proxied.identity, &target) => r,
+                () = abort.cancelled() => Err(impersonation::Refusal::Unchecked("agent shutting down".into())),
+            };
+            if let Err(refusal) = checked {
+                debug!(error = %refusal, "impersonation refused");
+                let status = match &refusal {
+                    impersonation::Refusal::Forbidden(m) => KubeStatus::forbidden(m.clone()),
+                    impersonation::Refusal::Unchecked(m) => KubeStatus::bad_gateway(m.clone()),
+                };
+                respond_status(&stream.out, &status).await;
+                stream.finish().await;
+                return None;
+            }
+            proxied.identity = target;
+        }
         let upgrade = proxied.upgrade;
         let outcome = if upgrade {
             upgrade::serve(&mut stream, &proxied, &ctx.upstream, abort).await
@@ -417,6 +436,19 @@ pub(crate) async fn forward_response(
         return Outcome::HubGone;
     }
     Outcome::Completed { status, bytes, kept }
+}
+
+/// Answers a request with a Kubernetes `Status` (head, body, end) without
+/// reaching the apiserver.
+pub(crate) async fn respond_status(out: &mpsc::Sender<AgentFrame>, status: &KubeStatus) {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    let head = AgentFrame { frame: Some(agent_frame::Frame::Head(response_head(status.code, &headers))) };
+    for frame in [head, body_frame(Bytes::from(status.to_json())), end_frame(false)] {
+        if tokio::time::timeout(ERROR_SEND_TIMEOUT, out.send(frame)).await.map_or(true, |r| r.is_err()) {
+            return;
+        }
+    }
 }
 
 /// Reports a failed apiserver call to the hub.

@@ -1,13 +1,22 @@
 //! One agent session: dial the hub, run the control stream (hello, welcome,
-//! heartbeats with cluster status, hub signals) and the pool of request
-//! streams, until the session fails or the agent shuts down.
+//! heartbeats with cluster status, hub signals, certificate renewal) and
+//! the pool of request streams, until the session fails or the agent shuts
+//! down.
+//!
+//! Renewal happens on the session's own control stream two thirds into the
+//! certificate's lifetime: the hub signs a certificate for a fresh key and
+//! the session lives on under it, so no request or watch in flight is
+//! dropped; the new certificate is stored and used for the next connection.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry::ids::AgentId;
 use ferry::limits::{CONTROL_CHANNEL_CAPACITY, DEFAULT_POOL_SIZE, HEARTBEAT_INTERVAL, HEARTBEAT_MISSES};
-use ferry::proto::v1::{AgentControl, Heartbeat, Hello, HubControl, Welcome, agent_control, hub_control};
+use ferry::proto::v1::{
+    AgentControl, Heartbeat, Hello, HubControl, RenewRequest, RenewResponse, Welcome, agent_control,
+    hub_control,
+};
 use ferry::secret::Secret;
 use ferry::{FERRY_VERSION, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, watch};
@@ -20,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::agent::AgentState;
 use crate::config::AgentConfig;
+use crate::credential::{CredentialStore, StoredCredential, new_key_and_request};
 use crate::error::report;
 use crate::hub::{self, CallAuth, HubError};
 use crate::pool::{Pool, SessionShared};
@@ -34,6 +44,11 @@ pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a closing control stream waits for the hub to end it.
 const CONTROL_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the hub may take to answer a renewal before it is asked again.
+pub const RENEW_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before asking again after a refused or unanswered renewal (never
+/// past the certificate's expiry: then the session ends anyway).
+pub const RENEW_RETRY: Duration = Duration::from_secs(60);
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +59,9 @@ pub enum SessionError {
     /// The hub refused the credential on the control stream.
     #[error("the hub refused the credential: {0}")]
     Unauthenticated(String),
+    /// The hub refused the session for now (the cluster is denied).
+    #[error("the hub refused the session: {0}")]
+    Refused(String),
     /// The control stream failed.
     #[error("control stream failed ({code:?}): {message}")]
     Control {
@@ -75,30 +93,44 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    /// True when reconnecting cannot help (the credential was refused).
-    pub fn is_fatal(&self) -> bool {
-        matches!(self, SessionError::Unauthenticated(_))
+    /// True when reconnecting with the same credential cannot help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, SessionError::Unauthenticated(_) | SessionError::Refused(_))
     }
 
     fn from_status(status: tonic::Status) -> Self {
-        if status.code() == Code::Unauthenticated {
-            SessionError::Unauthenticated(status.message().to_owned())
-        } else {
-            SessionError::Control { code: status.code(), message: status.message().to_owned() }
+        match status.code() {
+            Code::Unauthenticated => SessionError::Unauthenticated(status.message().to_owned()),
+            Code::PermissionDenied => SessionError::Refused(status.message().to_owned()),
+            code => SessionError::Control { code, message: status.message().to_owned() },
         }
     }
 }
 
-/// What a session runs with (the same across reconnects).
+/// What a session runs with (the same across reconnects, but for the
+/// credential, which renewals replace).
 pub(crate) struct SessionParams {
     /// Hub address and CA.
     pub config: AgentConfig,
-    /// The per-cluster credential.
-    pub credential: Secret,
+    /// The current credential.
+    pub credential: Arc<Mutex<StoredCredential>>,
+    /// Where renewed credentials are kept.
+    pub store: CredentialStore,
     /// This agent instance.
     pub agent_id: AgentId,
     /// The apiserver.
     pub upstream: Arc<Upstream>,
+}
+
+impl SessionParams {
+    fn credential(&self) -> StoredCredential {
+        self.credential.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The current certificate, PEM.
+    pub(crate) fn credential_pem(&self) -> String {
+        self.credential.lock().unwrap_or_else(|p| p.into_inner()).cert_pem.clone()
+    }
 }
 
 /// How a session ended.
@@ -127,11 +159,11 @@ async fn run_inner(
     connected_at: &mut Option<Instant>,
 ) -> Result<(), SessionError> {
     state.send_replace(AgentState::Connecting);
+    let credential = params.credential();
     let client = tokio::select! {
-        r = hub::connect(&params.config) => r?,
+        r = hub::connect(&params.config, Some(&credential)) => r?,
         () = shutdown.cancelled() => return Ok(()),
     };
-    let auth = CallAuth::new(&params.credential)?;
 
     let (control_tx, control_rx) = mpsc::channel(CONTROL_CHANNEL_CAPACITY);
     let hello = Hello {
@@ -141,8 +173,7 @@ async fn run_inner(
     };
     // A fresh channel always has room for the first message.
     let _ = control_tx.try_send(AgentControl { msg: Some(agent_control::Msg::Hello(hello)) });
-    let mut request = tonic::Request::new(ReceiverStream::new(control_rx));
-    auth.apply(&mut request);
+    let request = tonic::Request::new(ReceiverStream::new(control_rx));
     let mut control_client = client.clone();
     let response = tokio::select! {
         r = control_client.control(request) => r.map_err(SessionError::from_status)?,
@@ -168,7 +199,7 @@ async fn run_inner(
 
     let session = Arc::new(SessionShared {
         client,
-        auth: auth.with_session(&welcome.session_id)?,
+        auth: CallAuth::for_session(&welcome.session_id)?,
         proxy: ProxyContext { upstream: params.upstream.clone(), cluster: cluster.clone() },
     });
     let mut pool = Pool::new(session, pool_size(&welcome));
@@ -177,9 +208,14 @@ async fn run_inner(
 
     let stop_heartbeats = CancellationToken::new();
     let mut heartbeats = JoinSet::new();
+    let renewals = control_tx.clone();
     heartbeats.spawn(send_heartbeats(control_tx, params.upstream.clone(), interval, stop_heartbeats.clone()));
+    let mut renewal = Renewal::new(credential);
 
     info!(%cluster, session = %welcome.session_id, heartbeat_ms = interval.as_millis(), "connected to the hub");
+    if !welcome.notice.is_empty() {
+        warn!(hub_says = %welcome.notice, "connected, but the hub routes no traffic yet");
+    }
     announce(&cluster, &welcome.session_id);
     state.send_replace(AgentState::Connected {
         cluster: cluster.to_string(),
@@ -193,6 +229,10 @@ async fn run_inner(
         tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
             message = inbound.message() => match message {
+                Ok(Some(HubControl { msg: Some(hub_control::Msg::Renewed(answer)) })) => {
+                    deadline.as_mut().reset(Instant::now() + silence);
+                    renewal.answered(answer, params).await;
+                }
                 Ok(Some(message)) => {
                     deadline.as_mut().reset(Instant::now() + silence);
                     handle(message, &mut pool);
@@ -207,6 +247,7 @@ async fn run_inner(
                 break Err(SessionError::ProxyRejected(message));
             }
             () = pool.reap() => {}
+            () = renewal.due() => renewal.ask(&renewals).await,
         }
     };
 
@@ -230,12 +271,110 @@ fn handle(message: HubControl, pool: &mut Pool) {
         Some(hub_control::Msg::Heartbeat(_)) => {}
         Some(hub_control::Msg::OpenStreams(open)) => pool.open_extra(open.count),
         Some(hub_control::Msg::Welcome(_)) => debug!("ignoring a repeated welcome"),
+        Some(hub_control::Msg::Renewed(_)) => debug!("ignoring a renewal answer"),
         None => debug!("ignoring an empty control message"),
     }
 }
 
 async fn drain(inbound: &mut Streaming<HubControl>) {
     while let Ok(Some(_)) = inbound.message().await {}
+}
+
+/// The session's certificate renewal: when it is due, the request in
+/// flight (its new key), and what to do with the answer.
+struct Renewal {
+    /// When to ask next.
+    at: Instant,
+    /// The key of the request in flight.
+    pending: Option<Secret>,
+    /// The session's current certificate's expiry.
+    not_after: SystemTime,
+    cluster: String,
+}
+
+impl Renewal {
+    fn new(credential: StoredCredential) -> Self {
+        Renewal {
+            at: instant_at(credential.renew_at()),
+            pending: None,
+            not_after: credential.not_after,
+            cluster: credential.cluster,
+        }
+    }
+
+    /// Resolves when a renewal should be asked for.
+    async fn due(&self) {
+        tokio::time::sleep_until(self.at).await;
+    }
+
+    /// Sends a renewal request for a fresh key.
+    async fn ask(&mut self, control: &mpsc::Sender<AgentControl>) {
+        self.at = Instant::now() + RENEW_TIMEOUT;
+        let (key, csr) = match new_key_and_request() {
+            Ok(k) => k,
+            Err(e) => {
+                warn!(error = %e, "cannot make a key for renewal");
+                self.retry_later();
+                return;
+            }
+        };
+        self.pending = Some(key);
+        let ask = AgentControl { msg: Some(agent_control::Msg::Renew(RenewRequest { csr_der: csr.into() })) };
+        debug!("asking the hub to renew the agent certificate");
+        if control.send(ask).await.is_err() {
+            self.pending = None;
+        }
+    }
+
+    fn retry_later(&mut self) {
+        let until_expiry = self.not_after.duration_since(SystemTime::now()).unwrap_or_default();
+        self.at = Instant::now() + RENEW_RETRY.min(until_expiry / 2).max(Duration::from_secs(1));
+    }
+
+    /// Takes the hub's answer: stores and uses the new certificate, or
+    /// retries later.
+    async fn answered(&mut self, answer: RenewResponse, params: &SessionParams) {
+        let Some(key) = self.pending.take() else {
+            debug!("ignoring a renewal answer nobody asked for");
+            return;
+        };
+        if !answer.error.is_empty() {
+            warn!(hub_says = %answer.error, "the hub refused to renew the agent certificate; asking again later");
+            self.retry_later();
+            return;
+        }
+        let renewed = match StoredCredential::new(self.cluster.clone(), answer.certificate_pem, key) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "the hub sent an unusable certificate; asking again later");
+                self.retry_later();
+                return;
+            }
+        };
+        if let Err(e) = params.store.save(&renewed).await {
+            // Still good for this process; a restart would load the older
+            // one (or another replica's) and renew or enroll again.
+            warn!(error = %report(&e), "renewed, but the credential could not be stored");
+        }
+        *params.credential.lock().unwrap_or_else(|p| p.into_inner()) = renewed.clone();
+        self.not_after = renewed.not_after;
+        self.at = instant_at(renewed.renew_at());
+        let expires = humantime::format_rfc3339_seconds(renewed.not_after);
+        info!(%expires, "agent certificate renewed");
+        announce_renewal(&renewed.cluster, &expires.to_string());
+    }
+}
+
+/// The tokio instant of a wall-clock time (now, if it has passed).
+fn instant_at(t: SystemTime) -> Instant {
+    Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// Prints the renewal line (scripts and tests wait for it).
+fn announce_renewal(cluster: &str, expires: &str) {
+    use std::io::Write;
+    println!("ferry-agent renewed: cluster={cluster} expires={expires}");
+    let _ = std::io::stdout().flush();
 }
 
 /// Prints the connected line: the one line of stdout output, which scripts
@@ -331,9 +470,10 @@ mod tests {
     }
 
     #[test]
-    fn only_a_refused_credential_is_fatal() {
-        assert!(SessionError::from_status(tonic::Status::unauthenticated("revoked")).is_fatal());
-        assert!(!SessionError::from_status(tonic::Status::unavailable("restart")).is_fatal());
-        assert!(!SessionError::HeartbeatTimeout(Duration::from_secs(30)).is_fatal());
+    fn refusals_are_told_apart_from_failures() {
+        assert!(SessionError::from_status(tonic::Status::unauthenticated("revoked")).is_refusal());
+        assert!(SessionError::from_status(tonic::Status::permission_denied("denied")).is_refusal());
+        assert!(!SessionError::from_status(tonic::Status::unavailable("restart")).is_refusal());
+        assert!(!SessionError::HeartbeatTimeout(Duration::from_secs(30)).is_refusal());
     }
 }

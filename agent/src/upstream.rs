@@ -177,6 +177,12 @@ impl Upstream {
     /// Loads the apiserver settings from `kubeconfig` (its current
     /// context), or from the in-cluster service account when `None`.
     pub async fn load(kubeconfig: Option<&Path>) -> Result<Self, UpstreamError> {
+        Self::from_kube_config(&Self::load_config(kubeconfig).await?)
+    }
+
+    /// The kube configuration [`Upstream::load`] uses (for a `kube::Client`
+    /// of the agent's own, e.g. for its credential Secret).
+    pub async fn load_config(kubeconfig: Option<&Path>) -> Result<kube::Config, UpstreamError> {
         let config = match kubeconfig {
             Some(path) => {
                 let err = |source| UpstreamError::Kubeconfig { path: path.to_owned(), source };
@@ -187,7 +193,7 @@ impl Upstream {
             }
             None => kube::Config::incluster().map_err(UpstreamError::InCluster)?,
         };
-        Self::from_kube_config(&config)
+        Ok(config)
     }
 
     /// Builds the clients from a kube configuration.
@@ -280,6 +286,11 @@ impl Upstream {
             }
             headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         }
+        // A `--as` target is honoured only once `impersonation::check` has
+        // replaced the identity with it.
+        if proxied.impersonate.is_some() {
+            return Err(UpstreamError::Build("impersonation target not checked".into()));
+        }
         let impersonation =
             proxied.identity.impersonation_headers().map_err(|e| UpstreamError::Build(e.to_string()))?;
         for (name, value) in impersonation {
@@ -353,6 +364,41 @@ impl Upstream {
             Ok(version.git_version)
         };
         tokio::time::timeout(timeout, probe).await.unwrap_or(Err(ProbeError::Timeout(timeout)))
+    }
+
+    /// Sends a small JSON request as the agent itself (no impersonation)
+    /// and reads at most `max` bytes of the answer, within `timeout`.
+    pub async fn call_json(
+        &self,
+        method: Method,
+        path: &'static str,
+        body: Vec<u8>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let call = async {
+            let uri = join_uri(&self.base, &PathAndQuery::from_static(path)).map_err(|e| e.to_string())?;
+            let body =
+                http_body_util::Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync();
+            let mut request = Request::new(body);
+            *request.method_mut() = method;
+            *request.uri_mut() = uri;
+            request.headers_mut().insert(ACCEPT, HeaderValue::from_static("application/json"));
+            request
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let response = self.send(request, false).await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let bytes = Limited::new(response.into_body(), max)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
     }
 
     /// The cluster status for a heartbeat.
@@ -454,6 +500,7 @@ mod tests {
                 .into(),
             ),
             upgrade,
+            impersonate: None,
         }
     }
 

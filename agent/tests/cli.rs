@@ -26,6 +26,7 @@ fn agent_command(
         .arg("--state-dir")
         .arg(state)
         .env_remove("FERRY_TOKEN")
+        .env_remove("FERRY_TOKEN_FILE")
         .env_remove("FERRY_HUB")
         .env_remove("FERRY_HUB_CA")
         .kill_on_drop(true);
@@ -69,28 +70,46 @@ async fn prints_the_connected_line_and_stops_cleanly_on_sigterm() {
 }
 
 #[tokio::test]
-async fn a_bad_token_exits_non_zero_without_echoing_it() {
+async fn a_refused_token_is_logged_without_echoing_it_and_retried() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = pki.write_ca(dir.path());
     let api = FakeApiserver::start(&pki).await;
-    let hub = FakeHub::start(&pki, 1).await;
+    let mut hub = FakeHub::start(&pki, 1).await;
     let kubeconfig = api.kubeconfig(dir.path(), &ca);
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "ferryboot.wrong-secret\n").expect("token file");
 
-    let child = agent_command(&hub, &ca, &kubeconfig, &dir.path().join("state"))
-        .arg("--token")
-        .arg("ferryboot.wrong-secret")
+    let mut child = agent_command(&hub, &ca, &kubeconfig, &dir.path().join("state"))
+        .arg("--token-file")
+        .arg(&token_file)
         .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn ferry-agent");
-    let output = within("the agent to exit", child.wait_with_output()).await.expect("wait");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("refused the bootstrap token"), "{stderr}");
-    assert!(!stderr.contains("wrong-secret"), "the token is never logged: {stderr}");
-    assert!(output.stdout.is_empty());
+    hub.next_refusal().await;
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    let said = within("the refusal in the log", async {
+        while let Some(line) = stderr.next_line().await.expect("read") {
+            let done = line.contains("refused the bootstrap token") && line.contains("ferryctl register");
+            seen.push(line);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(said, "{seen:?}");
+    assert!(!seen.iter().any(|l| l.contains("wrong-secret")), "the token is never logged: {seen:?}");
+    assert!(child.try_wait().expect("status").is_none(), "a refused token does not stop the agent");
+
+    let pid = child.id().expect("running").to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
+    let status = within("the agent to exit", child.wait()).await.expect("wait");
+    assert!(status.success(), "{status:?}");
 
     hub.stop().await;
     api.stop().await;
@@ -112,7 +131,7 @@ async fn no_credential_and_no_token_is_a_clear_error() {
     let output = within("the agent to exit", output).await.expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--token"), "{stderr}");
+    assert!(stderr.contains("--token-file"), "{stderr}");
     assert_eq!(hub.enrolls(), 0);
 
     hub.stop().await;

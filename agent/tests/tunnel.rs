@@ -44,6 +44,7 @@ fn head(method: &str, path: &str, query: &str, headers: &[(&str, &str)], upgrade
             .into(),
         ),
         upgrade,
+        impersonate: None,
     })
 }
 
@@ -86,10 +87,8 @@ impl World {
         RunningAgent::start(config(&self.hub, &self.ca, &kubeconfig, &self.state_dir(), token))
     }
 
-    fn store_credential(&self, credential: &str) {
-        std::fs::create_dir_all(self.state_dir()).expect("state dir");
-        std::fs::write(self.state_dir().join("credential"), credential).expect("credential");
-        std::fs::write(self.state_dir().join("cluster"), CLUSTER).expect("cluster");
+    fn store_credential(&self) {
+        self.hub.write_credential(&self.state_dir());
     }
 
     async fn stop(self) {
@@ -105,12 +104,15 @@ async fn enrolls_connects_and_streams_a_watch() {
     let (cluster, session) = agent.connected(None).await;
     assert_eq!(cluster, CLUSTER);
 
-    // Enrollment stored the credential, privately.
+    // Enrollment stored the certificate and the agent's own key, privately.
     assert_eq!(w.hub.enrolls(), 1);
-    let credential = w.state_dir().join("credential");
-    assert_eq!(std::fs::read_to_string(&credential).expect("credential").trim(), CREDENTIAL);
-    assert_eq!(std::fs::metadata(&credential).expect("meta").permissions().mode() & 0o777, 0o600);
+    for file in ["tls.crt", "tls.key", "cluster"] {
+        let path = w.state_dir().join(file);
+        assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600, "{file}");
+    }
+    assert!(std::fs::read_to_string(w.state_dir().join("tls.key")).expect("key").contains("PRIVATE KEY"));
     assert_eq!(std::fs::read_to_string(w.state_dir().join("cluster")).expect("cluster").trim(), CLUSTER);
+    let stored_serial = cert_serial(&w.state_dir().join("tls.crt"));
 
     // Hello, then a heartbeat carrying the apiserver's version.
     let hello = within("hello", w.hub.hellos.recv()).await.expect("hello");
@@ -123,10 +125,11 @@ async fn enrolls_connects_and_streams_a_watch() {
     assert_eq!(status.kubernetes_version, KUBE_VERSION);
     assert!(status.apiserver_reachable);
 
-    // The pool: two parked streams with the credential and session.
+    // The pool: two parked streams over the enrolled certificate, with the
+    // session.
     let mut parked = w.hub.next_parked().await;
     let _second = w.hub.next_parked().await;
-    assert_eq!(parked.authorization, format!("Bearer {CREDENTIAL}"));
+    assert_eq!(parked.serial, stored_serial);
     assert_eq!(parked.session, session);
 
     // A watch whose head carries hostile headers.
@@ -203,7 +206,7 @@ async fn enrolls_connects_and_streams_a_watch() {
 #[tokio::test]
 async fn reuses_the_credential_streams_bodies_and_reconnects() {
     let mut w = World::new(1).await;
-    w.store_credential(CREDENTIAL);
+    w.store_credential();
     let mut agent = w.agent(None);
     let (_, session) = agent.connected(None).await;
     assert_eq!(w.hub.enrolls(), 0, "the stored credential is used");
@@ -303,34 +306,79 @@ async fn a_silent_hub_is_detected_and_left() {
     api.stop().await;
 }
 
+/// The serial of the PEM certificate in `path`, lower-case hex.
+fn cert_serial(path: &std::path::Path) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(path).expect("certificate");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+    cert.raw_serial().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[tokio::test]
-async fn a_refused_bootstrap_token_is_fatal() {
-    let w = World::new(1).await;
-    let agent = w.agent(Some("ferryboot.wrong"));
-    match agent.exit().await {
-        Err(AgentError::EnrollRejected { code, .. }) => assert_eq!(code, tonic::Code::Unauthenticated),
-        other => panic!("expected a refused token, got {other:?}"),
-    }
-    assert!(!w.state_dir().join("credential").exists());
+async fn a_refused_bootstrap_token_is_retried_not_fatal() {
+    let mut w = World::new(1).await;
+    let mut agent = w.agent(Some("ferryboot.wrong"));
+    w.hub.next_refusal().await;
+    // Still running, not ready, and nothing stored.
+    assert!(!agent.task.is_finished(), "a refused token does not stop the agent");
+    let state = agent.state.borrow_and_update().clone();
+    assert!(matches!(state, ferry_agent::AgentState::Enrolling), "{state:?}");
+    assert!(!w.state_dir().join("tls.crt").exists());
+    agent.stop().await.expect("a clean stop");
     w.stop().await;
 }
 
 #[tokio::test]
-async fn a_revoked_credential_is_fatal() {
+async fn a_revoked_credential_without_a_token_stops_with_a_clear_error() {
     let w = World::new(1).await;
-    w.store_credential("ferryagent.revoked");
+    w.store_credential();
+    w.hub.revoke_all();
     let agent = w.agent(None);
     match agent.exit().await {
-        Err(AgentError::CredentialRevoked { .. }) => {}
-        other => panic!("expected a revoked credential, got {other:?}"),
+        Err(e @ AgentError::MissingToken(_)) => assert!(e.to_string().contains("--token-file"), "{e}"),
+        other => panic!("expected a missing-token error, got {other:?}"),
     }
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn the_certificate_is_renewed_on_the_session_and_used_to_reconnect() {
+    let mut w = World::new(1).await;
+    // Certificates of 3 s: renewed every 2 s, on the same session.
+    w.hub.set_cert_ttl(std::time::Duration::from_secs(3));
+    let mut agent = w.agent(Some(BOOTSTRAP_TOKEN));
+    let (_, session) = agent.connected(None).await;
+    let enrolled = cert_serial(&w.state_dir().join("tls.crt"));
+    let first = within("a renewal", w.hub.renewals.recv()).await.expect("renewed");
+    let second = within("another renewal", w.hub.renewals.recv()).await.expect("renewed");
+    assert_ne!(first, enrolled);
+    assert_ne!(second, first);
+    // The agent asks for the next renewal only after it handled the last
+    // answer, so by the third request the second certificate is stored.
+    within("a third renewal", w.hub.renewals.recv()).await.expect("renewed");
+    assert_eq!(cert_serial(&w.state_dir().join("tls.crt")), second);
+    // No reconnect happened: the session is the one from before.
+    assert!(
+        matches!(&*agent.state.borrow(), ferry_agent::AgentState::Connected { session_id, .. } if *session_id == session)
+    );
+    // A new connection presents a renewed certificate (the enrolled one has
+    // expired by now: TLS would refuse it).
+    w.hub.kick().await;
+    let (_, again) = agent.connected(Some(&session)).await;
+    assert_ne!(again, session);
+    let mut parked = w.hub.next_parked().await;
+    while parked.session != again {
+        parked = w.hub.next_parked().await;
+    }
+    assert_ne!(parked.serial, enrolled, "the new connection presents a renewed certificate");
+    agent.stop().await.expect("clean stop");
     w.stop().await;
 }
 
 #[tokio::test]
 async fn refuses_hostile_heads_and_reports_an_unreachable_apiserver() {
     let mut w = World::new(1).await;
-    w.store_credential(CREDENTIAL);
+    w.store_credential();
     // Point the agent at a port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = closed.local_addr().expect("addr").port();
@@ -368,7 +416,7 @@ async fn refuses_hostile_heads_and_reports_an_unreachable_apiserver() {
 #[tokio::test]
 async fn upgrades_pump_bytes_both_ways() {
     let mut w = World::new(1).await;
-    w.store_credential(CREDENTIAL);
+    w.store_credential();
     let mut agent = w.agent(None);
     agent.connected(None).await;
 

@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObjec
 use tokio::io::AsyncReadExt as _;
 
 use crate::error::ManagementError;
-use crate::kubeconfig::HubConfig;
+use crate::kubeconfig::{HubConfig, HubCredential};
 
 /// Bound on the whole probe: connect, handshake, first read. The hub sends
 /// its HTTP/2 SETTINGS (or an alert) as soon as TLS is up.
@@ -60,16 +60,20 @@ fn client_config(config: &HubConfig) -> Option<rustls::ClientConfig> {
     for cert in CertificateDer::pem_slice_iter(config.ca_pem.as_bytes()) {
         roots.add(cert.ok()?).ok()?;
     }
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(config.client_cert_pem.as_bytes()).collect::<Result<_, _>>().ok()?;
-    let key = PrivateKeyDer::from_pem_slice(config.client_key_pem.expose().as_bytes()).ok()?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .ok()?;
+        .with_root_certificates(roots);
+    let mut tls = match &config.credential {
+        HubCredential::ClientCert { cert_pem, key_pem } => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().ok()?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes()).ok()?;
+            builder.with_client_auth_cert(chain, key).ok()?
+        }
+        HubCredential::Token(_) => builder.with_no_client_auth(),
+    };
     tls.alpn_protocols = vec![b"h2".to_vec()];
     Some(tls)
 }

@@ -3,9 +3,10 @@
 //! The hub writes `DATA_DIR/admin.kubeconfig` in the standard format: the
 //! current context's cluster `server` is the hub base URL, its
 //! `certificate-authority-data` the hub CA, and the user carries a client
-//! certificate from that CA (CN = user, O = groups). Paths
-//! (`certificate-authority`, `client-certificate`, `client-key`) work too,
-//! relative to the kubeconfig's directory as kubectl resolves them.
+//! certificate from that CA (CN = user, O = groups) or a hub bearer token
+//! (`token`, `token-file`). Paths (`certificate-authority`,
+//! `client-certificate`, `client-key`, `token-file`) work too, relative to
+//! the kubeconfig's directory as kubectl resolves them.
 
 use std::path::{Path, PathBuf};
 
@@ -27,10 +28,22 @@ pub struct HubConfig {
     pub tls_server_name: Option<String>,
     /// The hub CA, PEM: the only certificate trusted for the hub.
     pub ca_pem: String,
-    /// The caller's client certificate (chain), PEM.
-    pub client_cert_pem: String,
-    /// The caller's private key, PEM.
-    pub client_key_pem: Secret,
+    /// How the caller authenticates.
+    pub credential: HubCredential,
+}
+
+/// A caller's credential for the hub.
+#[derive(Clone, Debug)]
+pub enum HubCredential {
+    /// A client certificate from the hub CA.
+    ClientCert {
+        /// The certificate (chain), PEM.
+        cert_pem: String,
+        /// The private key, PEM.
+        key_pem: Secret,
+    },
+    /// A hub bearer token (`ferryctl token create`).
+    Token(Secret),
 }
 
 /// Why a kubeconfig file could not be loaded.
@@ -169,13 +182,18 @@ impl HubConfig {
         let user_entry = format!("user {user_name:?}");
         let server = server_url(&cluster_entry, cluster)?;
         let ca_pem = certificate_authority(&cluster_entry, cluster)?;
-        let (client_cert_pem, client_key_pem) = client_identity(&user_entry, user)?;
+        let credential = match bearer_token(&user_entry, user)? {
+            Some(token) => HubCredential::Token(token),
+            None => {
+                let (cert_pem, key_pem) = client_identity(&user_entry, user)?;
+                HubCredential::ClientCert { cert_pem, key_pem }
+            }
+        };
         Ok(HubConfig {
             server,
             tls_server_name: cluster.tls_server_name.clone().filter(|n| !n.is_empty()),
             ca_pem,
-            client_cert_pem,
-            client_key_pem,
+            credential,
         })
     }
 }
@@ -211,6 +229,22 @@ fn certificate_authority(entry: &str, cluster: &Cluster) -> Result<String, Inval
     pem_text(entry, field, bytes)
 }
 
+/// A `token` or `token-file` of the user entry, if it has one.
+fn bearer_token(entry: &str, user: &AuthInfo) -> Result<Option<Secret>, InvalidKubeconfig> {
+    if let Some(token) =
+        user.token.as_ref().map(|t| t.expose_secret().trim().to_owned()).filter(|t| !t.is_empty())
+    {
+        return Ok(Some(Secret::new(token)));
+    }
+    let Some(file) = user.token_file.as_deref().filter(|f| !f.is_empty()) else { return Ok(None) };
+    let text = std::fs::read_to_string(file).map_err(|e| InvalidKubeconfig::InvalidField {
+        entry: entry.to_owned(),
+        field: "token-file",
+        reason: format!("cannot read {file}: {e}"),
+    })?;
+    Ok(Some(Secret::new(text.trim())).filter(|t| !t.expose().is_empty()))
+}
+
 fn client_identity(entry: &str, user: &AuthInfo) -> Result<(String, Secret), InvalidKubeconfig> {
     let cert = data_or_file(
         entry,
@@ -220,7 +254,7 @@ fn client_identity(entry: &str, user: &AuthInfo) -> Result<(String, Secret), Inv
     .ok_or_else(|| InvalidKubeconfig::MissingField {
         entry: entry.to_owned(),
         field: "client-certificate-data",
-        hint: " (or `client-certificate`); the hub authenticates callers by client certificate",
+        hint: " (or `client-certificate`, or a `token`); the hub authenticates callers by client certificate or bearer token",
     })?;
     let key = data_or_file(
         entry,
@@ -372,8 +406,7 @@ users:
         let hub = HubConfig::load(&path).expect("loads");
         assert_eq!(hub.server, "https://127.0.0.1:8443/");
         assert_eq!(hub.ca_pem, p.ca);
-        assert_eq!(hub.client_cert_pem, p.cert);
-        assert_eq!(hub.client_key_pem.expose(), p.key);
+        assert_cert(&hub, &p);
         assert_eq!(hub.tls_server_name, None);
         let debug = format!("{hub:?}");
         assert!(debug.contains("MASKED") && !debug.contains("PRIVATE KEY"), "{debug}");
@@ -410,8 +443,32 @@ users:
         assert_eq!(hub.server.host(), Some("hub.example.com"));
         assert_eq!(hub.tls_server_name.as_deref(), Some("ferry-hub"));
         assert_eq!(hub.ca_pem, p.ca);
-        assert_eq!(hub.client_cert_pem, p.cert);
-        assert_eq!(hub.client_key_pem.expose(), p.key);
+        assert_cert(&hub, &p);
+    }
+
+    fn assert_cert(hub: &HubConfig, p: &Pems) {
+        match &hub.credential {
+            HubCredential::ClientCert { cert_pem, key_pem } => {
+                assert_eq!(cert_pem, &p.cert);
+                assert_eq!(key_pem.expose(), p.key);
+            }
+            other => panic!("expected a client certificate, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn loads_a_bearer_token() {
+        let p = pems();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert_line = format!("    client-certificate-data: {}\n", b64(&p.cert));
+        let key_line = format!("    client-key-data: {}\n", b64(&p.key));
+        let text = data_kubeconfig(&p, "https://127.0.0.1:8443")
+            .replace(&cert_line, "    token: ferryuser.abc.def\n")
+            .replace(&key_line, "");
+        let path = write(dir.path(), "kubeconfig", &text);
+        let hub = HubConfig::load(&path).expect("loads");
+        assert!(matches!(&hub.credential, HubCredential::Token(t) if t.expose() == "ferryuser.abc.def"));
+        assert!(!format!("{hub:?}").contains("ferryuser.abc"), "the token is masked");
     }
 
     #[test]

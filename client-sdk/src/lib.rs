@@ -3,8 +3,9 @@
 //! - [`HubConfig`] ([`kubeconfig`]): where the hub is and who we are, read
 //!   from a kubeconfig such as the hub's `DATA_DIR/admin.kubeconfig`.
 //! - [`ManagementClient`] ([`management`]): the hub's management API
-//!   (register clusters, issue kubeconfigs, list and wait for clusters), with
-//!   errors in [`ManagementError`] ([`error`]).
+//!   (register, approve, deny, delete, list and wait for clusters; issue
+//!   kubeconfigs; bearer tokens; grants), with errors in
+//!   [`ManagementError`] ([`error`]).
 //! - [`kube_client`] ([`kube`]): a `kube::Client` whose requests travel
 //!   through the hub to a child cluster.
 //! - [`duration`] and [`output`]: what the `ferryctl` binary needs to parse
@@ -20,5 +21,8 @@ pub mod output;
 
 pub use self::kube::{KubeClientError, kube_client};
 pub use error::ManagementError;
-pub use kubeconfig::{HubConfig, HubConfigError, InvalidKubeconfig};
-pub use management::{Cluster, ClusterStatus, ManagementClient, Registration};
+pub use kubeconfig::{HubConfig, HubConfigError, HubCredential, InvalidKubeconfig};
+pub use management::{
+    ApprovalMode, Cluster, ClusterPhase, CredentialKind, Grant, GrantSubject, IssuedKubeconfig,
+    KubeconfigRequest, ManagementClient, NewToken, RegisterOptions, Registration, TokenInfo, WhoAmI,
+};

@@ -1,25 +1,33 @@
-//! `ferryctl`: register clusters with a Ferry hub, issue kubeconfigs, list
-//! and wait for clusters. Results go to stdout, logs (`RUST_LOG`) and
-//! errors to stderr; any failure exits 1 with `error: <message>`.
+//! `ferryctl`: register clusters with a Ferry hub, approve, deny and delete
+//! them, issue kubeconfigs and tokens, grant access, list and wait for
+//! clusters. Results go to stdout, logs (`RUST_LOG`) and errors to stderr;
+//! any failure exits 1 with `error: <message>`.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::anyhow;
-use clap::{Parser, Subcommand, ValueEnum};
+use anyhow::{anyhow, bail};
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_client_sdk::duration::parse_duration;
-use ferry_client_sdk::{HubConfig, HubConfigError, ManagementClient, output};
+use ferry_client_sdk::{
+    ApprovalMode, CredentialKind, GrantSubject, HubConfig, HubConfigError, KubeconfigRequest,
+    ManagementClient, RegisterOptions, output,
+};
 use tracing_subscriber::EnvFilter;
 
-/// Command-line client for a Ferry hub: register clusters, issue kubeconfigs,
-/// list clusters and wait for their agents.
+/// Command-line client for a Ferry hub: register clusters, approve them,
+/// issue kubeconfigs and tokens, grant access, list clusters and wait for
+/// their agents.
 #[derive(Parser)]
 #[command(name = "ferryctl", version)]
 struct Cli {
-    /// Kubeconfig with the hub URL, the hub CA and your client certificate
-    /// (the hub writes one for admins at DATA_DIR/admin.kubeconfig).
+    /// Kubeconfig with the hub URL, the hub CA and your credential (a client
+    /// certificate, or a token from `ferryctl token create -o kubeconfig`);
+    /// the hub writes one for admins at DATA_DIR/admin.kubeconfig.
     #[arg(
         long,
         global = true,
@@ -34,16 +42,42 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Register a cluster (if new) and print a fresh bootstrap token for its agent.
+    /// Register a cluster (if new) and print its agent manifest (agent.yaml)
+    /// with a fresh single-use bootstrap token.
     Register {
-        /// Cluster name.
+        /// Cluster name (a DNS label).
         name: String,
-        /// What to print.
-        #[arg(short, long, value_enum, default_value_t = RegisterOutput::Token)]
+        /// What to print: the manifest, only the token, or everything as JSON.
+        #[arg(short, long, value_enum, default_value_t = RegisterOutput::Yaml)]
         output: RegisterOutput,
         /// How long the token stays usable, e.g. 30m, 24h (default: the hub's, 24h).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         token_ttl: Option<Duration>,
+        /// `manual`: the cluster stays Pending (no traffic) until `ferryctl approve`.
+        #[arg(long, value_enum)]
+        approval: Option<Approval>,
+        /// Labels, e.g. env=prod,region=eu.
+        #[arg(long, value_name = "K=V,...", value_parser = parse_labels)]
+        labels: Option<BTreeMap<String, String>>,
+        /// Bind this hub group to cluster-admin in the child cluster (for
+        /// import into a management plane).
+        #[arg(long, value_name = "GROUP")]
+        admin_group: Option<String>,
+    },
+    /// Let traffic reach a cluster registered with --approval manual (or a denied one).
+    Approve {
+        /// Cluster name.
+        name: String,
+    },
+    /// Refuse a cluster: disconnect and refuse its agents, route nothing to it.
+    Deny {
+        /// Cluster name.
+        name: String,
+    },
+    /// Delete a cluster and its grants; its agents are disconnected at once.
+    Delete {
+        /// Cluster name.
+        name: String,
     },
     /// Print a kubeconfig for a cluster, for you or (admins) another user.
     Kubeconfig {
@@ -55,12 +89,18 @@ enum Command {
         /// Group for that user; repeat for several.
         #[arg(long = "group", value_name = "G")]
         groups: Vec<String>,
+        /// Credential in the kubeconfig: a client certificate or a bearer token.
+        #[arg(long, value_enum, default_value_t = Auth::Cert)]
+        auth: Auth,
+        /// How long the credential stays valid, e.g. 12h, 30d (default: the hub's, 30d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
     },
-    /// List registered clusters.
+    /// List registered clusters (those you hold a grant for, unless you are an admin).
     Clusters {
         /// Output format.
-        #[arg(short, long, value_enum, default_value_t = ClustersOutput::Table)]
-        output: ClustersOutput,
+        #[arg(short, long, value_enum, default_value_t = ListOutput::Table)]
+        output: ListOutput,
     },
     /// Wait until a cluster's agent is connected or disconnected.
     Wait {
@@ -73,22 +113,144 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Bearer tokens for callers (admins).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Let a user or group reach a cluster (or every cluster: --cluster '*').
+    Grant(GrantArgs),
+    /// Remove a grant.
+    Revoke(RevokeArgs),
+    /// List grants (admins: all; users: their own).
+    Grants {
+        /// Only grants that apply to this cluster.
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = ListOutput::Table)]
+        output: ListOutput,
+    },
+    /// Show who the hub thinks you are.
+    Whoami,
 }
 
-/// `register` output formats (more, e.g. `manifest`, may follow).
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for a user; prints it once (the hub keeps only a hash).
+    Create {
+        /// The user the token authenticates.
+        #[arg(long, value_name = "U")]
+        user: String,
+        /// A group of that user; repeat for several.
+        #[arg(long = "group", value_name = "G")]
+        groups: Vec<String>,
+        /// Lifetime, e.g. 12h, 90d (default: the hub's, 30d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Bind the token to one cluster (it then cannot use the management API).
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
+        /// Print the token, a kubeconfig for ferryctl (hub-wide tokens) or
+        /// the cluster (bound tokens), or JSON.
+        #[arg(short, long, value_enum, default_value_t = TokenOutput::Token)]
+        output: TokenOutput,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = ListOutput::Table)]
+        output: ListOutput,
+    },
+    /// Revoke a token: refused from the next request on.
+    Revoke {
+        /// The token id (from `ferryctl token list`).
+        id: String,
+    },
+}
+
+#[derive(Args)]
+struct GrantArgs {
+    /// The cluster, or '*' for every cluster.
+    #[arg(long, value_name = "NAME|*")]
+    cluster: String,
+    #[command(flatten)]
+    subject: SubjectArgs,
+    /// Also allow acting as someone else (kubectl --as), as far as the
+    /// child cluster's RBAC lets the user impersonate.
+    #[arg(long)]
+    allow_impersonate: bool,
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    /// The cluster, or '*'.
+    #[arg(long, value_name = "NAME|*")]
+    cluster: String,
+    #[command(flatten)]
+    subject: SubjectArgs,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct SubjectArgs {
+    /// A user.
+    #[arg(long, value_name = "U")]
+    user: Option<String>,
+    /// A group.
+    #[arg(long, value_name = "G")]
+    group: Option<String>,
+}
+
+impl SubjectArgs {
+    fn subject(&self) -> GrantSubject {
+        match (&self.user, &self.group) {
+            (Some(u), _) => GrantSubject::User(u.clone()),
+            (None, Some(g)) => GrantSubject::Group(g.clone()),
+            (None, None) => GrantSubject::User(String::new()),
+        }
+    }
+}
+
+/// `register` output formats.
 #[derive(Clone, Copy, ValueEnum)]
 enum RegisterOutput {
+    /// The agent manifest (agent.yaml), for `kubectl apply -f`.
+    Yaml,
     /// Only the bootstrap token and a newline.
     Token,
+    /// Cluster, token, hub URL, hub CA and manifest as JSON.
+    Json,
 }
 
-/// `clusters` output formats.
+/// `token create` output formats.
 #[derive(Clone, Copy, ValueEnum)]
-enum ClustersOutput {
-    /// Aligned columns: NAME STATUS AGENTS VERSION AGE.
-    Table,
-    /// A JSON array of clusters.
+enum TokenOutput {
+    /// Only the token and a newline.
+    Token,
+    /// A kubeconfig using the token.
+    Kubeconfig,
+    /// The token and its details as JSON.
     Json,
+}
+
+/// Output formats of lists.
+#[derive(Clone, Copy, ValueEnum)]
+enum ListOutput {
+    /// Aligned columns.
+    Table,
+    /// A JSON array.
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Approval {
+    Auto,
+    Manual,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Auth {
+    Cert,
+    Token,
 }
 
 /// States `wait` can wait for.
@@ -98,6 +260,15 @@ enum WaitFor {
     Connected,
     /// No agent is connected.
     Disconnected,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for pair in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not KEY=VALUE"))?;
+        out.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(out)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -117,6 +288,10 @@ async fn main() -> ExitCode {
     }
 }
 
+fn unix(t: Option<SystemTime>) -> Option<u64> {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let hub = HubConfig::load(&cli.kubeconfig).map_err(|e| match e {
         HubConfigError::Read { .. } => {
@@ -125,14 +300,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         e => e.into(),
     })?;
     let client = ManagementClient::connect(&hub).await?;
+    let now = SystemTime::now();
     match cli.command {
-        Command::Register { name, output: RegisterOutput::Token, token_ttl } => {
-            let registration = client.register_cluster(&name, token_ttl).await?;
-            emit(&format!("{}\n", registration.bootstrap_token.expose()))
+        Command::Register { name, output, token_ttl, approval, labels, admin_group } => {
+            let options = RegisterOptions {
+                token_ttl,
+                approval: approval.map(|a| match a {
+                    Approval::Auto => ApprovalMode::Auto,
+                    Approval::Manual => ApprovalMode::Manual,
+                }),
+                labels: labels.unwrap_or_default(),
+                admin_group,
+            };
+            let r = client.register_cluster_with(&name, &options).await?;
+            match output {
+                RegisterOutput::Yaml => emit(r.manifest.expose()),
+                RegisterOutput::Token => emit(&format!("{}\n", r.bootstrap_token.expose())),
+                RegisterOutput::Json => emit_json(&serde_json::json!({
+                    "cluster": r.cluster.name,
+                    "id": r.cluster.id.to_string(),
+                    "token": r.bootstrap_token.expose(),
+                    "tokenExpiresAtUnix": unix(r.token_expires_at),
+                    "hubUrl": r.hub_url,
+                    "hubCaPem": r.hub_ca_pem,
+                    "manifest": r.manifest.expose(),
+                })),
+            }
         }
-        Command::Kubeconfig { name, user, groups } => {
-            let kubeconfig = client.issue_kubeconfig(&name, user.as_deref(), &groups).await?;
-            let mut text = kubeconfig.expose().to_owned();
+        Command::Approve { name } => {
+            let c = client.approve_cluster(&name).await?;
+            emit(&format!("cluster/{} approved (phase {})\n", c.name, c.phase))
+        }
+        Command::Deny { name } => {
+            let c = client.deny_cluster(&name).await?;
+            emit(&format!("cluster/{} denied\n", c.name))
+        }
+        Command::Delete { name } => {
+            let (c, agents) = client.delete_cluster(&name).await?;
+            emit(&format!("cluster/{} deleted ({agents} agent session(s) disconnected)\n", c.name))
+        }
+        Command::Kubeconfig { name, user, groups, auth, ttl } => {
+            let request = KubeconfigRequest {
+                cluster: name,
+                user,
+                groups,
+                kind: match auth {
+                    Auth::Cert => CredentialKind::Cert,
+                    Auth::Token => CredentialKind::Token,
+                },
+                ttl,
+            };
+            let issued = client.issue_kubeconfig_with(&request).await?;
+            let mut text = issued.yaml.expose().to_owned();
             if !text.ends_with('\n') {
                 text.push('\n');
             }
@@ -141,20 +360,115 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clusters { output } => {
             let clusters = client.list_clusters().await?;
             match output {
-                ClustersOutput::Table if clusters.is_empty() => {
-                    eprintln!("No clusters registered.");
+                ListOutput::Table if clusters.is_empty() => {
+                    eprintln!("No clusters registered (or none you hold a grant for).");
                     Ok(())
                 }
-                ClustersOutput::Table => emit(&output::clusters_table(&clusters, SystemTime::now())),
-                ClustersOutput::Json => emit(&output::clusters_json(&clusters)),
+                ListOutput::Table => emit(&output::clusters_table(&clusters, now)),
+                ListOutput::Json => emit(&output::clusters_json(&clusters)),
             }
         }
         Command::Wait { name, state, timeout } => {
             let connected = matches!(state, WaitFor::Connected);
             let cluster = client.wait_cluster(&name, connected, timeout).await?;
-            emit(&format!("cluster/{} {}\n", cluster.name, cluster.status.as_str().to_lowercase()))
+            let word = if connected { "connected" } else { "disconnected" };
+            emit(&format!("cluster/{} {word}\n", cluster.name))
+        }
+        Command::Token(TokenCommand::Create { user, groups, ttl, cluster, output }) => {
+            let token = client.create_token(&user, &groups, ttl, cluster.as_deref()).await?;
+            match output {
+                TokenOutput::Token => emit(&format!("{}\n", token.secret.expose())),
+                TokenOutput::Json => emit_json(&serde_json::json!({
+                    "id": token.info.id,
+                    "user": token.info.user,
+                    "groups": token.info.groups,
+                    "cluster": token.info.cluster,
+                    "expiresAtUnix": unix(token.info.expires_at),
+                    "token": token.secret.expose(),
+                })),
+                TokenOutput::Kubeconfig => {
+                    let base = hub_base(&hub)?;
+                    let (name, server) = match &token.info.cluster {
+                        Some(c) => (c.clone(), format!("{base}/clusters/{c}")),
+                        None => ("ferry-hub".to_owned(), base),
+                    };
+                    emit(&token_kubeconfig(&name, &server, &hub.ca_pem, &user, token.secret.expose())?)
+                }
+            }
+        }
+        Command::Token(TokenCommand::List { output }) => {
+            let tokens = client.list_tokens().await?;
+            match output {
+                ListOutput::Table => emit(&output::tokens_table(&tokens, now)),
+                ListOutput::Json => emit(&output::tokens_json(&tokens)),
+            }
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            let t = client.revoke_token(&id).await?;
+            emit(&format!("token/{} (user {}) revoked\n", t.id, t.user))
+        }
+        Command::Grant(args) => {
+            let g = client.grant(&args.cluster, &args.subject.subject(), args.allow_impersonate).await?;
+            let extra = if g.allow_impersonate { " (may impersonate)" } else { "" };
+            emit(&format!("{} may reach cluster {}{extra}\n", g.subject, g.cluster))
+        }
+        Command::Revoke(args) => {
+            let g = client.revoke_grant(&args.cluster, &args.subject.subject()).await?;
+            emit(&format!("grant for {} on cluster {} revoked\n", g.subject, g.cluster))
+        }
+        Command::Grants { cluster, output } => {
+            let grants = client.list_grants(cluster.as_deref()).await?;
+            match output {
+                ListOutput::Table => emit(&output::grants_table(&grants, now)),
+                ListOutput::Json => emit(&output::grants_json(&grants)),
+            }
+        }
+        Command::Whoami => {
+            let me = client.who_am_i().await?;
+            emit(&format!(
+                "user: {}\ngroups: [{}]\nadmin: {}\nauth: {}\n",
+                me.user,
+                me.groups.join(", "),
+                me.admin,
+                me.auth_method
+            ))
         }
     }
+}
+
+/// `https://host:port` of the hub.
+fn hub_base(hub: &HubConfig) -> anyhow::Result<String> {
+    let authority = hub.server.authority().ok_or_else(|| anyhow!("the kubeconfig's hub URL has no host"))?;
+    Ok(format!("https://{authority}"))
+}
+
+/// A kubeconfig with a bearer token.
+fn token_kubeconfig(
+    name: &str,
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    token: &str,
+) -> anyhow::Result<String> {
+    if name.is_empty() || user.is_empty() {
+        bail!("empty name");
+    }
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {"server": server, "certificate-authority-data": ca}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": user}}],
+        "current-context": name,
+    });
+    Ok(serde_yaml::to_string(&doc)?)
+}
+
+fn emit_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    emit(&text)
 }
 
 /// Writes results to stdout; a closed pipe (`ferryctl clusters | head -1`)

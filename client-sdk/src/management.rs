@@ -1,5 +1,7 @@
-//! Typed client for the hub's `ferry.v1.Management` gRPC service.
+//! Typed client for the hub's management API: `ferry.v1.Clusters` and
+//! `ferry.v1.Access`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -7,13 +9,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ferry::ids::ClusterId;
 use ferry::proto::v1 as pb;
 use ferry::secret::Secret;
-use pb::management_client::ManagementClient as GrpcClient;
+use pb::access_client::AccessClient;
+use pb::clusters_client::ClustersClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::diagnose;
 use crate::duration::format_duration;
 use crate::error::ManagementError;
-use crate::kubeconfig::HubConfig;
+use crate::kubeconfig::{HubConfig, HubCredential};
 
 /// How long to wait for TCP + TLS to the hub before giving up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,28 +31,78 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// `DEADLINE_EXCEEDED` (with its message) normally arrives before ours.
 pub const WAIT_GRACE: Duration = Duration::from_secs(10);
 
-/// Whether a cluster has an agent connected to the hub.
+/// A cluster's phase as the hub derives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ClusterStatus {
-    /// At least one agent session is connected.
-    Connected,
+pub enum ClusterPhase {
+    /// Awaits an admin's approval: no traffic.
+    Pending,
+    /// An agent is connected and its apiserver answers.
+    Ready,
+    /// An agent is connected but cannot reach its apiserver.
+    NotReady,
     /// No agent is connected.
-    Disconnected,
+    Offline,
+    /// Denied by an admin: agents refused, no traffic.
+    Denied,
+    /// A phase this client does not know (a newer hub).
+    Unknown,
 }
 
-impl ClusterStatus {
-    /// `Connected` or `Disconnected`, as shown in tables.
+impl ClusterPhase {
+    /// `Ready`, `NotReady`, ... as shown in tables.
     pub fn as_str(self) -> &'static str {
         match self {
-            ClusterStatus::Connected => "Connected",
-            ClusterStatus::Disconnected => "Disconnected",
+            ClusterPhase::Pending => "Pending",
+            ClusterPhase::Ready => "Ready",
+            ClusterPhase::NotReady => "NotReady",
+            ClusterPhase::Offline => "Offline",
+            ClusterPhase::Denied => "Denied",
+            ClusterPhase::Unknown => "Unknown",
+        }
+    }
+
+    fn from_proto(p: i32) -> Self {
+        match pb::ClusterPhase::try_from(p) {
+            Ok(pb::ClusterPhase::Pending) => ClusterPhase::Pending,
+            Ok(pb::ClusterPhase::Ready) => ClusterPhase::Ready,
+            Ok(pb::ClusterPhase::NotReady) => ClusterPhase::NotReady,
+            Ok(pb::ClusterPhase::Offline) => ClusterPhase::Offline,
+            Ok(pb::ClusterPhase::Denied) => ClusterPhase::Denied,
+            _ => ClusterPhase::Unknown,
         }
     }
 }
 
-impl fmt::Display for ClusterStatus {
+impl fmt::Display for ClusterPhase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// How a newly enrolled cluster becomes usable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ApprovalMode {
+    /// As soon as an agent enrolls.
+    #[default]
+    Auto,
+    /// After `ferryctl approve`.
+    Manual,
+}
+
+impl ApprovalMode {
+    /// `auto` or `manual`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalMode::Auto => "auto",
+            ApprovalMode::Manual => "manual",
+        }
+    }
+
+    fn to_proto(self) -> i32 {
+        match self {
+            ApprovalMode::Auto => pb::ApprovalMode::Auto as i32,
+            ApprovalMode::Manual => pb::ApprovalMode::Manual as i32,
+        }
     }
 }
 
@@ -57,8 +113,12 @@ pub struct Cluster {
     pub name: String,
     /// The hub's id for it (credentials are bound to this).
     pub id: ClusterId,
+    /// Its phase.
+    pub phase: ClusterPhase,
+    /// Why it is in that phase (empty when Ready).
+    pub reason: String,
     /// Whether an agent is connected.
-    pub status: ClusterStatus,
+    pub connected: bool,
     /// Connected agent sessions (replicas).
     pub agents: u32,
     /// The child cluster's Kubernetes version (e.g. `v1.31.2`), `None` until
@@ -66,6 +126,16 @@ pub struct Cluster {
     pub kubernetes_version: Option<String>,
     /// When it was registered, `None` if the hub did not say.
     pub created_at: Option<SystemTime>,
+    /// Its approval mode.
+    pub approval: ApprovalMode,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Last time an agent was heard from, `None` if never.
+    pub last_seen: Option<SystemTime>,
+}
+
+fn unix(secs: u64) -> Option<SystemTime> {
+    (secs > 0).then(|| UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 impl TryFrom<pb::Cluster> for Cluster {
@@ -78,12 +148,35 @@ impl TryFrom<pb::Cluster> for Cluster {
         Ok(Cluster {
             name: c.name,
             id,
-            status: if c.connected { ClusterStatus::Connected } else { ClusterStatus::Disconnected },
+            phase: ClusterPhase::from_proto(c.phase),
+            reason: c.reason,
+            connected: c.connected,
             agents: c.agents,
             kubernetes_version: Some(c.kubernetes_version).filter(|v| !v.is_empty()),
-            created_at: (c.created_at_unix > 0).then(|| UNIX_EPOCH + Duration::from_secs(c.created_at_unix)),
+            created_at: unix(c.created_at_unix),
+            approval: if c.approval == pb::ApprovalMode::Manual as i32 {
+                ApprovalMode::Manual
+            } else {
+                ApprovalMode::Auto
+            },
+            labels: c.labels.into_iter().collect(),
+            last_seen: unix(c.last_seen_unix),
         })
     }
+}
+
+/// Options of [`ManagementClient::register_cluster`].
+#[derive(Clone, Debug, Default)]
+pub struct RegisterOptions {
+    /// How long the bootstrap token stays usable; `None`: the hub default
+    /// (24 h).
+    pub token_ttl: Option<Duration>,
+    /// Approval mode; `None` keeps an existing cluster's (new ones: auto).
+    pub approval: Option<ApprovalMode>,
+    /// Labels (replace the stored ones when not empty).
+    pub labels: BTreeMap<String, String>,
+    /// A hub group to bind to `cluster-admin` in the manifest.
+    pub admin_group: Option<String>,
 }
 
 /// What registering a cluster yields: everything an agent needs to enroll.
@@ -97,22 +190,195 @@ pub struct Registration {
     pub hub_ca_pem: String,
     /// The URL agents dial.
     pub hub_url: String,
+    /// `agent.yaml`, to apply in the child cluster (it carries the token).
+    pub manifest: Secret,
+    /// When the token expires.
+    pub token_expires_at: Option<SystemTime>,
 }
 
-/// A connection to the hub's management API, authenticated with the
-/// caller's client certificate. Cheap to clone; clones share the connection.
+/// How an issued kubeconfig authenticates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A client certificate (the default).
+    #[default]
+    Cert,
+    /// A hub bearer token.
+    Token,
+}
+
+/// What [`ManagementClient::issue_kubeconfig_with`] issues.
+#[derive(Clone, Debug, Default)]
+pub struct KubeconfigRequest {
+    /// The cluster.
+    pub cluster: String,
+    /// For whom (admins only); `None`: the caller.
+    pub user: Option<String>,
+    /// That user's groups.
+    pub groups: Vec<String>,
+    /// Certificate or token.
+    pub kind: CredentialKind,
+    /// Lifetime; `None`: the hub default (30 days).
+    pub ttl: Option<Duration>,
+}
+
+/// An issued kubeconfig.
 #[derive(Clone, Debug)]
+pub struct IssuedKubeconfig {
+    /// The YAML document (it carries a private key or token).
+    pub yaml: Secret,
+    /// When its credential expires.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// A bearer token as the hub lists it (never its secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Its id (`ferryctl token revoke ID`).
+    pub id: String,
+    /// The user it authenticates.
+    pub user: String,
+    /// The user's groups.
+    pub groups: Vec<String>,
+    /// The one cluster it is bound to, if any.
+    pub cluster: Option<String>,
+    /// When it was created.
+    pub created_at: Option<SystemTime>,
+    /// When it expires.
+    pub expires_at: Option<SystemTime>,
+    /// Who created it.
+    pub created_by: String,
+}
+
+impl From<pb::Token> for TokenInfo {
+    fn from(t: pb::Token) -> Self {
+        TokenInfo {
+            id: t.id,
+            user: t.user,
+            groups: t.groups,
+            cluster: Some(t.cluster).filter(|c| !c.is_empty()),
+            created_at: unix(t.created_at_unix),
+            expires_at: unix(t.expires_at_unix),
+            created_by: t.created_by,
+        }
+    }
+}
+
+/// A new token and its secret (shown once).
+#[derive(Clone, Debug)]
+pub struct NewToken {
+    /// The token as listed.
+    pub info: TokenInfo,
+    /// The token itself.
+    pub secret: Secret,
+}
+
+/// Who a grant is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GrantSubject {
+    /// One user.
+    User(String),
+    /// A group.
+    Group(String),
+}
+
+impl fmt::Display for GrantSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GrantSubject::User(u) => write!(f, "user:{u}"),
+            GrantSubject::Group(g) => write!(f, "group:{g}"),
+        }
+    }
+}
+
+impl GrantSubject {
+    fn split(&self) -> (String, String) {
+        match self {
+            GrantSubject::User(u) => (u.clone(), String::new()),
+            GrantSubject::Group(g) => (String::new(), g.clone()),
+        }
+    }
+}
+
+/// A grant: who may reach which cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// A cluster name, or `*`.
+    pub cluster: String,
+    /// User or group.
+    pub subject: GrantSubject,
+    /// Whether `kubectl --as` is allowed.
+    pub allow_impersonate: bool,
+    /// When it was made.
+    pub created_at: Option<SystemTime>,
+    /// Who made it.
+    pub created_by: String,
+}
+
+impl From<pb::Grant> for Grant {
+    fn from(g: pb::Grant) -> Self {
+        let subject =
+            if g.user.is_empty() { GrantSubject::Group(g.group) } else { GrantSubject::User(g.user) };
+        Grant {
+            cluster: g.cluster,
+            subject,
+            allow_impersonate: g.allow_impersonate,
+            created_at: unix(g.created_at_unix),
+            created_by: g.created_by,
+        }
+    }
+}
+
+/// The caller as the hub sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WhoAmI {
+    /// User name.
+    pub user: String,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// Whether a hub administrator.
+    pub admin: bool,
+    /// `cert` or `token`.
+    pub auth_method: String,
+}
+
+/// Adds `authorization: Bearer <token>` to every call when the caller
+/// authenticates with a token (client certificates travel in TLS).
+#[derive(Clone)]
+pub struct BearerAuth(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Transport = InterceptedService<Channel, BearerAuth>;
+
+/// A connection to the hub's management API, authenticated with the
+/// caller's client certificate or bearer token. Cheap to clone; clones
+/// share the connection.
+#[derive(Clone)]
 pub struct ManagementClient {
-    inner: GrpcClient<Channel>,
+    clusters: ClustersClient<Transport>,
+    access: AccessClient<Transport>,
     hub: String,
     /// Kept to diagnose transport failures (see `diagnose`); `None` for
     /// clients built on someone else's channel.
     config: Option<Arc<HubConfig>>,
 }
 
+impl fmt::Debug for ManagementClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ManagementClient").field("hub", &self.hub).finish_non_exhaustive()
+    }
+}
+
 impl ManagementClient {
     /// Connects to the hub described by `config` over TLS, trusting only the
-    /// hub CA and presenting the client certificate.
+    /// hub CA and presenting the caller's credential.
     ///
     /// The connection is opened eagerly so an unreachable hub is reported
     /// here. A hub that rejects the certificate may only say so on the first
@@ -120,9 +386,10 @@ impl ManagementClient {
     pub async fn connect(config: &HubConfig) -> Result<Self, ManagementError> {
         let (endpoint, hub) = endpoint(config)?;
         tracing::debug!(%hub, "connecting to the hub");
+        let auth = bearer(config)?;
         let config = Some(Arc::new(config.clone()));
         match endpoint.connect().await {
-            Ok(channel) => Ok(Self { inner: GrpcClient::new(channel), hub, config }),
+            Ok(channel) => Ok(Self::build(channel, auth, hub, config)),
             Err(e) => {
                 let err = ManagementError::from_transport_error(&e, &hub);
                 Err(explain_transport_failure(err, config.as_deref(), &hub).await)
@@ -133,24 +400,46 @@ impl ManagementClient {
     /// Wraps an existing channel (e.g. an in-process one in tests); `hub`
     /// names the hub in error messages.
     pub fn from_channel(channel: Channel, hub: impl Into<String>) -> Self {
-        Self { inner: GrpcClient::new(channel), hub: hub.into(), config: None }
+        Self::build(channel, BearerAuth(None), hub.into(), None)
+    }
+
+    fn build(channel: Channel, auth: BearerAuth, hub: String, config: Option<Arc<HubConfig>>) -> Self {
+        Self {
+            clusters: ClustersClient::with_interceptor(channel.clone(), auth.clone()),
+            access: AccessClient::with_interceptor(channel, auth),
+            hub,
+            config,
+        }
     }
 
     /// Creates cluster `name` if needed and returns a fresh bootstrap token
-    /// for its agent. `token_ttl` is how long the token stays usable (whole
-    /// seconds, rounded up); `None` takes the hub default (24 h).
+    /// and the agent manifest carrying it. `token_ttl` is how long the token
+    /// stays usable (whole seconds, rounded up); `None` takes the hub
+    /// default (24 h).
     pub async fn register_cluster(
         &self,
         name: &str,
         token_ttl: Option<Duration>,
     ) -> Result<Registration, ManagementError> {
-        let token_ttl_seconds = match token_ttl {
-            None => 0,
-            Some(ttl) => whole_seconds(ttl, "token TTL")?,
+        self.register_cluster_with(name, &RegisterOptions { token_ttl, ..Default::default() }).await
+    }
+
+    /// [`register_cluster`](Self::register_cluster) with every option.
+    pub async fn register_cluster_with(
+        &self,
+        name: &str,
+        options: &RegisterOptions,
+    ) -> Result<Registration, ManagementError> {
+        let token_ttl_seconds = optional_seconds(options.token_ttl, "token TTL")?;
+        let request = pb::RegisterRequest {
+            name: name.to_owned(),
+            token_ttl_seconds,
+            approval: options.approval.map_or(0, ApprovalMode::to_proto),
+            labels: options.labels.clone().into_iter().collect(),
+            admin_group: options.admin_group.clone().unwrap_or_default(),
         };
-        let request = pb::RegisterClusterRequest { name: name.to_owned(), token_ttl_seconds };
-        let response =
-            self.call(CALL_TIMEOUT, |mut c| async move { c.register_cluster(request).await }).await?;
+        let mut c = self.clusters.clone();
+        let response = self.run(CALL_TIMEOUT, async move { c.register(request).await }).await?;
         let cluster = response
             .cluster
             .ok_or_else(|| ManagementError::InvalidResponse("registration carries no cluster".into()))?;
@@ -162,37 +451,51 @@ impl ManagementClient {
             bootstrap_token: Secret::new(response.bootstrap_token),
             hub_ca_pem: response.hub_ca_pem,
             hub_url: response.hub_url,
+            manifest: Secret::new(response.manifest),
+            token_expires_at: unix(response.token_expires_at_unix),
         })
     }
 
-    /// Issues a kubeconfig (YAML) for `cluster`: for the caller when `user`
-    /// is `None`, otherwise (admins only) for `user` with `groups`. It
-    /// carries a private key, hence [`Secret`]; pass it to
-    /// [`kube_client`](crate::kube_client) or write it to a file.
-    pub async fn issue_kubeconfig(
-        &self,
-        cluster: &str,
-        user: Option<&str>,
-        groups: &[String],
-    ) -> Result<Secret, ManagementError> {
-        let request = pb::IssueKubeconfigRequest {
-            cluster: cluster.to_owned(),
-            user: user.unwrap_or_default().to_owned(),
-            groups: groups.to_vec(),
-        };
-        let response =
-            self.call(CALL_TIMEOUT, |mut c| async move { c.issue_kubeconfig(request).await }).await?;
-        if response.kubeconfig.is_empty() {
-            return Err(ManagementError::InvalidResponse("the issued kubeconfig is empty".into()));
-        }
-        Ok(Secret::new(response.kubeconfig))
+    /// One cluster.
+    pub async fn get_cluster(&self, name: &str) -> Result<Cluster, ManagementError> {
+        let mut c = self.clusters.clone();
+        let request = pb::GetClusterRequest { name: name.to_owned() };
+        self.run(CALL_TIMEOUT, async move { c.get(request).await }).await?.try_into()
     }
 
-    /// Lists registered clusters, in the hub's order.
+    /// Clusters the caller may see, by name.
     pub async fn list_clusters(&self) -> Result<Vec<Cluster>, ManagementError> {
-        let request = pb::ListClustersRequest {};
-        let response = self.call(CALL_TIMEOUT, |mut c| async move { c.list_clusters(request).await }).await?;
+        let mut c = self.clusters.clone();
+        let response =
+            self.run(CALL_TIMEOUT, async move { c.list(pb::ListClustersRequest {}).await }).await?;
         response.clusters.into_iter().map(Cluster::try_from).collect()
+    }
+
+    /// Lets traffic reach a cluster registered with manual approval (or a
+    /// denied one).
+    pub async fn approve_cluster(&self, name: &str) -> Result<Cluster, ManagementError> {
+        let mut c = self.clusters.clone();
+        let request = pb::ClusterNameRequest { name: name.to_owned() };
+        self.run(CALL_TIMEOUT, async move { c.approve(request).await }).await?.try_into()
+    }
+
+    /// Denies a cluster: its agents are disconnected and refused.
+    pub async fn deny_cluster(&self, name: &str) -> Result<Cluster, ManagementError> {
+        let mut c = self.clusters.clone();
+        let request = pb::ClusterNameRequest { name: name.to_owned() };
+        self.run(CALL_TIMEOUT, async move { c.deny(request).await }).await?.try_into()
+    }
+
+    /// Deletes a cluster; returns it as it was and how many agent sessions
+    /// were disconnected.
+    pub async fn delete_cluster(&self, name: &str) -> Result<(Cluster, u32), ManagementError> {
+        let mut c = self.clusters.clone();
+        let request = pb::ClusterNameRequest { name: name.to_owned() };
+        let response = self.run(CALL_TIMEOUT, async move { c.delete(request).await }).await?;
+        let cluster = response
+            .cluster
+            .ok_or_else(|| ManagementError::InvalidResponse("the deletion names no cluster".into()))?;
+        Ok((cluster.try_into()?, response.disconnected_agents))
     }
 
     /// Waits until cluster `name` is connected (`connected == true`) or
@@ -208,29 +511,153 @@ impl ManagementClient {
         let timeout_seconds = whole_seconds(timeout, "wait timeout")?;
         let request = pb::WaitClusterRequest { name: name.to_owned(), connected, timeout_seconds };
         let deadline = Duration::from_secs(u64::from(timeout_seconds)) + WAIT_GRACE;
-        let result = self.call(deadline, |mut c| async move { c.wait_cluster(request).await }).await;
-        match result {
+        let mut c = self.clusters.clone();
+        match self.run(deadline, async move { c.wait(request).await }).await {
             Ok(cluster) => cluster.try_into(),
-            Err(ManagementError::Timeout(_)) => {
-                let state = if connected { ClusterStatus::Connected } else { ClusterStatus::Disconnected };
-                Err(ManagementError::Timeout(format!(
-                    "timed out after {} waiting for cluster {name:?} to be {}",
-                    format_duration(timeout),
-                    state.as_str().to_lowercase()
-                )))
-            }
+            Err(ManagementError::Timeout(_)) => Err(ManagementError::Timeout(format!(
+                "timed out after {} waiting for cluster {name:?} to be {}",
+                format_duration(timeout),
+                if connected { "connected" } else { "disconnected" }
+            ))),
             Err(e) => Err(e),
         }
     }
 
-    /// Runs one unary call on a clone of the client (tonic clients are
-    /// cheap handles), bounded by `deadline`, mapping failures once.
-    async fn call<T, F, Fut>(&self, deadline: Duration, f: F) -> Result<T, ManagementError>
-    where
-        F: FnOnce(GrpcClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        match tokio::time::timeout(deadline, f(self.inner.clone())).await {
+    /// The caller as the hub sees it.
+    pub async fn who_am_i(&self) -> Result<WhoAmI, ManagementError> {
+        let mut a = self.access.clone();
+        let r = self.run(CALL_TIMEOUT, async move { a.who_am_i(pb::WhoAmIRequest {}).await }).await?;
+        Ok(WhoAmI { user: r.user, groups: r.groups, admin: r.admin, auth_method: r.auth_method })
+    }
+
+    /// Issues a kubeconfig (YAML) with a client certificate for `cluster`:
+    /// for the caller when `user` is `None`, otherwise (admins only) for
+    /// `user` with `groups`. It carries a private key, hence [`Secret`];
+    /// pass it to [`kube_client`](crate::kube_client) or write it to a file.
+    pub async fn issue_kubeconfig(
+        &self,
+        cluster: &str,
+        user: Option<&str>,
+        groups: &[String],
+    ) -> Result<Secret, ManagementError> {
+        let request = KubeconfigRequest {
+            cluster: cluster.to_owned(),
+            user: user.map(str::to_owned),
+            groups: groups.to_vec(),
+            ..Default::default()
+        };
+        Ok(self.issue_kubeconfig_with(&request).await?.yaml)
+    }
+
+    /// Issues a kubeconfig with every option (certificate or token,
+    /// lifetime).
+    pub async fn issue_kubeconfig_with(
+        &self,
+        request: &KubeconfigRequest,
+    ) -> Result<IssuedKubeconfig, ManagementError> {
+        let request = pb::IssueKubeconfigRequest {
+            cluster: request.cluster.clone(),
+            user: request.user.clone().unwrap_or_default(),
+            groups: request.groups.clone(),
+            kind: match request.kind {
+                CredentialKind::Cert => pb::CredentialKind::Cert,
+                CredentialKind::Token => pb::CredentialKind::Token,
+            } as i32,
+            ttl_seconds: optional_seconds(request.ttl, "lifetime")?,
+        };
+        let mut a = self.access.clone();
+        let response = self.run(CALL_TIMEOUT, async move { a.issue_kubeconfig(request).await }).await?;
+        if response.kubeconfig.is_empty() {
+            return Err(ManagementError::InvalidResponse("the issued kubeconfig is empty".into()));
+        }
+        Ok(IssuedKubeconfig {
+            yaml: Secret::new(response.kubeconfig),
+            expires_at: unix(response.expires_at_unix),
+        })
+    }
+
+    /// Creates a bearer token for `user` (admins); bound to `cluster` when
+    /// given.
+    pub async fn create_token(
+        &self,
+        user: &str,
+        groups: &[String],
+        ttl: Option<Duration>,
+        cluster: Option<&str>,
+    ) -> Result<NewToken, ManagementError> {
+        let request = pb::CreateTokenRequest {
+            user: user.to_owned(),
+            groups: groups.to_vec(),
+            ttl_seconds: optional_seconds(ttl, "token TTL")?,
+            cluster: cluster.unwrap_or_default().to_owned(),
+        };
+        let mut a = self.access.clone();
+        let response = self.run(CALL_TIMEOUT, async move { a.create_token(request).await }).await?;
+        let info = response
+            .token
+            .ok_or_else(|| ManagementError::InvalidResponse("no token in the answer".into()))?;
+        Ok(NewToken { info: info.into(), secret: Secret::new(response.secret) })
+    }
+
+    /// Tokens (admins), oldest first.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, ManagementError> {
+        let mut a = self.access.clone();
+        let response =
+            self.run(CALL_TIMEOUT, async move { a.list_tokens(pb::ListTokensRequest {}).await }).await?;
+        Ok(response.tokens.into_iter().map(Into::into).collect())
+    }
+
+    /// Revokes a token (admins); returns it.
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenInfo, ManagementError> {
+        let mut a = self.access.clone();
+        let request = pb::RevokeTokenRequest { id: id.to_owned() };
+        Ok(self.run(CALL_TIMEOUT, async move { a.revoke_token(request).await }).await?.into())
+    }
+
+    /// Lets `subject` reach `cluster` (a name or `*`) (admins).
+    pub async fn grant(
+        &self,
+        cluster: &str,
+        subject: &GrantSubject,
+        allow_impersonate: bool,
+    ) -> Result<Grant, ManagementError> {
+        let (user, group) = subject.split();
+        let request = pb::GrantRequest { cluster: cluster.to_owned(), user, group, allow_impersonate };
+        let mut a = self.access.clone();
+        Ok(self.run(CALL_TIMEOUT, async move { a.grant(request).await }).await?.into())
+    }
+
+    /// Removes a grant (admins); returns it.
+    pub async fn revoke_grant(
+        &self,
+        cluster: &str,
+        subject: &GrantSubject,
+    ) -> Result<Grant, ManagementError> {
+        let (user, group) = subject.split();
+        let request = pb::RevokeRequest { cluster: cluster.to_owned(), user, group };
+        let mut a = self.access.clone();
+        let response = self.run(CALL_TIMEOUT, async move { a.revoke(request).await }).await?;
+        response
+            .grant
+            .map(Into::into)
+            .ok_or_else(|| ManagementError::InvalidResponse("no grant in the answer".into()))
+    }
+
+    /// Grants (admins: all; users: their own), for one cluster when given.
+    pub async fn list_grants(&self, cluster: Option<&str>) -> Result<Vec<Grant>, ManagementError> {
+        let request = pb::ListGrantsRequest { cluster: cluster.unwrap_or_default().to_owned() };
+        let mut a = self.access.clone();
+        let response = self.run(CALL_TIMEOUT, async move { a.list_grants(request).await }).await?;
+        Ok(response.grants.into_iter().map(Into::into).collect())
+    }
+
+    /// Runs one call bounded by `deadline`, mapping failures once.
+    async fn run<T>(
+        &self,
+        deadline: Duration,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ManagementError> {
+        match tokio::time::timeout(deadline, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => {
                 let mut err = ManagementError::from_status(&status, &self.hub);
@@ -264,9 +691,21 @@ async fn explain_transport_failure(
     }
 }
 
+fn bearer(config: &HubConfig) -> Result<BearerAuth, ManagementError> {
+    match &config.credential {
+        HubCredential::ClientCert { .. } => Ok(BearerAuth(None)),
+        HubCredential::Token(token) => {
+            let mut value = MetadataValue::try_from(format!("Bearer {}", token.expose()))
+                .map_err(|_| ManagementError::Config("the token is not valid header text".into()))?;
+            value.set_sensitive(true);
+            Ok(BearerAuth(Some(value)))
+        }
+    }
+}
+
 /// Builds the TLS endpoint: scheme and authority of the server URL, the hub
-/// CA as the only root, the client identity, SNI/verification name from
-/// `tls_server_name` or the URL host.
+/// CA as the only root, the client identity (if a certificate), SNI and
+/// verification name from `tls_server_name` or the URL host.
 fn endpoint(config: &HubConfig) -> Result<(Endpoint, String), ManagementError> {
     let invalid = ManagementError::Config;
     let server = &config.server;
@@ -274,7 +713,7 @@ fn endpoint(config: &HubConfig) -> Result<(Endpoint, String), ManagementError> {
         return Err(invalid(format!("hub URL {server} must use https")));
     }
     let authority = server.authority().ok_or_else(|| invalid(format!("hub URL {server} has no host")))?;
-    // gRPC paths are absolute (`/ferry.v1.Management/...`): any path in the
+    // gRPC paths are absolute (`/ferry.v1.Clusters/...`): any path in the
     // kubeconfig's server URL is not part of the API address.
     let hub = format!("https://{authority}");
     let domain = match &config.tls_server_name {
@@ -282,10 +721,11 @@ fn endpoint(config: &HubConfig) -> Result<(Endpoint, String), ManagementError> {
         // `host()` keeps IPv6 brackets; certificates name the bare address.
         None => authority.host().trim_start_matches('[').trim_end_matches(']').to_owned(),
     };
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&config.ca_pem))
-        .identity(Identity::from_pem(&config.client_cert_pem, config.client_key_pem.expose()))
-        .domain_name(domain);
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&config.ca_pem)).domain_name(domain);
+    if let HubCredential::ClientCert { cert_pem, key_pem } = &config.credential {
+        tls = tls.identity(Identity::from_pem(cert_pem, key_pem.expose()));
+    }
     let endpoint = Endpoint::from_shared(hub.clone())
         .map_err(|e| invalid(format!("hub URL {hub}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -318,6 +758,10 @@ fn whole_seconds(d: Duration, what: &str) -> Result<u32, ManagementError> {
     })
 }
 
+fn optional_seconds(d: Option<Duration>, what: &str) -> Result<u32, ManagementError> {
+    d.map_or(Ok(0), |d| whole_seconds(d, what))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,16 +776,23 @@ mod tests {
             agents: 2,
             kubernetes_version: "v1.31.2".into(),
             created_at_unix: 1_700_000_000,
+            phase: pb::ClusterPhase::Ready as i32,
+            approval: pb::ApprovalMode::Manual as i32,
+            labels: [("env".to_owned(), "prod".to_owned())].into_iter().collect(),
+            ..Default::default()
         })
         .expect("valid");
         assert_eq!(c.id, id);
-        assert_eq!(c.status, ClusterStatus::Connected);
+        assert_eq!(c.phase, ClusterPhase::Ready);
+        assert_eq!(c.approval, ApprovalMode::Manual);
+        assert_eq!(c.labels["env"], "prod");
         assert_eq!(c.kubernetes_version.as_deref(), Some("v1.31.2"));
         assert_eq!(c.created_at, Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
+        assert_eq!(c.last_seen, None);
 
         let c = Cluster::try_from(pb::Cluster { name: "x".into(), id: id.to_string(), ..Default::default() })
             .expect("valid");
-        assert_eq!((c.status, c.kubernetes_version, c.created_at), (ClusterStatus::Disconnected, None, None));
+        assert_eq!((c.phase, c.kubernetes_version, c.created_at), (ClusterPhase::Unknown, None, None));
 
         let bad =
             Cluster::try_from(pb::Cluster { name: "x".into(), id: "nope".into(), ..Default::default() });
@@ -357,6 +808,7 @@ mod tests {
             whole_seconds(Duration::from_secs(u64::from(u32::MAX) + 1), "t"),
             Err(ManagementError::InvalidArgument(_))
         ));
+        assert_eq!(optional_seconds(None, "t"), Ok(0));
     }
 
     fn hub(server: &str, tls_server_name: Option<&str>) -> HubConfig {
@@ -364,8 +816,7 @@ mod tests {
             server: server.parse().expect("uri"),
             tls_server_name: tls_server_name.map(str::to_owned),
             ca_pem: String::new(),
-            client_cert_pem: String::new(),
-            client_key_pem: Secret::new(""),
+            credential: HubCredential::ClientCert { cert_pem: String::new(), key_pem: Secret::new("") },
         }
     }
 
@@ -376,5 +827,16 @@ mod tests {
         assert!(matches!(&e, Some(ManagementError::Config(m)) if m.contains("must use https")));
         let e = endpoint(&hub("https://127.0.0.1:8443/clusters/a", None)).err();
         assert!(matches!(&e, Some(ManagementError::Config(m)) if m.contains("TLS settings")), "{e:?}");
+    }
+
+    #[test]
+    fn tokens_travel_as_sensitive_metadata() {
+        let mut config = hub("https://127.0.0.1:8443", None);
+        config.credential = HubCredential::Token(Secret::new("ferryuser.a.b"));
+        let mut auth = bearer(&config).expect("auth");
+        let req = auth.call(tonic::Request::new(())).expect("call");
+        let v = req.metadata().get("authorization").expect("set");
+        assert_eq!(v, "Bearer ferryuser.a.b");
+        assert!(v.is_sensitive());
     }
 }

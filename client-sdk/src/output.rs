@@ -1,13 +1,14 @@
-//! How clusters are printed: a kubectl-style table and a JSON document.
+//! How clusters, tokens and grants are printed: kubectl-style tables and
+//! JSON documents.
 //!
 //! Both are part of `ferryctl`'s user-facing contract; scripts parse them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::management::Cluster;
+use crate::management::{Cluster, Grant, GrantSubject, TokenInfo};
 
 /// Column headers of the clusters table, in order.
-pub const CLUSTER_COLUMNS: [&str; 5] = ["NAME", "STATUS", "AGENTS", "VERSION", "AGE"];
+pub const CLUSTER_COLUMNS: [&str; 5] = ["NAME", "PHASE", "AGENTS", "VERSION", "AGE"];
 
 /// Shown for a value the hub does not know (yet), as kubectl does.
 const UNKNOWN: &str = "<unknown>";
@@ -22,7 +23,7 @@ pub fn clusters_table(clusters: &[Cluster], now: SystemTime) -> String {
     rows.extend(sorted.into_iter().map(|c| {
         [
             c.name.clone(),
-            c.status.to_string(),
+            c.phase.to_string(),
             c.agents.to_string(),
             c.kubernetes_version.clone().unwrap_or_else(|| UNKNOWN.to_owned()),
             c.created_at.map_or_else(|| UNKNOWN.to_owned(), |t| human_age(now.duration_since(t).ok())),
@@ -32,9 +33,11 @@ pub fn clusters_table(clusters: &[Cluster], now: SystemTime) -> String {
 }
 
 /// Renders clusters as a pretty-printed JSON array (sorted by name) of
-/// objects with `name`, `id`, `status` (`Connected`/`Disconnected`),
-/// `agents`, `kubernetesVersion` (string or null) and `createdAtUnix`
-/// (seconds or null), ending in a newline.
+/// objects with `name`, `id`, `phase` (`Pending`, `Ready`, `NotReady`,
+/// `Offline`, `Denied`), `reason`, `connected`, `agents`,
+/// `kubernetesVersion` (string or null), `approval` (`auto`/`manual`),
+/// `labels`, `createdAtUnix` and `lastSeenUnix` (seconds or null), ending
+/// in a newline.
 pub fn clusters_json(clusters: &[Cluster]) -> String {
     let mut sorted: Vec<&Cluster> = clusters.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
@@ -44,16 +47,105 @@ pub fn clusters_json(clusters: &[Cluster]) -> String {
             serde_json::json!({
                 "name": c.name,
                 "id": c.id.to_string(),
-                "status": c.status.as_str(),
+                "phase": c.phase.as_str(),
+                "reason": c.reason,
+                "connected": c.connected,
                 "agents": c.agents,
                 "kubernetesVersion": c.kubernetes_version,
-                "createdAtUnix": c.created_at
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map(|d| d.as_secs()),
+                "approval": c.approval.as_str(),
+                "labels": c.labels,
+                "createdAtUnix": unix_secs(c.created_at),
+                "lastSeenUnix": unix_secs(c.last_seen),
             })
         })
         .collect();
     // Serialising a `Value` cannot fail; fall back to an empty array anyway.
+    let mut out = serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".to_owned());
+    out.push('\n');
+    out
+}
+
+fn unix_secs(t: Option<SystemTime>) -> Option<u64> {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs())
+}
+
+/// A time ahead of `now` as kubectl would show a remaining duration
+/// (`23h`), or `expired`.
+fn remaining(until: Option<SystemTime>, now: SystemTime) -> String {
+    match until.map(|t| t.duration_since(now)) {
+        Some(Ok(left)) => human_age(Some(left)),
+        Some(Err(_)) => "expired".to_owned(),
+        None => UNKNOWN.to_owned(),
+    }
+}
+
+/// Tokens as a table: ID, USER, GROUPS, CLUSTER, EXPIRES (time left), AGE.
+pub fn tokens_table(tokens: &[TokenInfo], now: SystemTime) -> String {
+    let mut rows: Vec<[String; 6]> =
+        vec![["ID", "USER", "GROUPS", "CLUSTER", "EXPIRES", "AGE"].map(str::to_owned)];
+    rows.extend(tokens.iter().map(|t| {
+        [
+            t.id.clone(),
+            t.user.clone(),
+            if t.groups.is_empty() { "<none>".to_owned() } else { t.groups.join(",") },
+            t.cluster.clone().unwrap_or_else(|| "*".to_owned()),
+            remaining(t.expires_at, now),
+            t.created_at.map_or_else(|| UNKNOWN.to_owned(), |c| human_age(now.duration_since(c).ok())),
+        ]
+    }));
+    align(&rows)
+}
+
+/// Grants as a table: CLUSTER, SUBJECT (`user:NAME` or `group:NAME`),
+/// IMPERSONATE, CREATED-BY, AGE.
+pub fn grants_table(grants: &[Grant], now: SystemTime) -> String {
+    let mut rows: Vec<[String; 5]> =
+        vec![["CLUSTER", "SUBJECT", "IMPERSONATE", "CREATED-BY", "AGE"].map(str::to_owned)];
+    rows.extend(grants.iter().map(|g| {
+        [
+            g.cluster.clone(),
+            g.subject.to_string(),
+            if g.allow_impersonate { "yes" } else { "no" }.to_owned(),
+            g.created_by.clone(),
+            g.created_at.map_or_else(|| UNKNOWN.to_owned(), |c| human_age(now.duration_since(c).ok())),
+        ]
+    }));
+    align(&rows)
+}
+
+/// Tokens as a JSON array (no secrets: the hub never returns them again).
+pub fn tokens_json(tokens: &[TokenInfo]) -> String {
+    let items: Vec<serde_json::Value> = tokens
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "id": t.id, "user": t.user, "groups": t.groups, "cluster": t.cluster,
+                "createdAtUnix": unix_secs(t.created_at), "expiresAtUnix": unix_secs(t.expires_at),
+                "createdBy": t.created_by,
+            })
+        })
+        .collect();
+    let mut out = serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".to_owned());
+    out.push('\n');
+    out
+}
+
+/// Grants as a JSON array.
+pub fn grants_json(grants: &[Grant]) -> String {
+    let items: Vec<serde_json::Value> = grants
+        .iter()
+        .map(|g| {
+            let (user, group) = match &g.subject {
+                GrantSubject::User(u) => (Some(u), None),
+                GrantSubject::Group(gr) => (None, Some(gr)),
+            };
+            serde_json::json!({
+                "cluster": g.cluster, "user": user, "group": group,
+                "allowImpersonate": g.allow_impersonate,
+                "createdAtUnix": unix_secs(g.created_at), "createdBy": g.created_by,
+            })
+        })
+        .collect();
     let mut out = serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".to_owned());
     out.push('\n');
     out
@@ -136,7 +228,7 @@ mod tests {
     use ferry::ids::ClusterId;
 
     use super::*;
-    use crate::management::ClusterStatus;
+    use crate::management::{ApprovalMode, ClusterPhase};
 
     fn now() -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000)
@@ -146,10 +238,15 @@ mod tests {
         Cluster {
             name: name.into(),
             id: ClusterId::new(),
-            status: if connected { ClusterStatus::Connected } else { ClusterStatus::Disconnected },
+            phase: if connected { ClusterPhase::Ready } else { ClusterPhase::Offline },
+            reason: String::new(),
+            connected,
             agents,
             kubernetes_version: version.map(str::to_owned),
             created_at: age.map(|a| now() - Duration::from_secs(a)),
+            approval: ApprovalMode::Auto,
+            labels: Default::default(),
+            last_seen: None,
         }
     }
 
@@ -160,16 +257,16 @@ mod tests {
             cluster("edge-1", true, 2, Some("v1.31.2"), Some(300)),
         ];
         let expected = "\
-NAME           STATUS         AGENTS   VERSION     AGE
-edge-1         Connected      2        v1.31.2     5m
-prod-eu-west   Disconnected   0        <unknown>   3d
+NAME           PHASE     AGENTS   VERSION     AGE
+edge-1         Ready     2        v1.31.2     5m
+prod-eu-west   Offline   0        <unknown>   3d
 ";
         assert_eq!(clusters_table(&clusters, now()), expected);
     }
 
     #[test]
     fn empty_table_is_just_the_header() {
-        assert_eq!(clusters_table(&[], now()), "NAME   STATUS   AGENTS   VERSION   AGE\n");
+        assert_eq!(clusters_table(&[], now()), "NAME   PHASE   AGENTS   VERSION   AGE\n");
     }
 
     #[test]
@@ -182,13 +279,47 @@ prod-eu-west   Disconnected   0        <unknown>   3d
             serde_json::json!([{
                 "name": "a",
                 "id": c.id.to_string(),
-                "status": "Connected",
+                "phase": "Ready",
+                "reason": "",
+                "connected": true,
                 "agents": 1,
                 "kubernetesVersion": "v1.30.0",
+                "approval": "auto",
+                "labels": {},
                 "createdAtUnix": 1_800_000_000u64 - 10,
+                "lastSeenUnix": null,
             }])
         );
         assert_eq!(clusters_json(&[]), "[]\n");
+    }
+
+    #[test]
+    fn token_and_grant_tables() {
+        let t = TokenInfo {
+            id: "0b3c".into(),
+            user: "alice".into(),
+            groups: vec!["dev".into(), "ops".into()],
+            cluster: None,
+            created_at: Some(now() - Duration::from_secs(60)),
+            expires_at: Some(now() + Duration::from_secs(3 * 3600)),
+            created_by: "ferry-admin".into(),
+        };
+        assert_eq!(
+            tokens_table(&[t], now()),
+            "ID     USER    GROUPS    CLUSTER   EXPIRES   AGE\n0b3c   alice   dev,ops   *         3h        60s\n"
+        );
+        let g = Grant {
+            cluster: "edge".into(),
+            subject: GrantSubject::Group("sre".into()),
+            allow_impersonate: true,
+            created_at: Some(now()),
+            created_by: "ferry-admin".into(),
+        };
+        let table = grants_table(std::slice::from_ref(&g), now());
+        assert!(table.contains("edge      group:sre   yes"), "{table}");
+        let v: serde_json::Value = serde_json::from_str(&grants_json(&[g])).expect("json");
+        assert_eq!(v[0]["group"], "sre");
+        assert_eq!(v[0]["user"], serde_json::Value::Null);
     }
 
     #[test]

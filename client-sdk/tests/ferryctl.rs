@@ -1,242 +1,53 @@
-//! Runs the real `ferryctl` binary against an in-process fake hub: the
-//! generated `ferry.v1.Management` service behind real TLS on 127.0.0.1:0,
-//! requiring client certificates from its own CA, as the hub does.
+//! `ferryctl` as users run it, against the real hub (in process, real TLS
+//! on 127.0.0.1:0): registration and its manifest, approval, deletion,
+//! kubeconfigs, tokens, grants, and the errors people hit.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry::ids::ClusterId;
-use ferry::proto::v1 as pb;
-use pb::management_server::{Management, ManagementServer};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic::{Request, Response, Status};
+use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{Ca, Pair};
+use common::Ca;
 
-// ---------------------------------------------------------------- fake hub
-
-const ISSUED_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\nclusters: []\n";
-
-/// What the fake hub was asked, for assertions.
-#[derive(Default)]
-struct Calls {
-    register: Vec<pb::RegisterClusterRequest>,
-    issue: Vec<pb::IssueKubeconfigRequest>,
-    wait: Vec<pb::WaitClusterRequest>,
-}
-
-#[derive(Clone)]
-struct FakeHub {
-    /// Admin client certificate (DER): the fake's whole authorization policy.
-    admin_der: Vec<u8>,
-    clusters: watch::Sender<BTreeMap<String, pb::Cluster>>,
-    calls: Arc<Mutex<Calls>>,
-    /// Tells the test that a wait is parked (cluster name).
-    waiting: mpsc::Sender<String>,
-    /// Bumped by the test to make parked waits time out now.
-    expire: watch::Sender<u64>,
-}
-
-impl FakeHub {
-    fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        match certs.first() {
-            Some(c) if c.as_ref() == self.admin_der.as_slice() => Ok(()),
-            _ => Err(Status::permission_denied("this call needs the ferry:admins group")),
-        }
-    }
-
-    fn record(&self, f: impl FnOnce(&mut Calls)) {
-        f(&mut self.calls.lock().expect("calls lock"));
-    }
-
-    fn cluster(&self, name: &str) -> Result<pb::Cluster, Status> {
-        self.clusters
-            .borrow()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("cluster {name:?} not found")))
-    }
-}
-
-#[tonic::async_trait]
-impl Management for FakeHub {
-    async fn register_cluster(
-        &self,
-        request: Request<pb::RegisterClusterRequest>,
-    ) -> Result<Response<pb::RegisterClusterResponse>, Status> {
-        self.require_admin(&request)?;
-        let r = request.into_inner();
-        self.record(|c| c.register.push(r.clone()));
-        if r.name.is_empty() || r.name.contains('/') {
-            return Err(Status::invalid_argument(format!("cluster name {:?} is not a DNS label", r.name)));
-        }
-        let name = r.name.clone();
-        self.clusters.send_modify(|m| {
-            m.entry(name.clone()).or_insert_with(|| pb::Cluster {
-                name: name.clone(),
-                id: ClusterId::new().to_string(),
-                created_at_unix: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-                ..Default::default()
-            });
-        });
-        let cluster = self.cluster(&name)?;
-        Ok(Response::new(pb::RegisterClusterResponse {
-            bootstrap_token: format!("ferryboot.{}.{}", cluster.id, "ab".repeat(32)),
-            cluster: Some(cluster),
-            hub_ca_pem: String::new(),
-            hub_url: String::new(),
-        }))
-    }
-
-    async fn issue_kubeconfig(
-        &self,
-        request: Request<pb::IssueKubeconfigRequest>,
-    ) -> Result<Response<pb::IssueKubeconfigResponse>, Status> {
-        let r = request.into_inner();
-        self.record(|c| c.issue.push(r.clone()));
-        self.cluster(&r.cluster)?;
-        Ok(Response::new(pb::IssueKubeconfigResponse { kubeconfig: ISSUED_KUBECONFIG.into() }))
-    }
-
-    async fn list_clusters(
-        &self,
-        _request: Request<pb::ListClustersRequest>,
-    ) -> Result<Response<pb::ListClustersResponse>, Status> {
-        let clusters = self.clusters.borrow().values().cloned().collect();
-        Ok(Response::new(pb::ListClustersResponse { clusters }))
-    }
-
-    async fn wait_cluster(
-        &self,
-        request: Request<pb::WaitClusterRequest>,
-    ) -> Result<Response<pb::Cluster>, Status> {
-        let r = request.into_inner();
-        self.record(|c| c.wait.push(r.clone()));
-        self.cluster(&r.name)?;
-        let mut clusters = self.clusters.subscribe();
-        let mut expire = self.expire.subscribe();
-        let reached =
-            |m: &BTreeMap<String, pb::Cluster>| m.get(&r.name).is_some_and(|c| c.connected == r.connected);
-        if !reached(&clusters.borrow_and_update()) {
-            // Subscribed before announcing, so no change or expiry is missed.
-            let _ = self.waiting.send(r.name.clone()).await;
-        }
-        tokio::select! {
-            done = clusters.wait_for(reached) => match done {
-                Ok(m) => Ok(Response::new(m.get(&r.name).cloned().unwrap_or_default())),
-                Err(_) => Err(Status::unavailable("hub shutting down")),
-            },
-            _ = expire.changed() => Err(Status::deadline_exceeded("cluster did not reach the state in time")),
-            () = tokio::time::sleep(Duration::from_secs(u64::from(r.timeout_seconds))) => {
-                Err(Status::deadline_exceeded("cluster did not reach the state in time"))
-            }
-        }
-    }
-}
-
-/// The running fake hub; dropping it stops the server.
+/// A real hub in a temp dir.
 struct Hub {
-    addr: SocketAddr,
-    ca: Ca,
-    admin: Pair,
-    state: FakeHub,
-    waiting: mpsc::Receiver<String>,
+    url: String,
+    admin: PathBuf,
     dir: tempfile::TempDir,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Hub {
     async fn start() -> Hub {
-        let ca = Ca::new("ferry-ca");
-        let server = ca.server();
-        let admin = ca.client("admin", &["ferry:admins"]);
-        let admin_der = admin.der();
-        let (waiting_tx, waiting) = mpsc::channel(16);
-        let state = FakeHub {
-            admin_der,
-            clusters: watch::channel(BTreeMap::new()).0,
-            calls: Arc::default(),
-            waiting: waiting_tx,
-            expire: watch::channel(0).0,
-        };
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&server.cert, &server.key))
-            .client_ca_root(Certificate::from_pem(&ca.pem));
-        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let router =
-            Server::builder().tls_config(tls).expect("tls").add_service(ManagementServer::new(state.clone()));
-        let task = tokio::spawn(async move {
-            let stopped = async {
-                let _ = shutdown_rx.await;
-            };
-            if let Err(e) =
-                router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped).await
-            {
-                eprintln!("fake hub stopped: {e}");
-            }
-        });
-        Hub {
-            addr,
-            ca,
-            admin,
-            state,
-            waiting,
-            dir: tempfile::tempdir().expect("tempdir"),
-            shutdown: Some(shutdown),
-            task: Some(task),
-        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = ferry_hub::HubConfig::new(dir.path().join("hub"), "127.0.0.1:0".parse().expect("addr"));
+        let hub = ferry_hub::Hub::bind(config).await.expect("hub starts");
+        let (url, admin) = (hub.url().to_owned(), hub.admin_kubeconfig().to_owned());
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move { hub.serve(token.cancelled_owned()).await });
+        Hub { url, admin, dir, stop, task }
     }
 
-    fn url(&self) -> String {
-        format!("https://{}", self.addr)
+    fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hub/ca.crt")).expect("ca.crt")
     }
 
-    /// Writes a kubeconfig for `client` at `server`, trusting `ca_pem`.
-    fn kubeconfig(&self, file: &str, server: &str, ca_pem: &str, client: &Pair) -> PathBuf {
-        let path = self.dir.path().join(file);
-        std::fs::write(&path, common::kubeconfig_yaml(server, ca_pem, client)).expect("write kubeconfig");
+    /// Writes `text` as a file in the test dir.
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
         path
     }
 
-    fn admin_kubeconfig(&self) -> PathBuf {
-        self.kubeconfig("admin.kubeconfig", &self.url(), &self.ca.pem, &self.admin)
-    }
-
-    fn set_connected(&self, name: &str, connected: bool) {
-        self.state.clusters.send_modify(|m| {
-            if let Some(c) = m.get_mut(name) {
-                c.connected = connected;
-                c.agents = u32::from(connected);
-                c.kubernetes_version = if connected { "v1.31.2".into() } else { String::new() };
-            }
-        });
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("fake hub task");
-        }
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
     }
 }
-
-// ---------------------------------------------------------------- running ferryctl
 
 fn ferryctl(dir: &Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferryctl"));
@@ -267,58 +78,83 @@ fn assert_ok(o: &Output) {
 fn assert_error(o: &Output, needle: &str) -> String {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(1), "stdout: {}\nstderr: {err}", stdout(o));
-    assert!(err.starts_with("error: ") && err.contains(needle), "stderr: {err}");
+    assert!(err.starts_with("error: ") && err.contains(needle), "wanted {needle:?}; stderr: {err}");
     assert_eq!(stdout(o), "", "nothing on stdout on failure");
     err
 }
 
-// ---------------------------------------------------------------- tests
+fn yaml_docs(text: &str) -> Vec<serde_yaml::Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"))
+        .collect()
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+}
 
 #[tokio::test]
-async fn register_prints_only_the_token() {
+async fn register_prints_the_manifest_the_token_or_json() {
     let hub = Hub::start().await;
-    let kc = hub.admin_kubeconfig();
+    let kc = &hub.admin;
 
-    let out = run(&kc, &["register", "edge-1", "--token-ttl", "5m"]).await;
+    let out =
+        run(kc, &["register", "edge-1", "--labels", "env=prod,region=eu", "--admin-group", "platform"]).await;
+    assert_ok(&out);
+    let docs = yaml_docs(&stdout(&out));
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for kind in ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret", "Deployment"] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let deploy = docs.iter().find(|d| d["kind"] == "Deployment").expect("deployment");
+    let args = &deploy["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert_eq!(args[1].as_str(), Some(hub.url.as_str()), "the agent dials the hub's URL");
+    let admins = docs.iter().find(|d| d["roleRef"]["name"] == "cluster-admin").expect("admin binding");
+    assert_eq!(admins["subjects"][0]["name"], "platform");
+
+    let out = run(kc, &["register", "edge-1", "-o", "token"]).await;
     assert_ok(&out);
     let token = stdout(&out);
-    assert!(
-        token.starts_with("ferryboot.") && token.ends_with('\n') && token.lines().count() == 1,
-        "{token:?}"
-    );
+    assert!(token.starts_with("ferryboot.") && token.lines().count() == 1, "{token:?}");
 
-    let out = run(&kc, &["register", "edge-1", "-o", "token"]).await;
+    let out = run(kc, &["register", "edge-1", "-o", "json", "--token-ttl", "5m"]).await;
     assert_ok(&out);
-    assert!(stdout(&out).starts_with("ferryboot."));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(json["cluster"], "edge-1");
+    assert_eq!(json["hubUrl"], hub.url.as_str());
+    assert_eq!(json["hubCaPem"], hub.ca_pem().as_str());
+    let expires = json["tokenExpiresAtUnix"].as_u64().expect("expiry");
+    assert!(expires.abs_diff(now_unix() + 300) <= 5, "a 5m token: {expires}");
+    // The manifest carries this registration's token, in its Secret.
+    use base64::Engine as _;
+    let docs = yaml_docs(json["manifest"].as_str().expect("manifest"));
+    let secret = docs.iter().find(|d| d["metadata"]["name"] == "ferry-agent-bootstrap").expect("secret");
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["token"].as_str().expect("token"))
+        .expect("base64");
+    assert_eq!(String::from_utf8_lossy(&token), json["token"].as_str().expect("token"));
 
-    let out = run(&kc, &["register", "edge-1", "-o", "manifest"]).await;
-    assert_eq!(out.status.code(), Some(2), "clap rejects unknown output formats");
-
-    let out = run(&kc, &["register", "edge-1", "--token-ttl", "60"]).await;
+    let out = run(kc, &["register", "edge-1", "--token-ttl", "60"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("e.g. 30s"), "{}", stderr(&out));
-
-    {
-        let calls = hub.state.calls.lock().expect("lock");
-        let ttls: Vec<u32> = calls.register.iter().map(|r| r.token_ttl_seconds).collect();
-        assert_eq!(ttls, vec![300, 0]);
-    }
+    let out = run(kc, &["register", "Edge_1"]).await;
+    assert_error(&out, "must be a DNS label");
     hub.stop().await;
 }
 
 #[tokio::test]
 async fn kubeconfig_location_defaults() {
     let hub = Hub::start().await;
-    let kc = hub.admin_kubeconfig();
-
     // $FERRY_KUBECONFIG when no flag is given.
-    let out = ferryctl(hub.dir.path()).env("FERRY_KUBECONFIG", &kc).args(["register", "a"]).output().await;
+    let out =
+        ferryctl(hub.dir.path()).env("FERRY_KUBECONFIG", &hub.admin).args(["register", "a"]).output().await;
     assert_ok(&out.expect("run"));
 
     // Then ./ferry-data/admin.kubeconfig.
     let data = hub.dir.path().join("ferry-data");
     std::fs::create_dir(&data).expect("mkdir");
-    std::fs::copy(&kc, data.join("admin.kubeconfig")).expect("copy");
+    std::fs::copy(&hub.admin, data.join("admin.kubeconfig")).expect("copy");
     let out = ferryctl(hub.dir.path()).args(["register", "b"]).output().await.expect("run");
     assert_ok(&out);
 
@@ -330,148 +166,207 @@ async fn kubeconfig_location_defaults() {
 }
 
 #[tokio::test]
-async fn kubeconfig_prints_what_the_hub_issued() {
+async fn issued_kubeconfigs_are_scoped_to_their_cluster() {
     let hub = Hub::start().await;
-    let kc = hub.admin_kubeconfig();
-    assert_ok(&run(&kc, &["register", "edge-1"]).await);
+    let kc = &hub.admin;
+    assert_ok(&run(kc, &["register", "edge-1"]).await);
 
-    let out =
-        run(&kc, &["kubeconfig", "edge-1", "--user", "alice", "--group", "dev", "--group", "ops"]).await;
+    let out = run(kc, &["kubeconfig", "edge-1", "--user", "alice", "--group", "dev", "--ttl", "2h"]).await;
     assert_ok(&out);
-    assert_eq!(stdout(&out), ISSUED_KUBECONFIG);
-    let out = run(&kc, &["kubeconfig", "edge-1"]).await;
-    assert_ok(&out);
+    let v: serde_yaml::Value = serde_yaml::from_str(&stdout(&out)).expect("yaml");
+    assert_eq!(
+        v["clusters"][0]["cluster"]["server"].as_str(),
+        Some(format!("{}/clusters/edge-1", hub.url).as_str())
+    );
+    assert!(v["users"][0]["user"]["client-certificate-data"].is_string());
+    // A kubeconfig for one cluster is not a key to the management API.
+    let alice_edge = hub.write("alice-edge.kubeconfig", &stdout(&out));
+    let out = run(&alice_edge, &["clusters"]).await;
+    assert_error(&out, "bound to cluster \"edge-1\"");
 
-    {
-        let calls = hub.state.calls.lock().expect("lock");
-        let seen: Vec<(&str, &str, Vec<String>)> =
-            calls.issue.iter().map(|r| (r.cluster.as_str(), r.user.as_str(), r.groups.clone())).collect();
-        assert_eq!(
-            seen,
-            vec![("edge-1", "alice", vec!["dev".to_owned(), "ops".to_owned()]), ("edge-1", "", vec![])]
-        );
+    let out = run(kc, &["kubeconfig", "edge-1", "--user", "alice", "--auth", "token"]).await;
+    assert_ok(&out);
+    let v: serde_yaml::Value = serde_yaml::from_str(&stdout(&out)).expect("yaml");
+    assert!(v["users"][0]["user"]["token"].as_str().is_some_and(|t| t.starts_with("ferryuser.")));
+
+    for (args, needle) in [
+        (vec!["kubeconfig", "nope"], "cluster \"nope\" is not registered"),
+        (vec!["kubeconfig", "edge-1", "--user", "eve", "--group", "system:masters"], "may not be used"),
+        (vec!["kubeconfig", "edge-1", "--user", "system:admin"], "is not allowed"),
+        (vec!["kubeconfig", "edge-1", "--ttl", "800d"], "longer than the hub allows"),
+    ] {
+        assert_error(&run(kc, &args).await, needle);
     }
-
-    let out = run(&kc, &["kubeconfig", "nope"]).await;
-    let err = assert_error(&out, "cluster \"nope\" not found");
-    assert_eq!(err, "error: cluster \"nope\" not found\n");
     hub.stop().await;
 }
 
 #[tokio::test]
-async fn clusters_table_and_json() {
+async fn clusters_table_and_json_show_phases() {
     let hub = Hub::start().await;
-    let kc = hub.admin_kubeconfig();
+    let kc = &hub.admin;
 
-    let out = run(&kc, &["clusters"]).await;
+    let out = run(kc, &["clusters"]).await;
     assert_ok(&out);
     assert_eq!(stdout(&out), "");
     assert!(stderr(&out).contains("No clusters"), "{}", stderr(&out));
 
-    assert_ok(&run(&kc, &["register", "edge-1"]).await);
-    assert_ok(&run(&kc, &["register", "lab"]).await);
-    hub.set_connected("edge-1", true);
+    assert_ok(&run(kc, &["register", "edge-1"]).await);
+    assert_ok(&run(kc, &["register", "lab", "--approval", "manual", "--labels", "env=lab"]).await);
 
-    let out = run(&kc, &["clusters"]).await;
+    let out = run(kc, &["clusters"]).await;
     assert_ok(&out);
     let table = stdout(&out);
     let lines: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(lines[0], ["NAME", "STATUS", "AGENTS", "VERSION", "AGE"], "{table}");
-    assert_eq!(lines[1][..4], ["edge-1", "Connected", "1", "v1.31.2"], "{table}");
-    assert_eq!(lines[2][..4], ["lab", "Disconnected", "0", "<unknown>"], "{table}");
+    assert_eq!(lines[0], ["NAME", "PHASE", "AGENTS", "VERSION", "AGE"], "{table}");
+    assert_eq!(lines[1][..4], ["edge-1", "Offline", "0", "<unknown>"], "{table}");
+    assert_eq!(lines[2][..4], ["lab", "Pending", "0", "<unknown>"], "{table}");
     assert!(lines[1][4].ends_with('s'), "just registered: {table}");
     assert_eq!(lines.len(), 3);
-    // Aligned: every cell starts where its header does.
-    let header = table.lines().next().unwrap_or_default();
-    let starts: Vec<usize> = (0..header.len())
-        .filter(|&i| header.as_bytes()[i] != b' ' && (i == 0 || header.as_bytes()[i - 1] == b' '))
-        .collect();
-    for (col, name) in lines[0].iter().enumerate() {
-        let at = starts[col];
-        for (row, line) in table.lines().enumerate().skip(1) {
-            let cell = lines[row][col];
-            assert_eq!(line.get(at..at + cell.len()), Some(cell), "column {name} in {table}");
-        }
-    }
 
-    let out = run(&kc, &["clusters", "-o", "json"]).await;
+    let out = run(kc, &["clusters", "-o", "json"]).await;
     assert_ok(&out);
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(json[0]["name"], "edge-1");
-    assert_eq!(json[0]["status"], "Connected");
-    assert_eq!(json[1]["status"], "Disconnected");
+    assert_eq!(json[0]["phase"], "Offline");
+    assert_eq!(json[0]["reason"], "no agent has connected yet");
+    assert_eq!(json[1]["phase"], "Pending");
+    assert_eq!(json[1]["approval"], "manual");
+    assert_eq!(json[1]["labels"]["env"], "lab");
     assert_eq!(json[1]["kubernetesVersion"], serde_json::Value::Null);
     hub.stop().await;
 }
 
 #[tokio::test]
-async fn wait_returns_when_the_state_is_reached() {
-    let mut hub = Hub::start().await;
-    let kc = hub.admin_kubeconfig();
-    assert_ok(&run(&kc, &["register", "edge-1"]).await);
+async fn approve_deny_and_delete() {
+    let hub = Hub::start().await;
+    let kc = &hub.admin;
+    assert_ok(&run(kc, &["register", "lab", "--approval", "manual"]).await);
+    let phase = |out: &Output| -> String {
+        let json: serde_json::Value = serde_json::from_str(&stdout(out)).expect("json");
+        json[0]["phase"].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(phase(&run(kc, &["clusters", "-o", "json"]).await), "Pending");
 
-    // Already disconnected: returns at once.
-    let out = run(&kc, &["wait", "edge-1", "--for", "disconnected"]).await;
+    let out = run(kc, &["approve", "lab"]).await;
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "cluster/lab approved (phase Offline)\n");
+    assert_eq!(phase(&run(kc, &["clusters", "-o", "json"]).await), "Offline");
+
+    assert_eq!(stdout(&run(kc, &["deny", "lab"]).await), "cluster/lab denied\n");
+    assert_eq!(phase(&run(kc, &["clusters", "-o", "json"]).await), "Denied");
+    // Registering again does not lift a denial.
+    assert_ok(&run(kc, &["register", "lab", "-o", "token"]).await);
+    assert_eq!(phase(&run(kc, &["clusters", "-o", "json"]).await), "Denied");
+
+    let out = run(kc, &["delete", "lab"]).await;
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "cluster/lab deleted (0 agent session(s) disconnected)\n");
+    assert_eq!(stdout(&run(kc, &["clusters", "-o", "json"]).await), "[]\n");
+    assert_error(&run(kc, &["delete", "lab"]).await, "cluster \"lab\" is not registered");
+    assert_error(&run(kc, &["approve", "lab"]).await, "cluster \"lab\" is not registered");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_grants_and_what_a_user_may_do() {
+    let hub = Hub::start().await;
+    let kc = &hub.admin;
+    assert_ok(&run(kc, &["register", "edge-1"]).await);
+    assert_ok(&run(kc, &["register", "lab"]).await);
+
+    // A hub-wide token for alice, as a kubeconfig ferryctl can use.
+    let out =
+        run(kc, &["token", "create", "--user", "alice", "--group", "dev", "--ttl", "1h", "-o", "kubeconfig"])
+            .await;
+    assert_ok(&out);
+    let alice = hub.write("alice.kubeconfig", &stdout(&out));
+    let out = run(&alice, &["whoami"]).await;
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "user: alice\ngroups: [dev]\nadmin: false\nauth: token\n");
+
+    // No grant: she sees no cluster and cannot get a kubeconfig.
+    let out = run(&alice, &["clusters"]).await;
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "");
+    let err = assert_error(&run(&alice, &["kubeconfig", "edge-1"]).await, "permission denied");
+    assert!(err.contains("user \"alice\" may not reach cluster \"edge-1\""), "{err}");
+    assert!(err.contains("ferryctl grant --cluster edge-1 --user alice"), "{err}");
+
+    // A grant to her group: edge-1 only.
+    let out = run(kc, &["grant", "--cluster", "edge-1", "--group", "dev"]).await;
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "group:dev may reach cluster edge-1\n");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&alice, &["clusters", "-o", "json"]).await)).expect("json");
+    assert_eq!(json.as_array().map(Vec::len), Some(1));
+    assert_eq!(json[0]["name"], "edge-1");
+    assert_ok(&run(&alice, &["kubeconfig", "edge-1"]).await);
+    assert_error(&run(&alice, &["kubeconfig", "lab"]).await, "may not reach cluster \"lab\"");
+    assert_error(
+        &run(&alice, &["kubeconfig", "edge-1", "--user", "bob"]).await,
+        "only members of \"ferry:admins\"",
+    );
+    assert_error(&run(&alice, &["register", "x"]).await, "is not a hub administrator");
+    assert_error(&run(&alice, &["token", "list"]).await, "is not a hub administrator");
+    assert_error(
+        &run(&alice, &["grant", "--cluster", "lab", "--user", "alice"]).await,
+        "is not a hub administrator",
+    );
+    let grants = stdout(&run(&alice, &["grants"]).await);
+    assert!(grants.contains("edge-1") && grants.contains("group:dev"), "{grants}");
+
+    // Grants are listed, and revoked.
+    assert_ok(&run(kc, &["grant", "--cluster", "*", "--user", "carol", "--allow-impersonate"]).await);
+    let table = stdout(&run(kc, &["grants"]).await);
+    assert!(table.starts_with("CLUSTER"), "{table}");
+    assert!(table.contains("user:carol") && table.contains("yes"), "{table}");
+    assert_error(&run(kc, &["grant", "--cluster", "nope", "--user", "x"]).await, "is not registered");
+    assert_eq!(run(kc, &["grant", "--cluster", "lab"]).await.status.code(), Some(2), "a user or a group");
+    assert_ok(&run(kc, &["revoke", "--cluster", "edge-1", "--group", "dev"]).await);
+    assert_error(&run(&alice, &["kubeconfig", "edge-1"]).await, "may not reach cluster \"edge-1\"");
+    assert_error(&run(kc, &["revoke", "--cluster", "edge-1", "--group", "dev"]).await, "no grant");
+
+    // Tokens are listed without secrets, and revoked for good.
+    let out = run(kc, &["token", "list", "-o", "json"]).await;
+    assert_ok(&out);
+    let tokens: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let id = tokens[0]["id"].as_str().expect("id").to_owned();
+    assert_eq!(tokens[0]["user"], "alice");
+    assert!(!stdout(&out).contains("ferryuser."), "no secret in the list");
+    let table = stdout(&run(kc, &["token", "list"]).await);
+    assert!(table.starts_with("ID") && table.contains(&id), "{table}");
+    assert_ok(&run(kc, &["token", "revoke", &id]).await);
+    let err = assert_error(&run(&alice, &["whoami"]).await, "invalid bearer token");
+    assert!(err.contains("unknown, revoked"), "{err}");
+    assert_error(&run(kc, &["token", "revoke", &id]).await, "no token with id");
+    assert_error(&run(kc, &["token", "revoke", "nope"]).await, "is not a token id");
+    assert_error(
+        &run(kc, &["token", "create", "--user", "system:kube-controller-manager"]).await,
+        "not allowed",
+    );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn wait_returns_at_once_or_times_out_with_a_message() {
+    let hub = Hub::start().await;
+    let kc = &hub.admin;
+    assert_ok(&run(kc, &["register", "edge-1"]).await);
+
+    let out = run(kc, &["wait", "edge-1", "--for", "disconnected"]).await;
     assert_ok(&out);
     assert_eq!(stdout(&out), "cluster/edge-1 disconnected\n");
 
-    // Not yet connected: parks at the hub until the agent shows up.
-    let child = ferryctl(hub.dir.path())
-        .arg("--kubeconfig")
-        .arg(&kc)
-        .args(["wait", "edge-1", "--for", "connected"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    assert_eq!(hub.waiting.recv().await.as_deref(), Some("edge-1"));
-    hub.set_connected("edge-1", true);
-    let out = child.wait_with_output().await.expect("wait");
-    assert_ok(&out);
-    assert_eq!(stdout(&out), "cluster/edge-1 connected\n");
-
-    {
-        let calls = hub.state.calls.lock().expect("lock");
-        let seen: Vec<(bool, u32)> = calls.wait.iter().map(|w| (w.connected, w.timeout_seconds)).collect();
-        assert_eq!(seen, vec![(false, 60), (true, 60)], "default timeout is 60s");
-    }
-    hub.stop().await;
-}
-
-#[tokio::test]
-async fn wait_times_out_with_a_message() {
-    let mut hub = Hub::start().await;
-    let kc = hub.admin_kubeconfig();
-    assert_ok(&run(&kc, &["register", "edge-1"]).await);
-
-    let child = ferryctl(hub.dir.path())
-        .arg("--kubeconfig")
-        .arg(&kc)
-        .args(["wait", "edge-1", "--for", "connected", "--timeout", "2m"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    assert_eq!(hub.waiting.recv().await.as_deref(), Some("edge-1"));
-    // Stand-in for the clock: make the hub's wait expire now.
-    hub.state.expire.send_modify(|g| *g += 1);
-    let out = child.wait_with_output().await.expect("wait");
-    let err = assert_error(&out, "timed out after 2m waiting for cluster \"edge-1\" to be connected");
+    let started = std::time::Instant::now();
+    let out = run(kc, &["wait", "edge-1", "--for", "connected", "--timeout", "1s"]).await;
+    let err = assert_error(&out, "timed out after 1s waiting for cluster \"edge-1\" to be connected");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert_eq!(hub.state.calls.lock().expect("lock").wait[0].timeout_seconds, 120);
+    assert!(started.elapsed() < Duration::from_secs(20), "the hub's own deadline ends the wait");
 
-    let out = run(&kc, &["wait", "nope", "--for", "connected"]).await;
-    assert_error(&out, "cluster \"nope\" not found");
-    hub.stop().await;
-}
-
-#[tokio::test]
-async fn non_admin_is_denied() {
-    let hub = Hub::start().await;
-    let bob = hub.ca.client("bob", &["dev"]);
-    let kc = hub.kubeconfig("bob.kubeconfig", &hub.url(), &hub.ca.pem, &bob);
-    let out = run(&kc, &["register", "edge-1"]).await;
-    assert_error(&out, "permission denied: this call needs the ferry:admins group");
+    assert_error(
+        &run(kc, &["wait", "nope", "--for", "connected"]).await,
+        "cluster \"nope\" is not registered",
+    );
     hub.stop().await;
 }
 
@@ -479,7 +374,7 @@ async fn non_admin_is_denied() {
 async fn client_certificate_from_another_ca_is_rejected() {
     let hub = Hub::start().await;
     let stranger = Ca::new("other-ca").client("admin", &["ferry:admins"]);
-    let kc = hub.kubeconfig("stranger.kubeconfig", &hub.url(), &hub.ca.pem, &stranger);
+    let kc = hub.write("stranger.kubeconfig", &common::kubeconfig_yaml(&hub.url, &hub.ca_pem(), &stranger));
     let out = run(&kc, &["clusters"]).await;
     let err = assert_error(&out, "the hub refused our client certificate");
     assert!(err.contains("issued by this hub's CA"), "{err}");
@@ -491,10 +386,17 @@ async fn client_certificate_from_another_ca_is_rejected() {
 async fn hub_certificate_from_another_ca_is_not_trusted() {
     let hub = Hub::start().await;
     let other = Ca::new("other-ca");
-    let kc = hub.kubeconfig("wrong-ca.kubeconfig", &hub.url(), &other.pem, &hub.admin);
+    let admin = std::fs::read_to_string(&hub.admin).expect("admin kubeconfig");
+    let v: serde_yaml::Value = serde_yaml::from_str(&admin).expect("yaml");
+    let ca_b64 = v["clusters"][0]["cluster"]["certificate-authority-data"].as_str().expect("ca").to_owned();
+    use base64::Engine as _;
+    let kc = hub.write(
+        "wrong-ca.kubeconfig",
+        &admin.replace(&ca_b64, &base64::engine::general_purpose::STANDARD.encode(&other.pem)),
+    );
     let out = run(&kc, &["clusters"]).await;
     let err = assert_error(&out, "the hub's TLS certificate is not trusted");
-    assert!(err.contains(&hub.url()), "{err}");
+    assert!(err.contains(&hub.url), "{err}");
     hub.stop().await;
 }
 
@@ -507,7 +409,8 @@ async fn unreachable_hub_is_reported() {
         l.local_addr().expect("addr")
     };
     let url = format!("https://{closed}");
-    let kc = hub.kubeconfig("closed.kubeconfig", &url, &hub.ca.pem, &hub.admin);
+    let admin = std::fs::read_to_string(&hub.admin).expect("admin kubeconfig");
+    let kc = hub.write("closed.kubeconfig", &admin.replace(&hub.url, &url));
     let out = run(&kc, &["clusters"]).await;
     let err = assert_error(&out, &format!("cannot connect to the hub at {url}"));
     assert!(err.to_lowercase().contains("refused"), "{err}");

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ferry::identity::IdentityPolicy;
 use ferry::limits;
 
 /// Default data dir.
@@ -12,6 +13,19 @@ pub const DEFAULT_DATA_DIR: &str = "./ferry-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 /// Default bootstrap token lifetime.
 pub const DEFAULT_BOOTSTRAP_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default lifetime of agent client certificates; agents renew them over
+/// the control stream when two thirds of it have passed.
+pub const DEFAULT_AGENT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shortest agent certificate lifetime the hub accepts (tests shorten it).
+pub const MIN_AGENT_CERT_TTL: Duration = Duration::from_secs(5);
+/// Default lifetime of issued kubeconfig credentials and bearer tokens.
+pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest lifetime a caller may ask for a kubeconfig credential or token.
+pub const MAX_CREDENTIAL_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Longest lifetime a caller may ask for a bootstrap token.
+pub const MAX_BOOTSTRAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Agent image put in `agent.yaml` unless `--agent-image` says otherwise.
+pub const DEFAULT_AGENT_IMAGE: &str = concat!("ghcr.io/ferry-dev/ferry-agent:", env!("CARGO_PKG_VERSION"));
 
 /// Everything the hub needs to start; loading it binds nothing.
 #[derive(Clone, Debug)]
@@ -25,6 +39,10 @@ pub struct HubConfig {
     pub advertise_url: Option<String>,
     /// Named limits.
     pub limits: Limits,
+    /// The agent image `agent.yaml` runs (users mirror it).
+    pub agent_image: String,
+    /// How caller identities are mapped for child clusters.
+    pub identity_policy: IdentityPolicy,
 }
 
 /// Bounds on what callers and agents can make the hub hold.
@@ -42,6 +60,11 @@ pub struct Limits {
     pub stream_wait: Duration,
     /// Bootstrap token lifetime when the caller gives none.
     pub bootstrap_ttl: Duration,
+    /// Lifetime of agent client certificates.
+    pub agent_cert_ttl: Duration,
+    /// Lifetime of issued kubeconfig credentials and tokens when the caller
+    /// gives none.
+    pub credential_ttl: Duration,
     /// Largest total size of a caller's request headers (capped by
     /// [`limits::MAX_HEADER_BYTES`], the protocol's own bound).
     pub max_header_bytes: usize,
@@ -60,6 +83,8 @@ impl Default for Limits {
             heartbeat_interval: limits::HEARTBEAT_INTERVAL,
             stream_wait: limits::STREAM_WAIT,
             bootstrap_ttl: DEFAULT_BOOTSTRAP_TTL,
+            agent_cert_ttl: DEFAULT_AGENT_CERT_TTL,
+            credential_ttl: DEFAULT_CREDENTIAL_TTL,
             max_header_bytes: limits::MAX_HEADER_BYTES,
             upgrade_idle_timeout: None,
         }
@@ -69,6 +94,13 @@ impl Default for Limits {
 impl HubConfig {
     /// A config with defaults for everything but the data dir and address.
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
-        HubConfig { data_dir: data_dir.into(), listen, advertise_url: None, limits: Limits::default() }
+        HubConfig {
+            data_dir: data_dir.into(),
+            listen,
+            advertise_url: None,
+            limits: Limits::default(),
+            agent_image: DEFAULT_AGENT_IMAGE.to_owned(),
+            identity_policy: IdentityPolicy::default(),
+        }
     }
 }

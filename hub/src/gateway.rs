@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use ferry::frame::{self, FrameError};
 use ferry::headers;
+use ferry::identity::Identity;
 use ferry::ids::RequestId;
 use ferry::limits::MAX_BODY_CHUNK;
 use ferry::proto::v1::{AgentFrame, End, ErrorCode, HubFrame, agent_frame, hub_frame};
@@ -34,10 +35,12 @@ use tokio::task::JoinHandle;
 use tonic::Streaming;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::auth::Authenticated;
-use crate::management::valid_cluster_name;
+use crate::access;
+use crate::api::valid_cluster_name;
+use crate::auth::{self, AuthError, Authenticated, Peer};
 use crate::registry::{FrameTx, LiveCluster, NoStream, Parked};
 use crate::state::HubState;
+use crate::store::{Approval, StoreError};
 
 /// Error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -84,26 +87,49 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
     connection_upgrade && req.headers().contains_key(header::UPGRADE)
 }
 
-/// Handles one gateway request from an authenticated (or not) caller.
-pub async fn handle(
-    state: Arc<HubState>,
-    caller: Option<Authenticated>,
-    req: Request<Incoming>,
-) -> Response<HubBody> {
+/// Handles one gateway request. `peer` is what the connection's TLS
+/// handshake proved; a request without a caller certificate may carry a hub
+/// bearer token.
+pub async fn handle(state: Arc<HubState>, peer: Peer, req: Request<Incoming>) -> Response<HubBody> {
+    let auth =
+        auth::authenticate(state.store.as_ref(), &peer, auth::authorization_header(req.headers())).await;
     let path = req.uri().path();
-    if matches!(path, "/healthz" | "/readyz" | "/livez") {
+    // The hub's own health, unless a credential bound to one cluster asks
+    // (then `kubectl get --raw /readyz` means the cluster's).
+    let bound = matches!(&auth, Ok(Some(c)) if c.bound_cluster().is_some());
+    if !bound && matches!(path, "/healthz" | "/readyz" | "/livez") {
         return Response::new(full("ok"));
     }
-    let Some((name, rest)) = split_cluster_path(path) else {
-        return status_response(&KubeStatus::not_found(format!(
-            "the hub serves clusters under /clusters/NAME/, not {path:?}"
-        )));
+    let caller = match auth {
+        Ok(Some(caller)) => caller,
+        Ok(None) => {
+            return status_response(&KubeStatus::unauthorized(
+                "a client certificate issued by the hub (ferryctl kubeconfig) or a hub bearer token is required",
+            ));
+        }
+        Err(AuthError::Store(e)) => {
+            warn!(error = %e, "store failure");
+            return status_response(&KubeStatus::unavailable("hub store unavailable"));
+        }
+        Err(e) => return status_response(&KubeStatus::unauthorized(e.to_string())),
     };
-    let (name, rest) = (name.to_owned(), rest.to_owned());
-    let Some(caller) = caller else {
-        return status_response(&KubeStatus::unauthorized(
-            "a client certificate issued by the hub (ferryctl kubeconfig) is required",
-        ));
+    let route = match (split_cluster_path(path), caller.bound_cluster()) {
+        (Some((name, _)), Some((bound, _))) if name != bound => Err(KubeStatus::forbidden(format!(
+            "this credential of user {:?} is valid for cluster {bound:?} only; get one for {name:?} with `ferryctl kubeconfig {name}`",
+            caller.identity.user
+        ))),
+        (Some((name, rest)), _) => Ok((name.to_owned(), rest.to_owned())),
+        // Clients that drop the server URL's path (`kubectl get --raw`,
+        // client-go's AbsPath) still reach the one cluster a bound
+        // credential is for.
+        (None, Some((bound, _))) => Ok((bound.to_owned(), path.to_owned())),
+        (None, None) => Err(KubeStatus::not_found(format!(
+            "the hub serves clusters under /clusters/NAME/, not {path:?} (for `kubectl get --raw`, include the prefix: /clusters/NAME{path})"
+        ))),
+    };
+    let (name, rest) = match route {
+        Ok(r) => r,
+        Err(s) => return status_response(&s),
     };
 
     let request_id = RequestId::new();
@@ -126,6 +152,87 @@ pub async fn handle(
     }
 }
 
+/// Checks everything about a request that does not need the agent: path,
+/// limits, the cluster, the caller's grant and impersonation, approval.
+/// Returns the cluster's live state and the identities to forward.
+async fn admit(
+    state: &HubState,
+    name: &str,
+    rest: &str,
+    caller: &Authenticated,
+    headers: &http::HeaderMap,
+) -> Result<(Arc<LiveCluster>, Identity, Option<Identity>), KubeStatus> {
+    if !valid_cluster_name(name) {
+        return Err(KubeStatus::not_found(format!("clusters {name:?} not found")));
+    }
+    ferry::path::check(rest).map_err(|e| KubeStatus::bad_request(format!("path {rest:?} refused: {e}")))?;
+    caller.identity.validate().map_err(|e| KubeStatus::forbidden(e.to_string()))?;
+    headers::check_limits(headers, state.limits.max_header_bytes)
+        .map_err(|e| KubeStatus::headers_too_large(e.to_string()))?;
+    let max_body = state.limits.max_request_body;
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > max_body
+    {
+        return Err(KubeStatus::too_large(format!(
+            "request body of {len} bytes exceeds the limit of {max_body}"
+        )));
+    }
+    let store_failed = |e: StoreError| {
+        warn!(error = %e, "store failure");
+        KubeStatus::unavailable("hub store unavailable")
+    };
+    let record = state.store.cluster(name).await.map_err(store_failed)?;
+    let record = match (record, caller.bound_cluster()) {
+        (Some(r), Some((_, id))) if r.cluster_id() != Some(id) => {
+            return Err(KubeStatus::forbidden(format!(
+                "this credential was issued for an earlier cluster named {name:?} (deleted since); get a new one with `ferryctl kubeconfig {name}`"
+            )));
+        }
+        (Some(r), _) => r,
+        (None, Some(_)) => {
+            return Err(KubeStatus::forbidden(format!(
+                "cluster {name:?}, which this credential was issued for, has been deleted"
+            )));
+        }
+        (None, None) => return Err(KubeStatus::not_found(format!("clusters {name:?} not found"))),
+    };
+    let access = access::check(state.store.as_ref(), caller, name)
+        .await
+        .map_err(store_failed)?
+        .ok_or_else(|| KubeStatus::forbidden(access::no_grant_message(caller, name)))?;
+    let impersonate = access::requested(headers).map_err(|e| KubeStatus::bad_request(e.to_string()))?;
+    if let Some(target) = &impersonate {
+        if !access.allow_impersonate {
+            return Err(KubeStatus::forbidden(format!(
+                "user {:?} may not act as another user on cluster {name:?} (kubectl --as): that needs a grant with --allow-impersonate",
+                caller.identity.user
+            )));
+        }
+        if let Some(g) = target.groups.iter().find(|g| state.identity_policy.denies_group(g)) {
+            return Err(KubeStatus::forbidden(format!(
+                "group {g:?} may never be impersonated through Ferry"
+            )));
+        }
+        target.validate().map_err(|e| KubeStatus::forbidden(e.to_string()))?;
+    }
+    match record.approval {
+        Approval::Approved => {}
+        Approval::Pending => {
+            return Err(KubeStatus::unavailable(format!(
+                "cluster {name:?} awaits approval by a hub administrator (ferryctl approve {name})"
+            )));
+        }
+        Approval::Denied { .. } => {
+            return Err(KubeStatus::forbidden(format!("cluster {name:?} was denied by a hub administrator")));
+        }
+    }
+    let live =
+        state.registry.get(&record.name).filter(|l| Some(l.id) == record.cluster_id()).ok_or_else(|| {
+            KubeStatus::unavailable(format!("cluster {:?} has no connected agent", record.name))
+        })?;
+    Ok((live, state.identity_policy.map(&caller.identity), impersonate))
+}
+
 async fn forward(
     state: Arc<HubState>,
     name: String,
@@ -134,54 +241,33 @@ async fn forward(
     request_id: RequestId,
     mut req: Request<Incoming>,
 ) -> Result<Response<HubBody>, KubeStatus> {
-    let identity = caller.identity.clone();
-    if !valid_cluster_name(&name) {
-        return Err(KubeStatus::not_found(format!("clusters {name:?} not found")));
-    }
-    identity.validate().map_err(|e| KubeStatus::forbidden(e.to_string()))?;
-    headers::check_limits(req.headers(), state.limits.max_header_bytes)
-        .map_err(|e| KubeStatus::headers_too_large(e.to_string()))?;
+    let (live, identity, impersonate) = admit(&state, &name, &rest, &caller, req.headers()).await?;
     let max_body = state.limits.max_request_body;
-    if let Some(len) =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        && len > max_body
-    {
-        return Err(KubeStatus::too_large(format!(
-            "request body of {len} bytes exceeds the limit of {max_body}"
-        )));
-    }
-    let record = state.store.cluster_by_name(&name).await.map_err(|e| {
-        warn!(error = %e, "store failure");
-        KubeStatus::unavailable("hub store unavailable")
-    })?;
-    let Some(record) = record else {
-        return Err(KubeStatus::not_found(format!("clusters {name:?} not found")));
-    };
-    if !caller.may_reach(&record.name) {
-        return Err(KubeStatus::forbidden(format!(
-            "this credential of user {:?} is not valid for cluster {name:?}; get one with `ferryctl kubeconfig {name}`",
-            identity.user
-        )));
-    }
-    let unavailable = || KubeStatus::unavailable(format!("cluster {:?} has no connected agent", record.name));
-    let live = state.registry.get(&record.name).ok_or_else(unavailable)?;
+    let unavailable = || KubeStatus::unavailable(format!("cluster {name:?} has no connected agent"));
     let permit = live.try_acquire(state.limits.max_streams_per_cluster).ok_or_else(|| {
-        KubeStatus::too_many_requests(format!("cluster {:?} has too many requests in flight", record.name))
+        KubeStatus::too_many_requests(format!("cluster {name:?} has too many requests in flight"))
     })?;
 
     let query = req.uri().query().map(|q| format!("{rest}?{q}")).unwrap_or_else(|| rest.clone());
     let pq = PathAndQuery::try_from(query.as_str())
         .map_err(|_| KubeStatus::bad_request("invalid request path"))?;
     let upgrade = is_upgrade(&req);
-    let mut head =
-        Box::new(frame::request_head(request_id, req.method(), &pq, req.headers(), upgrade, identity));
+    let mut head = Box::new(frame::request_head(
+        request_id,
+        req.method(),
+        &pq,
+        req.headers(),
+        upgrade,
+        identity,
+        impersonate,
+    ));
 
     let mut attempt = 0;
     let mut parked: Parked = loop {
         attempt += 1;
         let p = live.take_stream(state.limits.stream_wait).await.map_err(|e| match e {
             NoStream::NoAgent => unavailable(),
-            NoStream::Timeout => KubeStatus::unavailable(format!("cluster {:?}: {e}", record.name)),
+            NoStream::Timeout => KubeStatus::unavailable(format!("cluster {name:?}: {e}")),
         })?;
         let closed = || KubeStatus::bad_gateway("the tunnel to the agent closed before the request was sent");
         match p.tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::Head(head)) })).await {

@@ -11,10 +11,21 @@ pub struct KubeconfigSpec<'a> {
     pub server: &'a str,
     /// CA that signs the server certificate, PEM.
     pub ca_pem: &'a str,
-    /// Client certificate, PEM.
-    pub cert_pem: &'a str,
-    /// Client key, PEM.
-    pub key_pem: &'a str,
+    /// How the user authenticates.
+    pub credential: Credential<'a>,
+}
+
+/// The user's credential in a kubeconfig.
+pub enum Credential<'a> {
+    /// A client certificate and its key, PEM.
+    Cert {
+        /// Certificate.
+        cert_pem: &'a str,
+        /// Key.
+        key_pem: &'a str,
+    },
+    /// A bearer token.
+    Token(&'a str),
 }
 
 #[derive(Serialize)]
@@ -56,8 +67,12 @@ struct UserEntry {
 #[derive(Serialize)]
 #[serde(rename_all = "kebab-case")]
 struct UserBody {
-    client_certificate_data: String,
-    client_key_data: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_certificate_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_key_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -89,9 +104,17 @@ pub fn render(spec: &KubeconfigSpec<'_>) -> String {
         users: vec![Named {
             name: spec.name,
             body: UserEntry {
-                user: UserBody {
-                    client_certificate_data: b64(spec.cert_pem),
-                    client_key_data: b64(spec.key_pem),
+                user: match spec.credential {
+                    Credential::Cert { cert_pem, key_pem } => UserBody {
+                        client_certificate_data: Some(b64(cert_pem)),
+                        client_key_data: Some(b64(key_pem)),
+                        token: None,
+                    },
+                    Credential::Token(token) => UserBody {
+                        client_certificate_data: None,
+                        client_key_data: None,
+                        token: Some(token.to_owned()),
+                    },
                 },
             },
         }],
@@ -114,8 +137,7 @@ mod tests {
             name: "edge",
             server: "https://hub:8443/clusters/edge",
             ca_pem: "CA",
-            cert_pem: "CERT",
-            key_pem: "KEY",
+            credential: Credential::Cert { cert_pem: "CERT", key_pem: "KEY" },
         });
         let v: serde_yaml::Value = serde_yaml::from_str(&y).expect("yaml");
         assert_eq!(v["kind"], "Config");
@@ -125,5 +147,15 @@ mod tests {
         assert_eq!(v["clusters"][0]["cluster"]["certificate-authority-data"], "Q0E=");
         assert_eq!(v["users"][0]["user"]["client-key-data"], "S0VZ");
         assert_eq!(v["contexts"][0]["context"]["user"], "edge");
+        assert!(v["users"][0]["user"].get("token").is_none());
+        let y = render(&KubeconfigSpec {
+            name: "edge",
+            server: "https://hub:8443/clusters/edge",
+            ca_pem: "CA",
+            credential: Credential::Token("ferryuser.x.y"),
+        });
+        let v: serde_yaml::Value = serde_yaml::from_str(&y).expect("yaml");
+        assert_eq!(v["users"][0]["user"]["token"], "ferryuser.x.y");
+        assert!(v["users"][0]["user"].get("client-key-data").is_none());
     }
 }

@@ -2,15 +2,22 @@
 //!
 //! Agents dial in and keep a control stream plus parked request streams
 //! ([`tunnel`]); kubectl and other clients call the HTTPS gateway
-//! ([`gateway`]); operators use the management API ([`management`]). One
-//! address serves all three ([`server`]).
+//! ([`gateway`]); operators use the management API ([`api`]). One address
+//! serves all three ([`server`]).
+//!
+//! - [`auth`]: who is calling (certificates, bearer tokens); [`access`]:
+//!   grants and impersonation; [`pki`]: the hub CA and what it signs.
+//! - [`store`]: durable state; [`registry`]: live sessions and streams.
+//! - [`manifest`]: `agent.yaml`; [`kubeconfig`]: issued kubeconfigs.
 
+pub mod access;
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod files;
 pub mod gateway;
 pub mod kubeconfig;
-pub mod management;
+pub mod manifest;
 pub mod pki;
 pub mod registry;
 pub mod server;

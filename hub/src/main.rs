@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ferry_hub::config::{DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use ferry::identity::IdentityPolicy;
+use ferry_hub::config::{DEFAULT_AGENT_IMAGE, DEFAULT_DATA_DIR, DEFAULT_LISTEN, MIN_AGENT_CERT_TTL};
 use ferry_hub::{Hub, HubConfig};
 
 #[derive(Parser)]
@@ -45,6 +46,24 @@ struct ServeArgs {
     /// off by default.
     #[arg(long, value_parser = humantime::parse_duration)]
     upgrade_idle_timeout: Option<std::time::Duration>,
+    /// Agent image that `ferryctl register` manifests run (mirror it and
+    /// point this at your registry).
+    #[arg(long, env = "FERRY_AGENT_IMAGE", default_value = DEFAULT_AGENT_IMAGE)]
+    agent_image: String,
+    /// Lifetime of agent client certificates; agents renew them when two
+    /// thirds have passed (e.g. 24h, or 30s for tests).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    agent_cert_ttl: std::time::Duration,
+    /// Prefix added to every user name the child clusters see (e.g. `ferry:`).
+    #[arg(long, default_value = "")]
+    user_prefix: String,
+    /// Prefix added to every group name the child clusters see.
+    #[arg(long, default_value = "")]
+    group_prefix: String,
+    /// A group never forwarded to child clusters; repeat for several
+    /// (`system:masters` always is).
+    #[arg(long = "deny-group", value_name = "GROUP")]
+    deny_groups: Vec<String>,
 }
 
 #[tokio::main]
@@ -63,6 +82,18 @@ async fn main() -> anyhow::Result<()> {
     config.limits.max_streams_per_cluster = args.max_streams_per_cluster;
     config.limits.max_header_bytes = args.max_header_bytes;
     config.limits.upgrade_idle_timeout = args.upgrade_idle_timeout;
+    if args.agent_cert_ttl < MIN_AGENT_CERT_TTL {
+        anyhow::bail!("--agent-cert-ttl must be at least {MIN_AGENT_CERT_TTL:?}");
+    }
+    config.limits.agent_cert_ttl = args.agent_cert_ttl;
+    config.agent_image = args.agent_image;
+    let mut policy = IdentityPolicy {
+        user_prefix: args.user_prefix,
+        group_prefix: args.group_prefix,
+        ..IdentityPolicy::default()
+    };
+    policy.denied_groups.extend(args.deny_groups);
+    config.identity_policy = policy;
     let hub = Hub::bind(config).await.context("starting the hub")?;
     println!(
         "ferry-hub ready at {} (listening on {}, admin kubeconfig {})",

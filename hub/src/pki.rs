@@ -1,12 +1,22 @@
 //! The hub's certificate authority.
 //!
 //! On first start the hub makes an ECDSA P-256 CA and keeps it in the data
-//! dir (`ca.crt`, `ca.key` with mode 0600). The CA signs the hub's serving
-//! certificate (remade on every start, for the current advertise hosts) and
-//! the client certificates it issues to callers: CN = user, one O per group,
-//! the Kubernetes convention. rcgen makes the CA and serving certificate;
-//! client certificates are built with `x509-cert`, because rcgen's subject
-//! can hold only one O attribute and callers need several groups.
+//! dir (`ca.crt`, `ca.key` with mode 0600). The CA signs:
+//!
+//! - the hub's serving certificate (remade on every start, for the current
+//!   advertise hosts);
+//! - callers' client certificates: CN = user, one O per group (the
+//!   Kubernetes convention), and exactly one scope, a URI SAN: either
+//!   [`SCOPE_ALL_URI`] (admin credentials) or `ferry://clusters/NAME?id=ID`
+//!   (kubeconfigs for one cluster). A certificate without a readable scope
+//!   is refused, never treated as unscoped;
+//! - agents' client certificates, from a certificate request whose key
+//!   never leaves the agent: URI SAN `ferry://agents/CLUSTER_ID`, short
+//!   lived, renewed over the control stream. The hub keeps their serials.
+//!
+//! rcgen makes the CA, serving and agent certificates; caller certificates
+//! are built with `x509-cert`, because rcgen's subject can hold only one O
+//! attribute and callers need several groups.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -23,11 +33,17 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_cert::der::{Decode, Encode};
 
-use crate::auth::Authenticated;
+use ferry::ids::ClusterId;
+
+use crate::auth::{AuthMethod, Authenticated, Scope};
 use crate::files;
 
-/// Lifetime of client certificates the hub issues.
-pub const CLIENT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Lifetime of the admin client certificate in `admin.kubeconfig`
+/// (rewritten at every start).
+pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How far back certificates are dated, so a peer whose clock is a little
+/// behind accepts them at once.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// Lifetime of the CA.
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Lifetime of the serving certificate (remade at every start).
@@ -54,6 +70,20 @@ pub enum PkiError {
     /// A subject that cannot be encoded.
     #[error("invalid subject: {0}")]
     Subject(String),
+    /// Only one of `ca.crt` and `ca.key` exists: making a new CA would
+    /// break every agent that pins the old one.
+    #[error(
+        "the data dir has {have} but no {missing}; restore {missing} (or move {have} away to start over with a new CA, which every agent must then be given)"
+    )]
+    HalfCa {
+        /// The file present.
+        have: &'static str,
+        /// The file missing.
+        missing: &'static str,
+    },
+    /// The agent's certificate request is malformed or its signature wrong.
+    #[error("invalid certificate request: {0}")]
+    Request(String),
 }
 
 /// A client certificate and its private key, PEM-encoded.
@@ -62,6 +92,54 @@ pub struct IssuedCert {
     pub cert_pem: String,
     /// Private key PEM (PKCS#8).
     pub key_pem: Secret,
+    /// When it expires, seconds since the Unix epoch.
+    pub not_after: u64,
+}
+
+/// An agent certificate signed from the agent's request.
+#[derive(Clone, Debug)]
+pub struct IssuedAgentCert {
+    /// Certificate PEM.
+    pub cert_pem: String,
+    /// Serial number, lower-case hex (what the store keeps).
+    pub serial: String,
+    /// When it expires, seconds since the Unix epoch.
+    pub not_after: u64,
+}
+
+/// What a caller certificate may reach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertScope {
+    /// Every cluster (as grants allow) and the management API: admin
+    /// credentials only.
+    All,
+    /// One cluster, through the gateway only.
+    Cluster {
+        /// Cluster name.
+        name: String,
+        /// Cluster id at issuance.
+        id: String,
+    },
+}
+
+/// A verified peer certificate, read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerCert {
+    /// A caller (kubectl, ferryctl, SDK).
+    User(Authenticated),
+    /// An agent of one cluster.
+    Agent(AgentPeer),
+}
+
+/// An agent, as its certificate names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentPeer {
+    /// The cluster the certificate is bound to.
+    pub cluster_id: ClusterId,
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// When it expires, seconds since the Unix epoch.
+    pub not_after: u64,
 }
 
 /// The hub's CA, loaded or created in the data dir.
@@ -82,7 +160,16 @@ impl Ca {
     pub fn load_or_create(dir: &Path) -> Result<Self, PkiError> {
         let io = |source| PkiError::Io { dir: dir.display().to_string(), source };
         let (crt_path, key_path) = (dir.join("ca.crt"), dir.join("ca.key"));
+        match (crt_path.exists(), key_path.exists()) {
+            (true, false) | (false, true) => {
+                let (have, missing) =
+                    if crt_path.exists() { ("ca.crt", "ca.key") } else { ("ca.key", "ca.crt") };
+                return Err(PkiError::HalfCa { have, missing });
+            }
+            _ => {}
+        }
         if crt_path.exists() && key_path.exists() {
+            warn_if_readable_by_others(&key_path);
             let cert_pem = std::fs::read_to_string(&crt_path).map_err(io)?;
             let key_pem = std::fs::read_to_string(&key_path).map_err(io)?;
             let key = KeyPair::from_pem(&key_pem)?;
@@ -142,7 +229,7 @@ impl Ca {
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = (SystemTime::now() - Duration::from_secs(300)).into();
+        params.not_before = (SystemTime::now() - CLOCK_SKEW).into();
         params.not_after = (SystemTime::now() + SERVING_CERT_LIFETIME).into();
         let cert = params.signed_by(&key, &self.issuer()?)?;
         let key_der = PrivateKeyDer::try_from(key.serialize_der())
@@ -150,13 +237,19 @@ impl Ca {
         Ok((vec![cert.der().clone(), self.cert_der.clone()], key_der))
     }
 
-    /// A client certificate for `identity`: CN = user, one O per group. With
-    /// `clusters` non-empty, it is valid only for those clusters (one URI
-    /// SAN `ferry://clusters/NAME` each); an empty list means any cluster.
-    pub fn client_cert(&self, identity: &Identity, clusters: &[String]) -> Result<IssuedCert, PkiError> {
+    /// A client certificate for `identity` (CN = user, one O per group),
+    /// valid for `lifetime`, carrying `scope`.
+    pub fn client_cert(
+        &self,
+        identity: &Identity,
+        scope: &CertScope,
+        lifetime: Duration,
+    ) -> Result<IssuedCert, PkiError> {
         use p256::pkcs8::DecodePrivateKey;
         use x509_cert::builder::{Builder, CertificateBuilder, Profile};
-        use x509_cert::ext::pkix::ExtendedKeyUsage;
+        use x509_cert::der::asn1::Ia5String;
+        use x509_cert::ext::pkix::name::GeneralName;
+        use x509_cert::ext::pkix::{ExtendedKeyUsage, SubjectAltName};
         use x509_cert::name::Name;
         use x509_cert::serial_number::SerialNumber;
         use x509_cert::spki::SubjectPublicKeyInfoOwned;
@@ -176,39 +269,101 @@ impl Ca {
             subject.push_str(&format!(",O={}", escape_rdn(g)));
         }
         let subject = Name::from_str(&subject).map_err(|e| PkiError::Subject(e.to_string()))?;
-        let mut serial = [0u8; 16];
-        getrandom_fill(&mut serial);
-        serial[0] &= 0x7f;
         let profile = Profile::Leaf {
             issuer: ca.tbs_certificate.subject.clone(),
             enable_key_agreement: false,
             enable_key_encipherment: false,
         };
-        let validity = Validity::from_now(CLIENT_CERT_LIFETIME).map_err(|e| build(&e))?;
-        let serial = SerialNumber::new(&serial).map_err(|e| build(&e))?;
+        let not_before = SystemTime::now() - CLOCK_SKEW;
+        let not_after = SystemTime::now() + lifetime;
+        let validity = Validity {
+            not_before: x509_cert::time::Time::try_from(not_before).map_err(|e| build(&e))?,
+            not_after: x509_cert::time::Time::try_from(not_after).map_err(|e| build(&e))?,
+        };
+        let serial = SerialNumber::new(&random_serial()).map_err(|e| build(&e))?;
         let mut builder = CertificateBuilder::new(profile, serial, validity, subject, spki, &signer)
             .map_err(|e| build(&e))?;
         builder
             .add_extension(&ExtendedKeyUsage(vec![x509_cert::der::oid::db::rfc5280::ID_KP_CLIENT_AUTH]))
             .map_err(|e| build(&e))?;
-        if !clusters.is_empty() {
-            use x509_cert::der::asn1::Ia5String;
-            use x509_cert::ext::pkix::SubjectAltName;
-            use x509_cert::ext::pkix::name::GeneralName;
-            let names = clusters
-                .iter()
-                .map(|c| {
-                    Ia5String::new(&format!("{CLUSTER_URI_PREFIX}{c}"))
-                        .map(GeneralName::UniformResourceIdentifier)
-                        .map_err(|e| build(&e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            builder.add_extension(&SubjectAltName(names)).map_err(|e| build(&e))?;
-        }
+        let uri = Ia5String::new(&scope_uri(scope)).map_err(|e| build(&e))?;
+        builder
+            .add_extension(&SubjectAltName(vec![GeneralName::UniformResourceIdentifier(uri)]))
+            .map_err(|e| build(&e))?;
         let cert = builder.build::<p256::ecdsa::DerSignature>().map_err(|e| build(&e))?;
         let der = cert.to_der().map_err(|e| build(&e))?;
         let cert_pem = pem_encode("CERTIFICATE", &der);
-        Ok(IssuedCert { cert_pem, key_pem: Secret::new(leaf.serialize_pem()) })
+        Ok(IssuedCert { cert_pem, key_pem: Secret::new(leaf.serialize_pem()), not_after: unix(not_after) })
+    }
+
+    /// An agent certificate for cluster `cluster_id` from the agent's
+    /// PKCS#10 request (DER). Only the request's public key is used (its
+    /// signature proves the agent holds the key); subject, names, usages
+    /// and lifetime are the hub's.
+    pub fn agent_cert(
+        &self,
+        csr_der: &[u8],
+        cluster_id: ClusterId,
+        cluster_name: &str,
+        lifetime: Duration,
+    ) -> Result<IssuedAgentCert, PkiError> {
+        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der);
+        let request = rcgen::CertificateSigningRequestParams::from_der(&der)
+            .map_err(|e| PkiError::Request(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, format!("{AGENT_CN_PREFIX}{cluster_name}"));
+        let uri = format!("{AGENT_URI_PREFIX}{cluster_id}");
+        params.subject_alt_names =
+            vec![SanType::URI(uri.try_into().map_err(|_| PkiError::Subject("agent URI".into()))?)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let serial = random_serial();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let not_after = SystemTime::now() + lifetime;
+        params.not_before = (SystemTime::now() - CLOCK_SKEW).into();
+        params.not_after = not_after.into();
+        let signed = rcgen::CertificateSigningRequestParams { params, public_key: request.public_key }
+            .signed_by(&self.issuer()?)?;
+        Ok(IssuedAgentCert {
+            cert_pem: signed.pem(),
+            serial: hex::encode(serial),
+            not_after: unix(not_after),
+        })
+    }
+}
+
+/// A 128-bit positive serial from the OS.
+fn random_serial() -> [u8; 16] {
+    let mut serial = [0u8; 16];
+    getrandom_fill(&mut serial);
+    serial[0] &= 0x7f;
+    // A leading zero byte would be dropped by DER and change the hex we
+    // store; keep the first byte non-zero.
+    serial[0] |= 0x01;
+    serial
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// The CA key must be the hub's alone; a group- or world-readable key is
+/// worth a warning at every start (the hub still starts: the operator may
+/// have reasons, such as a read-only mount).
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the CA key is readable by other users; chmod 600 it"
+            );
+        }
     }
 }
 
@@ -252,35 +407,91 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
 
 /// URI SAN prefix that scopes a client certificate to one cluster.
 pub const CLUSTER_URI_PREFIX: &str = "ferry://clusters/";
+/// URI SAN of unscoped (admin) caller certificates.
+pub const SCOPE_ALL_URI: &str = "ferry://scope/all";
+/// URI SAN prefix of agent certificates (the cluster id follows).
+pub const AGENT_URI_PREFIX: &str = "ferry://agents/";
+/// Common-name prefix of agent certificates (the cluster name follows).
+pub const AGENT_CN_PREFIX: &str = "ferry-agent:";
 
-/// Reads the caller (CN = user, O = groups, cluster scope from URI SANs)
-/// from a client certificate the TLS layer already verified against the hub
-/// CA.
-pub fn caller_from_cert(der: &[u8]) -> Option<Authenticated> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let user = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
-    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_owned)).collect();
-    let mut clusters = Vec::new();
+fn scope_uri(scope: &CertScope) -> String {
+    match scope {
+        CertScope::All => SCOPE_ALL_URI.to_owned(),
+        CertScope::Cluster { name, id } => format!("{CLUSTER_URI_PREFIX}{name}?id={id}"),
+    }
+}
+
+/// Reads a peer certificate the TLS layer already verified against the hub
+/// CA: an agent (by its agent URI) or a caller (CN = user, O = groups, and
+/// exactly one scope URI). Anything else is refused with the reason.
+pub fn parse_peer_cert(der: &[u8]) -> Result<PeerCert, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|_| "unreadable client certificate".to_owned())?;
+    let mut uris = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
             if let x509_parser::extensions::GeneralName::URI(uri) = name
-                && let Some(c) = uri.strip_prefix(CLUSTER_URI_PREFIX)
+                && uri.starts_with("ferry://")
             {
-                clusters.push(c.to_owned());
+                uris.push(*uri);
             }
         }
     }
+    let [uri] = uris.as_slice() else {
+        return Err(format!(
+            "the client certificate carries {} Ferry scopes (exactly one is required); get a new kubeconfig",
+            uris.len()
+        ));
+    };
+    let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or_default();
+    if let Some(id) = uri.strip_prefix(AGENT_URI_PREFIX) {
+        let cluster_id = ClusterId::parse(id).ok_or("malformed agent certificate")?;
+        let serial = hex::encode(cert.raw_serial());
+        return Ok(PeerCert::Agent(AgentPeer { cluster_id, serial, not_after }));
+    }
+    let scope = if *uri == SCOPE_ALL_URI {
+        Scope::All
+    } else if let Some(rest) = uri.strip_prefix(CLUSTER_URI_PREFIX)
+        && let Some((name, id)) = rest.split_once("?id=")
+        && let Some(id) = ClusterId::parse(id)
+        && !name.is_empty()
+    {
+        Scope::Cluster { name: name.to_owned(), id }
+    } else {
+        return Err("the client certificate's scope is not readable; get a new kubeconfig".to_owned());
+    };
+    let subject = cert.subject();
+    let user = subject
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .ok_or("the client certificate has no readable CN")?
+        .to_owned();
+    let mut groups = Vec::new();
+    for o in subject.iter_organization() {
+        groups.push(o.as_str().map_err(|_| "the client certificate has an unreadable O")?.to_owned());
+    }
     let identity = Identity { user, groups, ..Default::default() };
-    Some(Authenticated { identity, clusters: (!clusters.is_empty()).then_some(clusters) })
+    Ok(PeerCert::User(Authenticated {
+        identity,
+        scope,
+        method: AuthMethod::ClientCert,
+        expires_at: not_after,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn parse(pem: &str) -> Result<PeerCert, String> {
+        parse_peer_cert(&CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem"))
+    }
+
     #[test]
-    fn ca_persists_and_issues_multi_group_client_certs() {
+    fn ca_persists_and_issues_scoped_multi_group_client_certs() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Ca::load_or_create(dir.path()).expect("create");
         let again = Ca::load_or_create(dir.path()).expect("load");
@@ -290,14 +501,17 @@ mod tests {
             groups: vec!["dev".into(), "ops,team".into(), "system:authenticated".into()],
             ..Default::default()
         };
-        let issued = again.client_cert(&id, &[]).expect("issue");
-        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("pem");
-        let caller = caller_from_cert(&der).expect("caller");
+        let issued = again.client_cert(&id, &CertScope::All, DAY).expect("issue");
+        let PeerCert::User(caller) = parse(&issued.cert_pem).expect("caller") else { panic!("not a user") };
         assert_eq!(caller.identity, id);
-        assert_eq!(caller.clusters, None, "no scope: any cluster");
-        let scoped = again.client_cert(&id, &["edge-1".to_owned()]).expect("issue");
-        let der = CertificateDer::from_pem_slice(scoped.cert_pem.as_bytes()).expect("pem");
-        assert_eq!(caller_from_cert(&der).expect("caller").clusters, Some(vec!["edge-1".to_owned()]));
+        assert_eq!(caller.scope, Scope::All);
+        assert!(caller.expires_at.abs_diff(issued.not_after) <= 1);
+        let cid = ClusterId::new();
+        let scoped = again
+            .client_cert(&id, &CertScope::Cluster { name: "edge-1".into(), id: cid.to_string() }, DAY)
+            .expect("issue");
+        let PeerCert::User(caller) = parse(&scoped.cert_pem).expect("caller") else { panic!("not a user") };
+        assert_eq!(caller.scope, Scope::Cluster { name: "edge-1".into(), id: cid });
         assert_eq!(format!("{:?}", issued.key_pem), "MASKED");
         #[cfg(unix)]
         {
@@ -308,11 +522,82 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_without_exactly_one_scope_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::load_or_create(dir.path()).expect("create");
+        // A CA-signed certificate with no Ferry scope at all (as rcgen makes
+        // them): refused, never read as unscoped.
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "mallory");
+        let cert = params.signed_by(&key, &ca.issuer().expect("issuer")).expect("sign");
+        let err = parse(&cert.pem()).expect_err("no scope");
+        assert!(err.contains("0 Ferry scopes"), "{err}");
+        // Two scopes: refused.
+        params.subject_alt_names = vec![
+            SanType::URI(SCOPE_ALL_URI.try_into().expect("uri")),
+            SanType::URI("ferry://clusters/a?id=x".try_into().expect("uri")),
+        ];
+        let cert = params.signed_by(&key, &ca.issuer().expect("issuer")).expect("sign");
+        assert!(parse(&cert.pem()).is_err());
+        // An unreadable cluster scope: refused.
+        params.subject_alt_names = vec![SanType::URI("ferry://clusters/a".try_into().expect("uri"))];
+        let cert = params.signed_by(&key, &ca.issuer().expect("issuer")).expect("sign");
+        assert!(parse(&cert.pem()).expect_err("no id").contains("scope"));
+    }
+
+    #[test]
+    fn agent_certificates_come_from_the_agents_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::load_or_create(dir.path()).expect("create");
+        let agent_key = KeyPair::generate().expect("key");
+        let mut req = CertificateParams::default();
+        // Whatever the request asks for is ignored.
+        req.distinguished_name.push(DnType::CommonName, "admin");
+        req.subject_alt_names = vec![SanType::URI(SCOPE_ALL_URI.try_into().expect("uri"))];
+        let csr = req.serialize_request(&agent_key).expect("csr");
+        let cid = ClusterId::new();
+        let issued = ca.agent_cert(csr.der(), cid, "edge-1", DAY).expect("issue");
+        match parse(&issued.cert_pem).expect("agent") {
+            PeerCert::Agent(a) => {
+                assert_eq!(a.cluster_id, cid);
+                assert_eq!(a.serial, issued.serial);
+                assert_eq!(a.not_after, issued.not_after);
+            }
+            other => panic!("not an agent: {other:?}"),
+        }
+        // The certificate is for the agent's own key.
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("pem");
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+        assert_eq!(
+            cert.public_key().raw,
+            rcgen::PublicKeyData::subject_public_key_info(&agent_key).as_slice()
+        );
+        // A request whose signature does not match its key is refused.
+        let mut bad = csr.der().to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        assert!(matches!(ca.agent_cert(&bad, cid, "edge-1", DAY), Err(PkiError::Request(_))));
+        let again = ca.agent_cert(csr.der(), cid, "edge-1", DAY).expect("issue");
+        assert_ne!(again.serial, issued.serial, "every certificate has its own serial");
+    }
+
+    #[test]
+    fn half_a_ca_is_an_error_not_a_new_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Ca::load_or_create(dir.path()).expect("create");
+        std::fs::remove_file(dir.path().join("ca.key")).expect("rm");
+        let err = Ca::load_or_create(dir.path()).expect_err("half a CA");
+        assert!(err.to_string().contains("ca.key"), "{err}");
+        assert!(!dir.path().join("ca.key").exists(), "no new key was made");
+    }
+
+    #[test]
     fn issued_client_cert_is_accepted_by_a_verifier_pinned_to_the_ca() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = Ca::load_or_create(dir.path()).expect("create");
-        let issued =
-            ca.client_cert(&Identity { user: "bob".into(), ..Default::default() }, &[]).expect("issue");
+        let bob = Identity { user: "bob".into(), ..Default::default() };
+        let issued = ca.client_cert(&bob, &CertScope::All, DAY).expect("issue");
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert_der()).expect("root");
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -323,8 +608,7 @@ mod tests {
         let now = rustls_pki_types::UnixTime::now();
         verifier.verify_client_cert(&der, &[], now).expect("client cert chains to the hub CA");
         let other = Ca::load_or_create(tempfile::tempdir().expect("t").path()).expect("other");
-        let foreign =
-            other.client_cert(&Identity { user: "bob".into(), ..Default::default() }, &[]).expect("issue");
+        let foreign = other.client_cert(&bob, &CertScope::All, DAY).expect("issue");
         let der = CertificateDer::from_pem_slice(foreign.cert_pem.as_bytes()).expect("pem");
         assert!(verifier.verify_client_cert(&der, &[], now).is_err());
     }

@@ -10,7 +10,10 @@ use ferry::ids::{ClusterId, SessionId};
 use ferry::proto::v1::{AgentFrame, HubControl, HubFrame, OpenStreams, hub_control};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
+
+use crate::store::unix_now;
 
 /// Sender half of a parked stream (hub to agent).
 pub type FrameTx = mpsc::Sender<Result<HubFrame, Status>>;
@@ -36,8 +39,27 @@ pub struct SessionInfo {
     pub agent_version: String,
     /// Last Kubernetes version the agent reported.
     pub kubernetes_version: String,
+    /// Whether the agent's last probe reached its apiserver (`None` until
+    /// its first report).
+    pub apiserver_reachable: Option<bool>,
     /// Control stream, for signals such as "open more streams".
     pub control: ControlTx,
+    /// Cancelled to end the session (cluster deleted or denied).
+    pub revoke: CancellationToken,
+}
+
+/// A summary of one cluster's connected agents.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiveSummary {
+    /// Connected sessions.
+    pub sessions: usize,
+    /// Latest Kubernetes version reported.
+    pub kubernetes_version: String,
+    /// Whether any session's agent reaches its apiserver (`None`: no
+    /// report yet).
+    pub apiserver_reachable: Option<bool>,
+    /// Last time an agent was heard from, seconds since the Unix epoch.
+    pub last_seen: u64,
 }
 
 /// How long a parked stream beyond the pool size may stay idle before the
@@ -63,6 +85,7 @@ pub struct LiveCluster {
     parked: Notify,
     sessions_tx: watch::Sender<usize>,
     in_flight: Arc<AtomicUsize>,
+    last_seen: std::sync::atomic::AtomicU64,
 }
 
 /// One proxied request in flight; dropping it frees the slot.
@@ -94,6 +117,7 @@ impl LiveCluster {
             parked: Notify::new(),
             sessions_tx: watch::Sender::new(0),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            last_seen: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -119,6 +143,7 @@ impl LiveCluster {
     pub fn add_session(&self, id: SessionId, info: SessionInfo) {
         let mut inner = self.lock();
         inner.sessions.insert(id, info);
+        self.touch();
         self.sessions_tx.send_replace(inner.sessions.len());
     }
 
@@ -127,13 +152,54 @@ impl LiveCluster {
         let mut inner = self.lock();
         inner.sessions.remove(&id);
         inner.pool.retain(|(_, p)| p.session != id);
+        self.touch();
         self.sessions_tx.send_replace(inner.sessions.len());
     }
 
-    /// Records the Kubernetes version a session reported.
-    pub fn set_kubernetes_version(&self, id: SessionId, version: String) {
+    /// Ends every session (they remove themselves as they stop); returns
+    /// how many there were.
+    pub fn revoke_sessions(&self) -> usize {
+        let inner = self.lock();
+        for s in inner.sessions.values() {
+            s.revoke.cancel();
+        }
+        inner.sessions.len()
+    }
+
+    /// Whether session `id` is connected.
+    pub fn has_session(&self, id: SessionId) -> bool {
+        self.lock().sessions.contains_key(&id)
+    }
+
+    /// Records a status report from a session.
+    pub fn report(&self, id: SessionId, kubernetes_version: String, apiserver_reachable: bool) {
         if let Some(s) = self.lock().sessions.get_mut(&id) {
-            s.kubernetes_version = version;
+            if !kubernetes_version.is_empty() {
+                s.kubernetes_version = kubernetes_version;
+            }
+            s.apiserver_reachable = Some(apiserver_reachable);
+        }
+        self.touch();
+    }
+
+    fn touch(&self) {
+        self.last_seen.store(unix_now(), Ordering::Relaxed);
+    }
+
+    /// What the connected agents report, summed up.
+    pub fn summary(&self) -> LiveSummary {
+        let inner = self.lock();
+        let reports: Vec<bool> = inner.sessions.values().filter_map(|s| s.apiserver_reachable).collect();
+        LiveSummary {
+            sessions: inner.sessions.len(),
+            kubernetes_version: inner
+                .sessions
+                .values()
+                .map(|s| s.kubernetes_version.clone())
+                .find(|v| !v.is_empty())
+                .unwrap_or_default(),
+            apiserver_reachable: (!reports.is_empty()).then(|| reports.iter().any(|r| *r)),
+            last_seen: self.last_seen.load(Ordering::Relaxed),
         }
     }
 
@@ -178,16 +244,6 @@ impl LiveCluster {
         self.lock().pool.len()
     }
 
-    /// Latest Kubernetes version any session reported.
-    pub fn kubernetes_version(&self) -> String {
-        self.lock()
-            .sessions
-            .values()
-            .map(|s| s.kubernetes_version.clone())
-            .find(|v| !v.is_empty())
-            .unwrap_or_default()
-    }
-
     /// Watches the number of connected sessions.
     pub fn watch_sessions(&self) -> watch::Receiver<usize> {
         self.sessions_tx.subscribe()
@@ -226,22 +282,56 @@ impl LiveCluster {
     }
 }
 
-/// All clusters' live state, keyed by name.
+/// All clusters' live state, keyed by name, and the agent connections of
+/// each cluster id (so revoking a cluster can close them).
 #[derive(Default)]
 pub struct Registry {
     clusters: Mutex<HashMap<String, Arc<LiveCluster>>>,
+    connections: Mutex<HashMap<ClusterId, CancellationToken>>,
 }
 
 impl Registry {
-    /// The live state of a cluster, created on first use.
+    /// The live state of a cluster, created on first use. A cluster
+    /// registered again under the same name (a new id) starts afresh: the
+    /// old one's sessions are revoked.
     pub fn cluster(&self, name: &str, id: ClusterId) -> Arc<LiveCluster> {
         let mut map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(name.to_owned()).or_insert_with(|| Arc::new(LiveCluster::new(name.to_owned(), id))).clone()
+        if let Some(live) = map.get(name) {
+            if live.id == id {
+                return live.clone();
+            }
+            live.revoke_sessions();
+        }
+        let live = Arc::new(LiveCluster::new(name.to_owned(), id));
+        map.insert(name.to_owned(), live.clone());
+        live
     }
 
     /// The live state of a cluster if it was ever used since start.
     pub fn get(&self, name: &str) -> Option<Arc<LiveCluster>> {
         self.clusters.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    /// A token cancelled when cluster `id`'s agents are disconnected; each
+    /// agent connection watches one.
+    pub fn agent_connection(&self, id: ClusterId) -> CancellationToken {
+        let mut map = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id).or_default().child_token()
+    }
+
+    /// Ends every session of cluster `name` (id `id`) and closes its agents'
+    /// connections; with `forget`, drops its live state too (deleted
+    /// clusters). Returns the number of sessions ended.
+    pub fn disconnect(&self, name: &str, id: ClusterId, forget: bool) -> usize {
+        let ended = {
+            let mut map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+            let live = if forget { map.remove(name) } else { map.get(name).cloned() };
+            live.filter(|l| l.id == id).map(|l| l.revoke_sessions()).unwrap_or(0)
+        };
+        if let Some(token) = self.connections.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
+            token.cancel();
+        }
+        ended
     }
 }
 
@@ -258,7 +348,9 @@ mod tests {
                 agent_id: "a".into(),
                 agent_version: "v".into(),
                 kubernetes_version: String::new(),
+                apiserver_reachable: None,
                 control: tx,
+                revoke: CancellationToken::new(),
             },
         );
         (id, rx)
@@ -328,6 +420,28 @@ mod tests {
         drop(a);
         assert_eq!(live.in_flight(), 1);
         assert!(live.try_acquire(2).is_some());
+    }
+
+    #[tokio::test]
+    async fn disconnecting_revokes_sessions_and_connections() {
+        let registry = Registry::default();
+        let id = ClusterId::new();
+        let live = registry.cluster("c", id);
+        let (_s, _rx) = session(&live);
+        let token = live.lock().sessions.values().next().expect("session").revoke.clone();
+        let conn = registry.agent_connection(id);
+        assert_eq!(registry.disconnect("c", id, true), 1);
+        assert!(token.is_cancelled() && conn.is_cancelled());
+        assert!(registry.get("c").is_none());
+        // A fresh connection after that is not born cancelled.
+        assert!(!registry.agent_connection(id).is_cancelled());
+        // The same name with a new id is a new cluster.
+        let old = registry.cluster("d", ClusterId::new());
+        let (_s, _rx) = session(&old);
+        let old_token = old.lock().sessions.values().next().expect("session").revoke.clone();
+        let new = registry.cluster("d", ClusterId::new());
+        assert!(old_token.is_cancelled());
+        assert_eq!(new.session_count(), 0);
     }
 
     #[tokio::test]

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use ferry::identity::Identity;
 use ferry::limits::MAX_FRAME_SIZE;
-use ferry::proto::v1::management_server::ManagementServer;
+use ferry::proto::v1::access_server::AccessServer;
+use ferry::proto::v1::clusters_server::ClustersServer;
 use ferry::proto::v1::tunnel_server::TunnelServer;
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -26,13 +27,14 @@ use tonic::service::Routes;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use crate::auth::{ADMIN_GROUP, ADMIN_USER, Caller};
+use crate::api::access::AccessService;
+use crate::api::clusters::ClustersService;
+use crate::auth::{ADMIN_GROUP, ADMIN_USER, Peer};
 use crate::config::HubConfig;
 use crate::files;
 use crate::gateway::{self, BoxError, HubBody};
-use crate::kubeconfig::{KubeconfigSpec, render};
-use crate::management::ManagementService;
-use crate::pki::{Ca, PkiError, caller_from_cert};
+use crate::kubeconfig::{Credential, KubeconfigSpec, render};
+use crate::pki::{ADMIN_CERT_LIFETIME, Ca, CertScope, PeerCert, PkiError, parse_peer_cert};
 use crate::state::HubState;
 use crate::store::{FileStore, StoreError};
 use crate::tunnel::TunnelService;
@@ -154,6 +156,8 @@ impl Hub {
             ca,
             advertise_url,
             limits: config.limits,
+            agent_image: config.agent_image,
+            identity_policy: config.identity_policy,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
@@ -185,8 +189,11 @@ impl Hub {
                 .max_encoding_message_size(MAX_FRAME_SIZE),
         )
         .add_service(
-            ManagementServer::new(ManagementService::new(state.clone()))
+            ClustersServer::new(ClustersService::new(state.clone()))
                 .max_decoding_message_size(MAX_FRAME_SIZE),
+        )
+        .add_service(
+            AccessServer::new(AccessService::new(state.clone())).max_decoding_message_size(MAX_FRAME_SIZE),
         );
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
@@ -231,28 +238,35 @@ impl Hub {
                         return;
                     }
                 };
-                let caller = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| caller_from_cert(c));
-                let caller = Caller(caller);
+                let principal = match stream.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                    None => Peer::Anonymous,
+                    Some(der) => match parse_peer_cert(der) {
+                        Ok(PeerCert::User(caller)) => Peer::User(caller),
+                        Ok(PeerCert::Agent(agent)) => Peer::Agent(agent),
+                        Err(reason) => Peer::Invalid(reason),
+                    },
+                };
+                // An agent's connection is closed at once when its cluster
+                // is deleted or denied.
+                let revoked = match &principal {
+                    Peer::Agent(a) => state2.registry.agent_connection(a.cluster_id),
+                    _ => CancellationToken::new(),
+                };
                 let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                    let (routes, state, caller) = (routes.clone(), state2.clone(), caller.clone());
+                    let (routes, state, principal) = (routes.clone(), state2.clone(), principal.clone());
                     async move {
                         let grpc = req
                             .headers()
                             .get(http::header::CONTENT_TYPE)
                             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
                         let resp: Response<HubBody> = if grpc {
-                            req.extensions_mut().insert(caller);
+                            req.extensions_mut().insert(principal);
                             match routes.oneshot(req).await {
                                 Ok(r) => r.map(|b| b.map_err(BoxError::from).boxed_unsync()),
                                 Err(never) => match never {},
                             }
                         } else {
-                            gateway::handle(state, caller.0, req).await
+                            gateway::handle(state, principal, req).await
                         };
                         Ok::<_, std::convert::Infallible>(resp)
                     }
@@ -267,6 +281,7 @@ impl Hub {
                         conn.as_mut().graceful_shutdown();
                         let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
                     }
+                    _ = revoked.cancelled() => debug!(%peer, "agent connection closed: its cluster was revoked"),
                 }
             });
         }
@@ -278,13 +293,13 @@ impl Hub {
 }
 
 fn write_admin_kubeconfig(path: &Path, ca: &Ca, admin: &Identity, server: &str) -> std::io::Result<()> {
-    let issued = ca.client_cert(admin, &[]).map_err(std::io::Error::other)?;
+    let issued =
+        ca.client_cert(admin, &CertScope::All, ADMIN_CERT_LIFETIME).map_err(std::io::Error::other)?;
     let yaml = render(&KubeconfigSpec {
         name: "ferry-hub",
         server,
         ca_pem: ca.cert_pem(),
-        cert_pem: &issued.cert_pem,
-        key_pem: issued.key_pem.expose(),
+        credential: Credential::Cert { cert_pem: &issued.cert_pem, key_pem: issued.key_pem.expose() },
     });
     files::write_private(path, yaml.as_bytes())
 }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use ferry::identity::IdentityPolicy;
+
 use crate::config::Limits;
 use crate::pki::Ca;
 use crate::registry::Registry;
@@ -22,6 +24,10 @@ pub struct HubState {
     pub advertise_url: String,
     /// Named limits.
     pub limits: Limits,
+    /// The agent image `agent.yaml` runs.
+    pub agent_image: String,
+    /// How caller identities are mapped for child clusters.
+    pub identity_policy: IdentityPolicy,
     /// Owner of every task the hub spawns.
     pub tasks: TaskTracker,
     /// Cancelled when the hub shuts down.

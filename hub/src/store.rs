@@ -1,45 +1,199 @@
-//! Durable hub state: registered clusters, their bootstrap tokens and agent
-//! credentials (hashes only).
+//! Durable hub state: clusters (approval, labels, bootstrap tokens, agent
+//! certificate serials), callers' bearer tokens and grants. Secrets are kept
+//! as SHA-256 hashes only; agent keys never reach the hub at all.
 //!
 //! A small trait so the embedded file store (default) and etcd (for several
-//! hub replicas) can stand behind it.
+//! hub replicas) can stand behind it. Writes that must be atomic are one
+//! `update_cluster` call: a closure applied to the current record, which an
+//! etcd backend runs as a compare-and-swap transaction (retrying on
+//! conflict), so it must have no effect outside the record but what it
+//! returns.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferry::ids::ClusterId;
-use ferry::secret::hashes_equal;
+use ferry::ids::{ClusterId, TokenId};
 use serde::{Deserialize, Serialize};
 
 use crate::files;
+
+/// How long expired caller tokens are kept, so their holders are told
+/// "expired" rather than "unknown".
+pub const EXPIRED_TOKEN_GRACE: u64 = 7 * 24 * 3600;
+
+/// Bootstrap tokens kept per cluster (pending, used and superseded), so a
+/// replayed token gets a message that says what happened to it.
+pub const BOOTSTRAP_HISTORY: usize = 8;
+
+/// How a newly enrolled cluster becomes usable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalMode {
+    /// Usable as soon as an agent enrolls.
+    #[default]
+    Auto,
+    /// Pending until an admin approves it.
+    Manual,
+}
+
+/// Whether traffic may reach a cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "state")]
+pub enum Approval {
+    /// Waiting for an admin (manual approval).
+    Pending,
+    /// Traffic is routed.
+    #[default]
+    Approved,
+    /// Refused by an admin: agents are refused and nothing is routed.
+    Denied {
+        /// Who denied it.
+        by: String,
+        /// Seconds since the Unix epoch.
+        at: u64,
+    },
+}
 
 /// A registered cluster as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRecord {
     /// Unique name (DNS label), the `/clusters/NAME` path segment.
     pub name: String,
-    /// Id the credentials are bound to.
+    /// Id the credentials are bound to; a cluster deleted and registered
+    /// again under the same name gets a new one.
     pub id: String,
     /// Seconds since the Unix epoch.
     pub created_at: u64,
-    /// Pending bootstrap token (hash, expiry), single use.
+    /// Labels (`ferryctl register --labels`).
     #[serde(default)]
-    pub bootstrap: Option<BootstrapToken>,
-    /// Hashes of agent credentials issued for this cluster.
+    pub labels: BTreeMap<String, String>,
+    /// Auto or manual approval.
     #[serde(default)]
-    pub credential_hashes: Vec<String>,
+    pub approval_mode: ApprovalMode,
+    /// Current approval state.
+    #[serde(default)]
+    pub approval: Approval,
+    /// Recent bootstrap tokens, the newest last.
+    #[serde(default)]
+    pub bootstrap_tokens: Vec<BootstrapToken>,
+    /// Agent client certificates that are still valid (serials only).
+    #[serde(default)]
+    pub agent_certs: Vec<AgentCert>,
 }
 
-/// A pending bootstrap token.
+impl ClusterRecord {
+    /// The id, parsed.
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        ClusterId::parse(&self.id)
+    }
+
+    /// Whether an agent certificate with `serial` is known and unexpired.
+    pub fn knows_cert(&self, serial: &str, now: u64) -> bool {
+        self.agent_certs.iter().any(|c| c.serial == serial && c.not_after > now)
+    }
+}
+
+/// A bootstrap token: its hash and what became of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootstrapToken {
     /// SHA-256 hex of the token.
     pub hash: String,
+    /// Seconds since the Unix epoch.
+    pub issued_at: u64,
     /// Seconds since the Unix epoch after which the token is refused.
     pub expires_at: u64,
+    /// Set once an agent enrolled with it.
+    #[serde(default)]
+    pub used: Option<TokenUse>,
+    /// A newer token replaced it before it was used.
+    #[serde(default)]
+    pub superseded: bool,
 }
+
+/// Who used a bootstrap token, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUse {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// The agent instance that enrolled.
+    pub agent_id: String,
+}
+
+/// An agent certificate the hub issued: its serial, never its key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCert {
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// Seconds since the Unix epoch.
+    pub issued_at: u64,
+    /// Seconds since the Unix epoch.
+    pub not_after: u64,
+    /// The agent instance it was issued to.
+    pub agent_id: String,
+}
+
+/// A caller's bearer token, hashed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Token id (the middle part of the token).
+    pub id: String,
+    /// SHA-256 hex of the token.
+    pub hash: String,
+    /// User name.
+    pub user: String,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The cluster the token is bound to (name and id), if any.
+    #[serde(default)]
+    pub cluster: Option<BoundCluster>,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// Seconds since the Unix epoch.
+    pub expires_at: u64,
+    /// Who created it.
+    pub created_by: String,
+}
+
+/// A cluster a credential is bound to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundCluster {
+    /// Cluster name.
+    pub name: String,
+    /// Cluster id at issuance (a re-registered cluster is another one).
+    pub id: String,
+}
+
+/// Who a grant is for.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "name")]
+pub enum Subject {
+    /// One user.
+    User(String),
+    /// Every member of a group.
+    Group(String),
+}
+
+/// A grant: `subject` may reach `cluster` (a name, or `*` for all).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRecord {
+    /// Cluster name or `*`.
+    pub cluster: String,
+    /// User or group.
+    pub subject: Subject,
+    /// Whether the subject may act as someone else (kubectl `--as`).
+    #[serde(default)]
+    pub allow_impersonate: bool,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// Who created it.
+    pub created_by: String,
+}
+
+/// The cluster name of grants that apply to every cluster.
+pub const ALL_CLUSTERS: &str = "*";
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -50,13 +204,12 @@ pub enum StoreError {
     /// The stored data could not be decoded.
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
-    /// No such cluster.
-    #[error("cluster not found")]
+    /// No such record.
+    #[error("not found")]
     NotFound,
-    /// The token is unknown, used or expired (one error for all three, so a
-    /// caller learns nothing from it).
-    #[error("invalid or expired token")]
-    BadToken,
+    /// A record with that key exists.
+    #[error("already exists")]
+    AlreadyExists,
 }
 
 /// Seconds since the Unix epoch.
@@ -64,136 +217,259 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
+/// A change to one cluster record: returns whether it changed anything (a
+/// `false` writes nothing). It may run more than once (etcd retries), so
+/// it must not act outside the record except by what its caller reads
+/// after the call returns.
+pub type ClusterUpdate<'a> = &'a mut (dyn FnMut(&mut ClusterRecord) -> bool + Send);
+
 /// The hub's durable state.
 #[tonic::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// A cluster by name.
-    async fn cluster_by_name(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError>;
+    async fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError>;
     /// A cluster by id.
     async fn cluster_by_id(&self, id: ClusterId) -> Result<Option<ClusterRecord>, StoreError>;
     /// All clusters, by name.
-    async fn list(&self) -> Result<Vec<ClusterRecord>, StoreError>;
-    /// Returns the cluster `name`, creating it if needed.
-    async fn ensure_cluster(&self, name: &str) -> Result<ClusterRecord, StoreError>;
-    /// Sets a new pending bootstrap token for cluster `id`, replacing any
-    /// earlier one.
-    async fn set_bootstrap(&self, id: ClusterId, token_hash: String, ttl: Duration)
-    -> Result<(), StoreError>;
-    /// Consumes the bootstrap token of cluster `id` if `token_hash` matches and
-    /// it has not expired, and records `credential_hash` in one step.
-    async fn enroll(
+    async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError>;
+    /// Adds a cluster; [`StoreError::AlreadyExists`] if the name is taken.
+    async fn create_cluster(&self, record: ClusterRecord) -> Result<ClusterRecord, StoreError>;
+    /// Applies `update` to cluster `name` atomically and returns the record
+    /// as stored afterwards; [`StoreError::NotFound`] if there is none.
+    async fn update_cluster(
         &self,
-        id: ClusterId,
-        token_hash: &str,
-        credential_hash: String,
+        name: &str,
+        update: ClusterUpdate<'_>,
     ) -> Result<ClusterRecord, StoreError>;
+    /// Deletes cluster `name` with its grants and the tokens bound to it;
+    /// returns what was deleted.
+    async fn delete_cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError>;
+
+    /// A caller token by id.
+    async fn token(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError>;
+    /// All caller tokens, oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Adds a caller token.
+    async fn create_token(&self, token: TokenRecord) -> Result<(), StoreError>;
+    /// Deletes a caller token; returns it.
+    async fn delete_token(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Grants, by cluster and subject.
+    async fn grants(&self) -> Result<Vec<GrantRecord>, StoreError>;
+    /// Adds a grant or replaces the one for the same cluster and subject.
+    async fn put_grant(&self, grant: GrantRecord) -> Result<(), StoreError>;
+    /// Deletes the grant for `cluster` and `subject`; returns it.
+    async fn delete_grant(&self, cluster: &str, subject: &Subject)
+    -> Result<Option<GrantRecord>, StoreError>;
 }
 
-#[derive(Default, Serialize, Deserialize)]
+/// Everything the embedded store keeps, as written to `store.json`.
+#[derive(Clone, Default, Serialize, Deserialize)]
 struct FileState {
     /// Keyed by name.
+    #[serde(default)]
     clusters: BTreeMap<String, ClusterRecord>,
+    /// Keyed by token id.
+    #[serde(default)]
+    tokens: BTreeMap<String, TokenRecord>,
+    #[serde(default)]
+    grants: Vec<GrantRecord>,
+    /// Cluster id to name, rebuilt after every change (agents are looked up
+    /// by id on every stream they open).
+    #[serde(skip)]
+    by_id: std::collections::HashMap<String, String>,
 }
 
-/// The embedded store: one JSON file in the data dir, rewritten atomically
-/// on every change. Fine for hundreds of clusters and one hub replica.
+impl FileState {
+    fn reindex(&mut self) {
+        self.by_id = self.clusters.values().map(|c| (c.id.clone(), c.name.clone())).collect();
+    }
+
+    /// Drops what can no longer matter: expired agent certificates, and
+    /// bootstrap tokens beyond the history.
+    fn prune(&mut self, now: u64) {
+        for c in self.clusters.values_mut() {
+            c.agent_certs.retain(|a| a.not_after > now);
+            let excess = c.bootstrap_tokens.len().saturating_sub(BOOTSTRAP_HISTORY);
+            c.bootstrap_tokens.drain(..excess);
+        }
+        self.tokens.retain(|_, t| t.expires_at.saturating_add(EXPIRED_TOKEN_GRACE) > now);
+    }
+}
+
+/// The embedded store: one JSON file in the data dir (`store.json`, 0600),
+/// rewritten atomically (temp file, fsync, rename) on every change.
+///
+/// Readers take a snapshot (an `Arc` clone) and never wait for a write;
+/// writers are serialised by an async mutex and write the file on a
+/// blocking thread, so no async worker waits on fsync. Fine for thousands of
+/// clusters and one hub replica.
 pub struct FileStore {
     path: PathBuf,
-    state: Mutex<FileState>,
+    snapshot: RwLock<Arc<FileState>>,
+    writer: tokio::sync::Mutex<()>,
 }
 
 impl FileStore {
-    /// Opens (or creates) `DIR/store.json`.
+    /// Opens (or creates) `DIR/store.json`. A file that does not decode is
+    /// an error, never silently replaced.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("store.json");
         let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "{}: {e}; the hub will not start over it (restore it from a backup or move it away)",
+                    path.display()
+                ))
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let empty = FileState::default();
-                let store = FileStore { path, state: Mutex::new(FileState::default()) };
-                store.save(&empty)?;
-                return Ok(store);
+                write_file(&path, &empty)?;
+                empty
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(FileStore { path, state: Mutex::new(state) })
+        let mut state = state;
+        state.reindex();
+        Ok(FileStore { path, snapshot: RwLock::new(Arc::new(state)), writer: tokio::sync::Mutex::new(()) })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, FileState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> Arc<FileState> {
+        self.snapshot.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn save(&self, state: &FileState) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        files::write_private(&self.path, &bytes)?;
-        Ok(())
+    /// Applies `change` to a copy of the state; when it returns `Ok(true)`,
+    /// writes the copy and makes it current.
+    async fn write<T>(
+        &self,
+        change: impl FnOnce(&mut FileState) -> Result<(bool, T), StoreError>,
+    ) -> Result<T, StoreError> {
+        let _guard = self.writer.lock().await;
+        let mut next = (*self.read()).clone();
+        let (changed, out) = change(&mut next)?;
+        if !changed {
+            return Ok(out);
+        }
+        next.prune(unix_now());
+        next.reindex();
+        let path = self.path.clone();
+        let next = tokio::task::spawn_blocking(move || write_file(&path, &next).map(|()| next))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(out)
     }
+}
+
+fn write_file(path: &Path, state: &FileState) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    files::write_private(path, &bytes)?;
+    Ok(())
 }
 
 #[tonic::async_trait]
 impl Store for FileStore {
-    async fn cluster_by_name(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
-        Ok(self.lock().clusters.get(name).cloned())
+    async fn cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
+        Ok(self.read().clusters.get(name).cloned())
     }
 
     async fn cluster_by_id(&self, id: ClusterId) -> Result<Option<ClusterRecord>, StoreError> {
-        let id = id.to_string();
-        Ok(self.lock().clusters.values().find(|c| c.id == id).cloned())
+        let state = self.read();
+        Ok(state.by_id.get(&id.to_string()).and_then(|name| state.clusters.get(name)).cloned())
     }
 
-    async fn list(&self) -> Result<Vec<ClusterRecord>, StoreError> {
-        Ok(self.lock().clusters.values().cloned().collect())
+    async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        Ok(self.read().clusters.values().cloned().collect())
     }
 
-    async fn ensure_cluster(&self, name: &str) -> Result<ClusterRecord, StoreError> {
-        let mut state = self.lock();
-        if let Some(c) = state.clusters.get(name) {
-            return Ok(c.clone());
-        }
-        let record = ClusterRecord {
-            name: name.to_owned(),
-            id: ClusterId::new().to_string(),
-            created_at: unix_now(),
-            bootstrap: None,
-            credential_hashes: Vec::new(),
-        };
-        state.clusters.insert(name.to_owned(), record.clone());
-        self.save(&state)?;
-        Ok(record)
+    async fn create_cluster(&self, record: ClusterRecord) -> Result<ClusterRecord, StoreError> {
+        self.write(|s| {
+            if s.clusters.contains_key(&record.name) {
+                return Err(StoreError::AlreadyExists);
+            }
+            s.clusters.insert(record.name.clone(), record.clone());
+            Ok((true, record))
+        })
+        .await
     }
 
-    async fn set_bootstrap(
+    async fn update_cluster(
         &self,
-        id: ClusterId,
-        token_hash: String,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        let id = id.to_string();
-        let record = state.clusters.values_mut().find(|c| c.id == id).ok_or(StoreError::NotFound)?;
-        record.bootstrap = Some(BootstrapToken { hash: token_hash, expires_at: unix_now() + ttl.as_secs() });
-        self.save(&state)?;
-        Ok(())
-    }
-
-    async fn enroll(
-        &self,
-        id: ClusterId,
-        token_hash: &str,
-        credential_hash: String,
+        name: &str,
+        update: ClusterUpdate<'_>,
     ) -> Result<ClusterRecord, StoreError> {
-        let mut state = self.lock();
-        let id = id.to_string();
-        let record = state.clusters.values_mut().find(|c| c.id == id).ok_or(StoreError::BadToken)?;
-        match &record.bootstrap {
-            Some(t) if hashes_equal(&t.hash, token_hash) && unix_now() < t.expires_at => {}
-            _ => return Err(StoreError::BadToken),
-        }
-        record.bootstrap = None;
-        record.credential_hashes.push(credential_hash);
-        let out = record.clone();
-        self.save(&state)?;
-        Ok(out)
+        self.write(|s| {
+            let record = s.clusters.get_mut(name).ok_or(StoreError::NotFound)?;
+            let changed = update(record);
+            Ok((changed, record.clone()))
+        })
+        .await
+    }
+
+    async fn delete_cluster(&self, name: &str) -> Result<Option<ClusterRecord>, StoreError> {
+        self.write(|s| {
+            let Some(record) = s.clusters.remove(name) else { return Ok((false, None)) };
+            s.grants.retain(|g| g.cluster != name);
+            s.tokens.retain(|_, t| t.cluster.as_ref().is_none_or(|c| c.id != record.id));
+            Ok((true, Some(record)))
+        })
+        .await
+    }
+
+    async fn token(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(self.read().tokens.get(&id.to_string()).cloned())
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut tokens: Vec<TokenRecord> = self.read().tokens.values().cloned().collect();
+        tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(tokens)
+    }
+
+    async fn create_token(&self, token: TokenRecord) -> Result<(), StoreError> {
+        self.write(|s| {
+            if s.tokens.contains_key(&token.id) {
+                return Err(StoreError::AlreadyExists);
+            }
+            s.tokens.insert(token.id.clone(), token);
+            Ok((true, ()))
+        })
+        .await
+    }
+
+    async fn delete_token(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.write(|s| {
+            let removed = s.tokens.remove(&id.to_string());
+            Ok((removed.is_some(), removed))
+        })
+        .await
+    }
+
+    async fn grants(&self) -> Result<Vec<GrantRecord>, StoreError> {
+        Ok(self.read().grants.clone())
+    }
+
+    async fn put_grant(&self, grant: GrantRecord) -> Result<(), StoreError> {
+        self.write(|s| {
+            s.grants.retain(|g| !(g.cluster == grant.cluster && g.subject == grant.subject));
+            s.grants.push(grant);
+            s.grants.sort_by(|a, b| (&a.cluster, &a.subject).cmp(&(&b.cluster, &b.subject)));
+            Ok((true, ()))
+        })
+        .await
+    }
+
+    async fn delete_grant(
+        &self,
+        cluster: &str,
+        subject: &Subject,
+    ) -> Result<Option<GrantRecord>, StoreError> {
+        self.write(|s| {
+            let at = s.grants.iter().position(|g| g.cluster == cluster && &g.subject == subject);
+            let removed = at.map(|i| s.grants.remove(i));
+            Ok((removed.is_some(), removed))
+        })
+        .await
     }
 }
 
@@ -201,42 +477,129 @@ impl Store for FileStore {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn bootstrap_token_is_single_use_and_state_survives_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = FileStore::open(dir.path()).expect("open");
-        let rec = store.ensure_cluster("edge-1").await.expect("register");
-        let id = ClusterId::parse(&rec.id).expect("id");
-        store.set_bootstrap(id, "h1".into(), Duration::from_secs(60)).await.expect("token");
-        assert!(matches!(store.enroll(id, "wrong", "c".into()).await, Err(StoreError::BadToken)));
-        store.enroll(id, "h1", "cred".into()).await.expect("enroll");
-        assert!(matches!(store.enroll(id, "h1", "cred2".into()).await, Err(StoreError::BadToken)));
-        let reopened = FileStore::open(dir.path()).expect("reopen");
-        let rec = reopened.cluster_by_name("edge-1").await.expect("get").expect("exists");
-        assert_eq!(rec.credential_hashes, vec!["cred".to_owned()]);
-        assert_eq!(rec.bootstrap, None);
-        assert_eq!(reopened.cluster_by_id(id).await.expect("get").map(|c| c.name), Some("edge-1".into()));
-        // Registering again keeps the id and issues a new token.
-        let again = reopened.ensure_cluster("edge-1").await.expect("re-register");
-        assert_eq!(again.id, rec.id);
-        reopened.set_bootstrap(id, "h2".into(), Duration::from_secs(60)).await.expect("token");
-        reopened.enroll(id, "h2", "cred2".into()).await.expect("second agent enrolls with a new token");
+    fn cluster(name: &str) -> ClusterRecord {
+        ClusterRecord {
+            name: name.into(),
+            id: ClusterId::new().to_string(),
+            created_at: unix_now(),
+            labels: BTreeMap::from([("env".into(), "edge".into())]),
+            approval_mode: ApprovalMode::Manual,
+            approval: Approval::Pending,
+            bootstrap_tokens: Vec::new(),
+            agent_certs: Vec::new(),
+        }
+    }
+
+    fn token(id: TokenId, cluster: Option<&ClusterRecord>) -> TokenRecord {
+        TokenRecord {
+            id: id.to_string(),
+            hash: "h".into(),
+            user: "alice".into(),
+            groups: vec!["dev".into()],
+            cluster: cluster.map(|c| BoundCluster { name: c.name.clone(), id: c.id.clone() }),
+            created_at: unix_now(),
+            expires_at: unix_now() + 3600,
+            created_by: "admin".into(),
+        }
     }
 
     #[tokio::test]
-    async fn expired_token_is_refused() {
+    async fn everything_survives_a_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = FileStore::open(dir.path()).expect("open");
-        let rec = store.ensure_cluster("c").await.expect("register");
-        let id = ClusterId::parse(&rec.id).expect("id");
-        store.set_bootstrap(id, "h".into(), Duration::ZERO).await.expect("token");
-        assert!(matches!(store.enroll(id, "h", "c".into()).await, Err(StoreError::BadToken)));
+        let rec = store.create_cluster(cluster("edge-1")).await.expect("create");
+        assert!(matches!(store.create_cluster(cluster("edge-1")).await, Err(StoreError::AlreadyExists)));
+        let now = unix_now();
+        store
+            .update_cluster("edge-1", &mut |c| {
+                c.approval = Approval::Approved;
+                c.agent_certs.push(AgentCert {
+                    serial: "ab".into(),
+                    issued_at: now,
+                    not_after: now + 60,
+                    agent_id: "a".into(),
+                });
+                true
+            })
+            .await
+            .expect("update");
+        let tid = TokenId::new();
+        store.create_token(token(tid, None)).await.expect("token");
+        let grant = GrantRecord {
+            cluster: "edge-1".into(),
+            subject: Subject::Group("dev".into()),
+            allow_impersonate: true,
+            created_at: now,
+            created_by: "admin".into(),
+        };
+        store.put_grant(grant.clone()).await.expect("grant");
+
+        let reopened = FileStore::open(dir.path()).expect("reopen");
+        let got = reopened.cluster("edge-1").await.expect("get").expect("exists");
+        assert_eq!(got.approval, Approval::Approved);
+        assert!(got.knows_cert("ab", now));
+        assert!(!got.knows_cert("ab", now + 61), "an expired serial is not accepted");
+        assert_eq!(got.labels["env"], "edge");
+        let by_id = reopened.cluster_by_id(rec.cluster_id().expect("id")).await.expect("get");
+        assert_eq!(by_id.map(|c| c.name), Some("edge-1".into()));
+        assert_eq!(reopened.token(tid).await.expect("get").map(|t| t.user), Some("alice".into()));
+        assert_eq!(reopened.grants().await.expect("grants"), vec![grant]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("store.json")).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[tokio::test]
+    async fn deleting_a_cluster_takes_its_grants_and_bound_tokens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::open(dir.path()).expect("open");
+        let a = store.create_cluster(cluster("a")).await.expect("a");
+        store.create_cluster(cluster("b")).await.expect("b");
+        let (bound, free) = (TokenId::new(), TokenId::new());
+        store.create_token(token(bound, Some(&a))).await.expect("bound");
+        store.create_token(token(free, None)).await.expect("free");
+        for c in ["a", "b", ALL_CLUSTERS] {
+            let g = GrantRecord {
+                cluster: c.into(),
+                subject: Subject::User("alice".into()),
+                allow_impersonate: false,
+                created_at: 0,
+                created_by: "x".into(),
+            };
+            store.put_grant(g).await.expect("grant");
+        }
+        assert_eq!(store.delete_cluster("a").await.expect("delete").map(|c| c.id), Some(a.id));
+        assert_eq!(store.delete_cluster("a").await.expect("again"), None);
+        let left: Vec<String> =
+            store.grants().await.expect("grants").into_iter().map(|g| g.cluster).collect();
+        assert_eq!(left, vec![ALL_CLUSTERS.to_owned(), "b".to_owned()]);
+        assert!(store.token(bound).await.expect("get").is_none());
+        assert!(store.token(free).await.expect("get").is_some());
+    }
+
+    #[tokio::test]
+    async fn an_update_that_changes_nothing_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::open(dir.path()).expect("open");
+        store.create_cluster(cluster("c")).await.expect("create");
+        let before = std::fs::read(dir.path().join("store.json")).expect("read");
+        let rec = store.update_cluster("c", &mut |_| false).await.expect("update");
+        assert_eq!(rec.name, "c");
+        assert_eq!(std::fs::read(dir.path().join("store.json")).expect("read"), before);
+        assert!(matches!(store.update_cluster("nope", &mut |_| true).await, Err(StoreError::NotFound)));
     }
 
     #[test]
     fn corrupt_file_is_an_error_not_a_reset() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("store.json"), b"{not json").expect("write");
-        assert!(matches!(FileStore::open(dir.path()), Err(StoreError::Corrupt(_))));
+        match FileStore::open(dir.path()) {
+            Err(StoreError::Corrupt(m)) => assert!(m.contains("will not start"), "{m}"),
+            other => panic!("expected corrupt, got {:?}", other.err()),
+        }
+        assert_eq!(std::fs::read(dir.path().join("store.json")).expect("kept"), b"{not json");
     }
 }

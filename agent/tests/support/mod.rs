@@ -4,18 +4,19 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use ferry::proto::v1::tunnel_server::{Tunnel, TunnelServer};
 use ferry::proto::v1::{
     AgentControl, AgentFrame, EnrollRequest, EnrollResponse, Heartbeat, Hello, HubControl, HubFrame,
-    OpenStreams, Welcome, agent_control, agent_frame, hub_control, hub_frame,
+    OpenStreams, RenewResponse, Welcome, agent_control, agent_frame, hub_control, hub_frame,
 };
 use ferry_agent::{Agent, AgentConfig, AgentError, AgentState};
 use http::{Request, Response};
@@ -28,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Status, Streaming};
 
 /// Upper bound for any single wait in a test: a hang fails instead of
@@ -40,10 +41,19 @@ pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
     tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-/// A throwaway CA issuing server certificates for 127.0.0.1.
+/// A throwaway CA issuing server certificates for 127.0.0.1 and agent
+/// client certificates. Cheap to clone.
+#[derive(Clone)]
 pub struct Pki {
     pub ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Arc<Issuer<'static, KeyPair>>,
+}
+
+/// An agent certificate the fake hub signed.
+pub struct AgentCert {
+    pub cert_pem: String,
+    pub serial: String,
+    pub not_after: SystemTime,
 }
 
 /// A server certificate and key.
@@ -61,7 +71,31 @@ impl Pki {
         params.distinguished_name.push(rcgen::DnType::CommonName, "ferry test CA");
         let key = KeyPair::generate().expect("key");
         let cert = params.self_signed(&key).expect("CA cert");
-        Self { ca_pem: cert.pem(), issuer: Issuer::new(params, key) }
+        Self { ca_pem: cert.pem(), issuer: Arc::new(Issuer::new(params, key)) }
+    }
+
+    /// Signs an agent's certificate request, valid for `ttl`.
+    pub fn sign_request(&self, csr_der: &[u8], ttl: Duration) -> Result<AgentCert, rcgen::Error> {
+        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der);
+        let request = rcgen::CertificateSigningRequestParams::from_der(&der)?;
+        let mut params = CertificateParams::default();
+        let serial: [u8; 8] = rand_serial();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let now = SystemTime::now();
+        params.not_before = now.into();
+        params.not_after = (now + ttl).into();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = rcgen::CertificateSigningRequestParams { params, public_key: request.public_key }
+            .signed_by(&self.issuer)?;
+        Ok(AgentCert { cert_pem: cert.pem(), serial: hex(&serial), not_after: now + ttl })
+    }
+
+    /// A key and a certificate for it, as an agent would hold after
+    /// enrolling.
+    pub fn agent_credential(&self, ttl: Duration) -> (AgentCert, String) {
+        let key = KeyPair::generate().expect("key");
+        let csr = CertificateParams::default().serialize_request(&key).expect("csr");
+        (self.sign_request(csr.der(), ttl).expect("sign"), key.serialize_pem())
     }
 
     pub fn server_cert(&self) -> ServerCert {
@@ -84,13 +118,33 @@ impl Pki {
     }
 }
 
+fn rand_serial() -> [u8; 8] {
+    let id = uuid::Uuid::new_v4();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&id.as_bytes()[..8]);
+    out[0] = (out[0] & 0x7f) | 0x01;
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The serial of the client certificate of a call's connection.
+fn peer_serial<T>(request: &tonic::Request<T>) -> Option<String> {
+    let certs = request.peer_certs()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?).ok()?;
+    Some(hex(cert.raw_serial()))
+}
+
 // ---------------------------------------------------------------- fake hub
 
 /// A request stream the agent parked at the fake hub.
 pub struct Parked {
     pub to_agent: mpsc::Sender<Result<HubFrame, Status>>,
     pub from_agent: Streaming<AgentFrame>,
-    pub authorization: String,
+    /// Serial of the client certificate the call came with.
+    pub serial: String,
     pub session: String,
 }
 
@@ -116,7 +170,13 @@ enum HubCommand {
 
 struct HubState {
     bootstrap_token: String,
-    credential: String,
+    pki: Pki,
+    /// Lifetime of the certificates the hub signs.
+    cert_ttl: Mutex<Duration>,
+    /// Serials the hub accepts.
+    valid: Mutex<HashSet<String>>,
+    renewals: mpsc::Sender<String>,
+    refusals: mpsc::Sender<String>,
     cluster: String,
     pool_size: u32,
     heartbeat_ms: u32,
@@ -136,12 +196,14 @@ pub struct FakeHub {
     pub hellos: mpsc::Receiver<Hello>,
     pub heartbeats: mpsc::Receiver<Heartbeat>,
     pub parked: mpsc::Receiver<Parked>,
+    /// Serials of certificates issued by renewal.
+    pub renewals: mpsc::Receiver<String>,
+    refusals: mpsc::Receiver<String>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
 
 pub const BOOTSTRAP_TOKEN: &str = "ferryboot.test.good";
-pub const CREDENTIAL: &str = "ferryagent.test.credential";
 pub const CLUSTER: &str = "edge-1";
 
 impl FakeHub {
@@ -156,9 +218,15 @@ impl FakeHub {
         let (hellos_tx, hellos) = mpsc::channel(16);
         let (heartbeats_tx, heartbeats) = mpsc::channel(256);
         let (parked_tx, parked) = mpsc::channel(256);
+        let (renewals_tx, renewals) = mpsc::channel(16);
+        let (refusals_tx, refusals) = mpsc::channel(16);
         let state = Arc::new(HubState {
             bootstrap_token: BOOTSTRAP_TOKEN.into(),
-            credential: CREDENTIAL.into(),
+            pki: pki.clone(),
+            cert_ttl: Mutex::new(Duration::from_secs(3600)),
+            valid: Mutex::new(HashSet::new()),
+            renewals: renewals_tx,
+            refusals: refusals_tx,
             cluster: CLUSTER.into(),
             pool_size,
             heartbeat_ms,
@@ -170,8 +238,12 @@ impl FakeHub {
             session: Mutex::new(None),
         });
         let shutdown = CancellationToken::new();
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem))
+            .client_ca_root(Certificate::from_pem(&pki.ca_pem))
+            .client_auth_optional(true);
         let server = Server::builder()
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem)))
+            .tls_config(tls)
             .expect("hub TLS")
             .add_service(TunnelServer::new(HubService(state.clone())));
         let stop = shutdown.clone();
@@ -181,7 +253,42 @@ impl FakeHub {
                 .await
                 .expect("hub serves");
         });
-        Self { url: format!("https://{addr}"), state, hellos, heartbeats, parked, shutdown, task }
+        Self {
+            url: format!("https://{addr}"),
+            state,
+            hellos,
+            heartbeats,
+            parked,
+            renewals,
+            refusals,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Sets the lifetime of the certificates the hub signs from now on.
+    pub fn set_cert_ttl(&self, ttl: Duration) {
+        *self.state.cert_ttl.lock().expect("lock") = ttl;
+    }
+
+    /// A credential the hub accepts, as the agent keeps it in its state dir.
+    pub fn write_credential(&self, state_dir: &Path) {
+        let (cert, key) = self.state.pki.agent_credential(Duration::from_secs(3600));
+        self.state.valid.lock().expect("lock").insert(cert.serial);
+        std::fs::create_dir_all(state_dir).expect("state dir");
+        std::fs::write(state_dir.join("cluster"), CLUSTER).expect("cluster");
+        std::fs::write(state_dir.join("tls.key"), key).expect("key");
+        std::fs::write(state_dir.join("tls.crt"), cert.cert_pem).expect("cert");
+    }
+
+    /// Forgets every certificate it issued (as if the cluster were deleted).
+    pub fn revoke_all(&self) {
+        self.state.valid.lock().expect("lock").clear();
+    }
+
+    /// Waits for the hub to refuse an enrollment.
+    pub async fn next_refusal(&mut self) -> String {
+        within("a refused enrollment", self.refusals.recv()).await.expect("hub running")
     }
 
     pub fn enrolls(&self) -> usize {
@@ -217,8 +324,18 @@ impl FakeHub {
 
 struct HubService(Arc<HubState>);
 
-fn bearer(md: &tonic::metadata::MetadataMap) -> String {
-    md.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+impl HubState {
+    /// Whether the call's client certificate is one the hub issued.
+    fn accepts<T>(&self, request: &tonic::Request<T>) -> bool {
+        peer_serial(request).is_some_and(|s| self.valid.lock().expect("lock").contains(&s))
+    }
+
+    fn issue(&self, csr: &[u8]) -> Result<AgentCert, Status> {
+        let ttl = *self.cert_ttl.lock().expect("lock");
+        let cert = self.pki.sign_request(csr, ttl).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.valid.lock().expect("lock").insert(cert.serial.clone());
+        Ok(cert)
+    }
 }
 
 #[tonic::async_trait]
@@ -229,12 +346,19 @@ impl Tunnel for HubService {
     ) -> Result<tonic::Response<EnrollResponse>, Status> {
         let req = request.into_inner();
         if req.bootstrap_token != self.0.bootstrap_token || uuid::Uuid::parse_str(&req.agent_id).is_err() {
-            return Err(Status::unauthenticated("bootstrap token unknown, used or expired"));
+            let _ = self.0.refusals.try_send(req.agent_id);
+            return Err(Status::unauthenticated("bootstrap token already used: run ferryctl register again"));
         }
+        let cert = self.0.issue(&req.csr_der)?;
         self.0.enrolls.fetch_add(1, Ordering::SeqCst);
         Ok(tonic::Response::new(EnrollResponse {
             cluster_name: self.0.cluster.clone(),
-            credential: self.0.credential.clone(),
+            certificate_pem: cert.cert_pem,
+            not_after_unix: cert
+                .not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         }))
     }
 
@@ -244,7 +368,7 @@ impl Tunnel for HubService {
         &self,
         request: tonic::Request<Streaming<AgentControl>>,
     ) -> Result<tonic::Response<Self::ControlStream>, Status> {
-        if bearer(request.metadata()) != format!("Bearer {}", self.0.credential) {
+        if !self.0.accepts(&request) {
             return Err(Status::unauthenticated("credential revoked"));
         }
         let mut inbound = request.into_inner();
@@ -266,6 +390,7 @@ impl Tunnel for HubService {
                 session_id,
                 pool_size: state.pool_size,
                 heartbeat_interval_ms: state.heartbeat_ms,
+                notice: String::new(),
             };
             let msg = |m| Ok(HubControl { msg: Some(m) });
             if tx.send(msg(hub_control::Msg::Welcome(welcome))).await.is_err() {
@@ -281,6 +406,26 @@ impl Tunnel for HubService {
                             }
                             let echo = Heartbeat { sent_at_unix_ms: hb.sent_at_unix_ms, status: None };
                             if tx.send(msg(hub_control::Msg::Heartbeat(echo))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Some(AgentControl { msg: Some(agent_control::Msg::Renew(r)) })) => {
+                            let answer = match state.issue(&r.csr_der) {
+                                Ok(cert) => {
+                                    let _ = state.renewals.send(cert.serial.clone()).await;
+                                    RenewResponse {
+                                        certificate_pem: cert.cert_pem,
+                                        not_after_unix: cert
+                                            .not_after
+                                            .duration_since(SystemTime::UNIX_EPOCH)
+                                            .map(|d| d.as_secs())
+                                            .unwrap_or(0),
+                                        error: String::new(),
+                                    }
+                                }
+                                Err(e) => RenewResponse { error: e.message().to_owned(), ..Default::default() },
+                            };
+                            if tx.send(msg(hub_control::Msg::Renewed(answer))).await.is_err() {
                                 return;
                             }
                         }
@@ -305,8 +450,8 @@ impl Tunnel for HubService {
         &self,
         request: tonic::Request<Streaming<AgentFrame>>,
     ) -> Result<tonic::Response<Self::ProxyStream>, Status> {
-        let authorization = bearer(request.metadata());
-        if authorization != format!("Bearer {}", self.0.credential) {
+        let serial = peer_serial(&request).unwrap_or_default();
+        if !self.0.accepts(&request) {
             return Err(Status::unauthenticated("credential revoked"));
         }
         let session =
@@ -317,7 +462,7 @@ impl Tunnel for HubService {
         }
         let session = session.to_owned();
         let (tx, rx) = mpsc::channel(16);
-        let parked = Parked { to_agent: tx, from_agent: request.into_inner(), authorization, session };
+        let parked = Parked { to_agent: tx, from_agent: request.into_inner(), serial, session };
         self.0.parked.send(parked).await.map_err(|_| Status::unavailable("test over"))?;
         Ok(tonic::Response::new(ReceiverStream::new(rx)))
     }
@@ -490,8 +635,12 @@ pub fn config(
         hub: hub.url.clone(),
         hub_ca: ca.to_owned(),
         token: token.map(ferry::secret::Secret::new),
+        token_file: None,
         kubeconfig: Some(kubeconfig.to_owned()),
         state_dir: state_dir.to_owned(),
+        credential_secret: None,
+        agent_id: None,
+        health_listen: None,
     }
     .into_config()
     .expect("valid config")

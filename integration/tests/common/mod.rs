@@ -238,9 +238,10 @@ impl Env {
         String::from_utf8(out.stdout).expect("utf8")
     }
 
-    /// Issues a kubeconfig for `user` in `groups` through ferryctl and
-    /// writes it to the temp dir.
+    /// Grants `user` access to the cluster and issues a kubeconfig for
+    /// `user` in `groups` through ferryctl, written to the temp dir.
     pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        self.ferryctl_ok(&["grant", "--cluster", "edge", "--user", user]);
         let mut args = vec!["kubeconfig", "edge", "--user", user];
         for g in groups {
             args.push("--group");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use ferry_client_sdk::HubConfig;
+use ferry_client_sdk::{HubConfig, HubCredential};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
@@ -88,8 +88,10 @@ impl Target {
         let port = config.server.port_u16().unwrap_or(443);
         let addr: SocketAddr = format!("{host}:{port}").parse().context("the bench expects an IP hub URL")?;
         let name = config.tls_server_name.clone().unwrap_or_else(|| host.to_string());
-        let key = config.client_key_pem.expose();
-        let client = Some((config.client_cert_pem.as_str(), key));
+        let client = match &config.credential {
+            HubCredential::ClientCert { cert_pem, key_pem } => Some((cert_pem.as_str(), key_pem.expose())),
+            HubCredential::Token(_) => anyhow::bail!("the bench issues certificate kubeconfigs"),
+        };
         Ok(Self {
             addr,
             authority: format!("{host}:{port}"),

@@ -166,12 +166,12 @@ async fn many_agents(env: &mut Env) -> anyhow::Result<Vec<Row>> {
     let admin = env.data_dir.join("admin.kubeconfig");
     let token = procs::ferryctl(&env.bins, &admin, &["register", "bench-sim", "-o", "token"]).await?;
     let ca = std::fs::read_to_string(env.data_dir.join("ca.crt"))?;
-    let endpoint = simagents::endpoint(&env.hub_url, &ca)?;
-    let credential = simagents::enroll(&endpoint, token.trim()).await?;
+    let identity = simagents::enroll(&simagents::endpoint(&env.hub_url, &ca, None)?, token.trim()).await?;
+    let endpoint = simagents::endpoint(&env.hub_url, &ca, Some(identity))?;
 
     let before = procs::stats(env.hub_pid())?;
     let start = Instant::now();
-    let fleet = simagents::Fleet::start(n, endpoint, credential);
+    let fleet = simagents::Fleet::start(n, endpoint);
     let wait_all = |want_sessions: usize| {
         let connected = fleet.connected.clone();
         let sessions = fleet.sessions.clone();

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// First reconnect ceiling, as `ferry-agent`'s `RECONNECT_BASE`.
 pub const RECONNECT_BASE: Duration = Duration::from_millis(500);
@@ -23,27 +23,36 @@ pub const RECONNECT_CAP: Duration = Duration::from_secs(30);
 /// Control messages buffered towards the hub per agent.
 const CONTROL_CAPACITY: usize = 4;
 
-/// The gRPC endpoint for a hub URL, trusting only the hub CA.
-pub fn endpoint(hub_url: &str, ca_pem: &str) -> anyhow::Result<Endpoint> {
+/// The gRPC endpoint for a hub URL, trusting only the hub CA, presenting
+/// `identity` (the agent certificate) when given.
+pub fn endpoint(hub_url: &str, ca_pem: &str, identity: Option<Identity>) -> anyhow::Result<Endpoint> {
     let uri: http::Uri = hub_url.parse()?;
     let host = uri.host().context("hub URL without host")?.trim_matches(['[', ']']).to_string();
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name(host);
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name(host);
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
     Ok(Endpoint::from_shared(hub_url.to_string())?
         .tls_config(tls)?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(10)))
 }
 
-/// Trades a bootstrap token for the cluster credential.
-pub async fn enroll(endpoint: &Endpoint, bootstrap_token: &str) -> anyhow::Result<String> {
+/// Trades a bootstrap token and a fresh key's certificate request for the
+/// cluster's agent certificate; every simulated agent shares it, as the
+/// replicas of one Deployment share their credential Secret.
+pub async fn enroll(endpoint: &Endpoint, bootstrap_token: &str) -> anyhow::Result<Identity> {
     let mut client = TunnelClient::new(endpoint.connect().await?);
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
     let resp = client
         .enroll(EnrollRequest {
             bootstrap_token: bootstrap_token.to_string(),
             agent_id: uuid::Uuid::new_v4().to_string(),
+            csr_der: csr.der().to_vec().into(),
         })
         .await?;
-    Ok(resp.into_inner().credential)
+    Ok(Identity::from_pem(resp.into_inner().certificate_pem, key.serialize_pem()))
 }
 
 /// A fleet of simulated agents; dropping it stops them.
@@ -57,17 +66,15 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Starts `n` agents at once.
-    pub fn start(n: usize, endpoint: Endpoint, credential: String) -> Self {
+    /// Starts `n` agents at once (`endpoint` presents the agent certificate).
+    pub fn start(n: usize, endpoint: Endpoint) -> Self {
         let connected = Arc::new(AtomicUsize::new(0));
         let sessions = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
-        let credential = Arc::new(credential);
         let mut tasks = JoinSet::new();
         for i in 0..n {
             let agent = SimAgent {
                 endpoint: endpoint.clone(),
-                credential: credential.clone(),
                 connected: connected.clone(),
                 sessions: sessions.clone(),
                 stop: stop.clone(),
@@ -92,7 +99,6 @@ fn seed(i: usize) -> u64 {
 
 struct SimAgent {
     endpoint: Endpoint,
-    credential: Arc<String>,
     connected: Arc<AtomicUsize>,
     sessions: Arc<AtomicUsize>,
     stop: CancellationToken,
@@ -148,9 +154,7 @@ impl SimAgent {
             agent_version: format!("{}-bench-sim", ferry::FERRY_VERSION),
         };
         tx.send(AgentControl { msg: Some(agent_control::Msg::Hello(hello)) }).await?;
-        let mut req = tonic::Request::new(ReceiverStream::new(rx));
-        req.metadata_mut()
-            .insert(ferry::metadata::AUTHORIZATION, format!("Bearer {}", self.credential).parse()?);
+        let req = tonic::Request::new(ReceiverStream::new(rx));
         let mut inbound = client.control(req).await?.into_inner();
         let interval = match inbound.message().await? {
             Some(m) => match m.msg {

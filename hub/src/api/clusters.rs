@@ -1,0 +1,367 @@
+//! `ferry.v1.Clusters`: register, approve, deny, delete, list and wait for
+//! clusters; and the phase the hub derives for each.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use ferry::ids::ClusterId;
+use ferry::proto::v1::clusters_server::Clusters;
+use ferry::proto::v1::{
+    ApprovalMode as PbApprovalMode, Cluster, ClusterNameRequest, ClusterPhase, DeleteClusterResponse,
+    GetClusterRequest, ListClustersRequest, ListClustersResponse, RegisterRequest, RegisterResponse,
+    WaitClusterRequest,
+};
+use ferry::secret::{TokenKind, generate_token};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::{admin, caller, lifetime, store_error, valid_cluster_name};
+use crate::access;
+use crate::auth::Authenticated;
+use crate::config::MAX_BOOTSTRAP_TTL;
+use crate::manifest::{self, ManifestSpec};
+use crate::state::HubState;
+use crate::store::{Approval, ApprovalMode, BootstrapToken, ClusterRecord, StoreError, unix_now};
+
+/// Longest wait a `Wait` call may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// Labels one cluster may carry.
+pub const MAX_LABELS: usize = 64;
+
+/// The `Clusters` service.
+#[derive(Clone)]
+pub struct ClustersService {
+    state: Arc<HubState>,
+}
+
+impl ClustersService {
+    /// A service over the hub's shared state.
+    pub fn new(state: Arc<HubState>) -> Self {
+        ClustersService { state }
+    }
+
+    async fn record(&self, name: &str) -> Result<ClusterRecord, Status> {
+        self.state
+            .store
+            .cluster(name)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| Status::not_found(format!("cluster {name:?} is not registered")))
+    }
+
+    /// A cluster the caller may see: admins see all, users those they hold
+    /// a grant for.
+    async fn visible(&self, who: &Authenticated, name: &str) -> Result<ClusterRecord, Status> {
+        let record = self.record(name).await?;
+        if access::check(self.state.store.as_ref(), who, name).await.map_err(store_error)?.is_none() {
+            return Err(Status::permission_denied(access::no_grant_message(who, name)));
+        }
+        Ok(record)
+    }
+
+    /// Sets the approval state of cluster `name`.
+    async fn set_approval(&self, name: &str, approval: Approval) -> Result<ClusterRecord, Status> {
+        let record = self
+            .state
+            .store
+            .update_cluster(name, &mut |r| {
+                let changed = r.approval != approval;
+                r.approval = approval.clone();
+                changed
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => Status::not_found(format!("cluster {name:?} is not registered")),
+                e => store_error(e),
+            })?;
+        Ok(record)
+    }
+}
+
+/// A cluster as the API shows it, with the phase derived from its approval
+/// and its agents' reports.
+pub fn view(state: &HubState, r: &ClusterRecord) -> Cluster {
+    let live = state.registry.get(&r.name).filter(|l| Some(l.id) == r.cluster_id());
+    let summary = live.map(|l| l.summary()).unwrap_or_default();
+    let (phase, reason) = match &r.approval {
+        Approval::Denied { by, at } => (
+            ClusterPhase::Denied,
+            format!(
+                "denied by {by} at {}",
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(*at))
+            ),
+        ),
+        Approval::Pending => {
+            (ClusterPhase::Pending, format!("awaits approval (ferryctl approve {})", r.name))
+        }
+        Approval::Approved if summary.sessions == 0 && summary.last_seen == 0 => {
+            (ClusterPhase::Offline, "no agent has connected yet".to_owned())
+        }
+        Approval::Approved if summary.sessions == 0 => {
+            (ClusterPhase::Offline, "no agent is connected".to_owned())
+        }
+        Approval::Approved => match summary.apiserver_reachable {
+            Some(true) => (ClusterPhase::Ready, String::new()),
+            Some(false) => {
+                (ClusterPhase::NotReady, "the agents cannot reach the cluster's apiserver".to_owned())
+            }
+            None => (ClusterPhase::NotReady, "no status report from the agents yet".to_owned()),
+        },
+    };
+    Cluster {
+        name: r.name.clone(),
+        id: r.id.clone(),
+        connected: summary.sessions > 0,
+        agents: summary.sessions as u32,
+        kubernetes_version: summary.kubernetes_version,
+        created_at_unix: r.created_at,
+        phase: phase as i32,
+        reason,
+        approval: match r.approval_mode {
+            ApprovalMode::Auto => PbApprovalMode::Auto,
+            ApprovalMode::Manual => PbApprovalMode::Manual,
+        } as i32,
+        labels: r.labels.clone().into_iter().collect(),
+        last_seen_unix: summary.last_seen,
+    }
+}
+
+/// Checks labels as Kubernetes does for keys and values (simplified: an
+/// optional DNS prefix, then a name of alphanumerics, `-`, `_`, `.`).
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!("at most {MAX_LABELS} labels"));
+    }
+    let name_ok = |s: &str, allow_empty: bool| {
+        (allow_empty && s.is_empty())
+            || (!s.is_empty()
+                && s.len() <= 63
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && s.as_bytes()[0].is_ascii_alphanumeric()
+                && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
+    };
+    for (k, v) in labels {
+        let (prefix, name) = k.rsplit_once('/').unwrap_or(("", k));
+        let prefix_ok = prefix.is_empty()
+            || (prefix.len() <= 253
+                && prefix.split('.').all(|p| {
+                    !p.is_empty()
+                        && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                }));
+        if !prefix_ok || !name_ok(name, false) {
+            return Err(format!("invalid label key {k:?}"));
+        }
+        if !name_ok(v, true) {
+            return Err(format!("invalid value {v:?} for label {k:?}"));
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Clusters for ClustersService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let who = admin(&self.state, &request).await?;
+        let req = request.into_inner();
+        if !valid_cluster_name(&req.name) {
+            return Err(Status::invalid_argument(format!(
+                "cluster name {:?} must be a DNS label (lower-case letters, digits, '-', at most 63)",
+                req.name
+            )));
+        }
+        let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
+        validate_labels(&labels).map_err(Status::invalid_argument)?;
+        let mode = match PbApprovalMode::try_from(req.approval).unwrap_or(PbApprovalMode::Unspecified) {
+            PbApprovalMode::Manual => Some(ApprovalMode::Manual),
+            PbApprovalMode::Auto => Some(ApprovalMode::Auto),
+            PbApprovalMode::Unspecified => None,
+        };
+        let admin_group = req.admin_group.trim();
+        if !admin_group.is_empty() && self.state.identity_policy.denies_group(admin_group) {
+            return Err(Status::invalid_argument(format!(
+                "group {admin_group:?} may not be used through Ferry"
+            )));
+        }
+        let ttl = lifetime(
+            req.token_ttl_seconds,
+            self.state.limits.bootstrap_ttl,
+            MAX_BOOTSTRAP_TTL,
+            "bootstrap token",
+        )?;
+        let now = unix_now();
+        let fresh = ClusterRecord {
+            name: req.name.clone(),
+            id: ClusterId::new().to_string(),
+            created_at: now,
+            labels: labels.clone(),
+            approval_mode: mode.unwrap_or_default(),
+            approval: match mode.unwrap_or_default() {
+                ApprovalMode::Auto => Approval::Approved,
+                ApprovalMode::Manual => Approval::Pending,
+            },
+            bootstrap_tokens: Vec::new(),
+            agent_certs: Vec::new(),
+        };
+        let record = match self.state.store.create_cluster(fresh).await {
+            Ok(r) => r,
+            Err(StoreError::AlreadyExists) => self.record(&req.name).await?,
+            Err(e) => return Err(store_error(e)),
+        };
+        let id = record.cluster_id().ok_or_else(|| Status::internal("corrupt cluster id"))?;
+        let token =
+            generate_token(TokenKind::Bootstrap, &id).map_err(|_| Status::internal("no randomness"))?;
+        let expires_at = now + ttl.as_secs();
+        let entry =
+            BootstrapToken { hash: token.hash(), issued_at: now, expires_at, used: None, superseded: false };
+        let record = self
+            .state
+            .store
+            .update_cluster(&req.name, &mut |r| {
+                for t in r.bootstrap_tokens.iter_mut().filter(|t| t.used.is_none()) {
+                    t.superseded = true;
+                }
+                r.bootstrap_tokens.push(entry.clone());
+                if !labels.is_empty() {
+                    r.labels = labels.clone();
+                }
+                if let Some(mode) = mode {
+                    r.approval_mode = mode;
+                }
+                true
+            })
+            .await
+            .map_err(store_error)?;
+        let expires =
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(expires_at)).to_string();
+        let child_group = (!admin_group.is_empty()).then(|| self.state.identity_policy.group(admin_group));
+        let manifest = manifest::render(&ManifestSpec {
+            cluster: &record.name,
+            hub_url: &self.state.advertise_url,
+            hub_ca_pem: self.state.ca.cert_pem(),
+            token: token.expose(),
+            token_expires: &expires,
+            image: &self.state.agent_image,
+            admin_group: child_group.as_deref(),
+        });
+        info!(cluster = %record.name, by = %who.identity.user, expires = %expires, "bootstrap token issued");
+        Ok(Response::new(RegisterResponse {
+            cluster: Some(view(&self.state, &record)),
+            bootstrap_token: token.expose().to_owned(),
+            hub_ca_pem: self.state.ca.cert_pem().to_owned(),
+            hub_url: self.state.advertise_url.clone(),
+            manifest,
+            token_expires_at_unix: expires_at,
+        }))
+    }
+
+    async fn get(&self, request: Request<GetClusterRequest>) -> Result<Response<Cluster>, Status> {
+        let who = caller(&self.state, &request).await?;
+        let record = self.visible(&who, &request.get_ref().name).await?;
+        Ok(Response::new(view(&self.state, &record)))
+    }
+
+    async fn list(
+        &self,
+        request: Request<ListClustersRequest>,
+    ) -> Result<Response<ListClustersResponse>, Status> {
+        let who = caller(&self.state, &request).await?;
+        let mut records = self.state.store.clusters().await.map_err(store_error)?;
+        if !who.is_admin() {
+            let grants = self.state.store.grants().await.map_err(store_error)?;
+            records.retain(|r| grants.iter().any(|g| access::grant_applies(g, &r.name, &who.identity)));
+        }
+        Ok(Response::new(ListClustersResponse {
+            clusters: records.iter().map(|r| view(&self.state, r)).collect(),
+        }))
+    }
+
+    async fn wait(&self, request: Request<WaitClusterRequest>) -> Result<Response<Cluster>, Status> {
+        let who = caller(&self.state, &request).await?;
+        let req = request.into_inner();
+        let record = self.visible(&who, &req.name).await?;
+        let id = record.cluster_id().ok_or_else(|| Status::internal("corrupt cluster id"))?;
+        let live = self.state.registry.cluster(&record.name, id);
+        let mut sessions = live.watch_sessions();
+        let timeout = Duration::from_secs(u64::from(req.timeout_seconds)).min(MAX_WAIT);
+        let want = req.connected;
+        let reached = tokio::time::timeout(timeout, sessions.wait_for(|n| (*n > 0) == want)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(Response::new(view(&self.state, &record))),
+            Ok(Err(_)) => Err(Status::unavailable("hub shutting down")),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "cluster {:?} did not become {} within {}s",
+                record.name,
+                if want { "connected" } else { "disconnected" },
+                timeout.as_secs()
+            ))),
+        }
+    }
+
+    async fn approve(&self, request: Request<ClusterNameRequest>) -> Result<Response<Cluster>, Status> {
+        let who = admin(&self.state, &request).await?;
+        let record = self.set_approval(&request.get_ref().name, Approval::Approved).await?;
+        info!(cluster = %record.name, by = %who.identity.user, "cluster approved");
+        Ok(Response::new(view(&self.state, &record)))
+    }
+
+    async fn deny(&self, request: Request<ClusterNameRequest>) -> Result<Response<Cluster>, Status> {
+        let who = admin(&self.state, &request).await?;
+        let denied = Approval::Denied { by: who.identity.user.clone(), at: unix_now() };
+        let record = self.set_approval(&request.get_ref().name, denied).await?;
+        if let Some(id) = record.cluster_id() {
+            let ended = self.state.registry.disconnect(&record.name, id, false);
+            info!(cluster = %record.name, by = %who.identity.user, disconnected = ended, "cluster denied");
+        }
+        Ok(Response::new(view(&self.state, &record)))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<ClusterNameRequest>,
+    ) -> Result<Response<DeleteClusterResponse>, Status> {
+        let who = admin(&self.state, &request).await?;
+        let name = request.into_inner().name;
+        let record = self
+            .state
+            .store
+            .delete_cluster(&name)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| Status::not_found(format!("cluster {name:?} is not registered")))?;
+        let before = view(&self.state, &record);
+        let ended =
+            record.cluster_id().map(|id| self.state.registry.disconnect(&name, id, true)).unwrap_or(0);
+        info!(cluster = %name, by = %who.identity.user, disconnected = ended, "cluster deleted");
+        Ok(Response::new(DeleteClusterResponse { cluster: Some(before), disconnected_agents: ended as u32 }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_checked_like_kubernetes_labels() {
+        let ok = BTreeMap::from([
+            ("env".to_owned(), "prod".to_owned()),
+            ("topology.kubernetes.io/region".to_owned(), "eu-west-1".to_owned()),
+            ("empty".to_owned(), String::new()),
+        ]);
+        assert_eq!(validate_labels(&ok), Ok(()));
+        for (k, v) in [
+            ("", "x"),
+            ("-a", "x"),
+            ("a", "-x"),
+            ("Bad_Prefix/a", "x"),
+            ("a", "has space"),
+            ("a", &"v".repeat(64)),
+        ] {
+            let one = BTreeMap::from([(k.to_owned(), v.to_owned())]);
+            assert!(validate_labels(&one).is_err(), "{k:?}={v:?}");
+        }
+    }
+}

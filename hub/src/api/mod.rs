@@ -1,0 +1,113 @@
+//! The management API: `ferry.v1.Clusters` ([`clusters`]) and
+//! `ferry.v1.Access` ([`access`]), served on the hub's one address.
+//!
+//! Every call is authenticated (client certificate or bearer token) and
+//! authorized here: credentials bound to one cluster (those in issued
+//! kubeconfigs) are for the gateway only; admin calls need
+//! [`ADMIN_GROUP`](crate::auth::ADMIN_GROUP).
+
+pub mod access;
+pub mod clusters;
+
+use std::time::Duration;
+
+use tonic::{Request, Status};
+use tracing::warn;
+
+use crate::auth::{self, ADMIN_GROUP, AuthError, Authenticated, Peer};
+use crate::state::HubState;
+use crate::store::StoreError;
+
+/// Whether `name` can be a cluster name: a DNS label.
+pub fn valid_cluster_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+pub(crate) fn store_error(e: StoreError) -> Status {
+    match e {
+        StoreError::NotFound => Status::not_found("not found"),
+        StoreError::AlreadyExists => Status::already_exists("already exists"),
+        e => {
+            warn!(error = %e, "store failure");
+            Status::unavailable("hub store unavailable")
+        }
+    }
+}
+
+/// The caller of a management call. Credentials scoped to one cluster are
+/// for the gateway only: with them a user could otherwise mint a
+/// kubeconfig for another cluster.
+pub(crate) async fn caller<T>(state: &HubState, req: &Request<T>) -> Result<Authenticated, Status> {
+    let peer = req.extensions().get::<Peer>().cloned().unwrap_or_default();
+    let authorization = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+    let caller = match auth::authenticate(state.store.as_ref(), &peer, authorization).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return Err(Status::unauthenticated(
+                "a client certificate from the hub CA or a hub bearer token is required",
+            ));
+        }
+        Err(AuthError::Store(e)) => return Err(store_error(e)),
+        Err(e) => return Err(Status::unauthenticated(e.to_string())),
+    };
+    if let Some((cluster, _)) = caller.bound_cluster() {
+        return Err(Status::permission_denied(format!(
+            "this credential is bound to cluster {cluster:?} and cannot use the management API; use a hub-wide credential (admin.kubeconfig, or a token from `ferryctl token create`)"
+        )));
+    }
+    Ok(caller)
+}
+
+/// The caller, who must be a hub administrator.
+pub(crate) async fn admin<T>(state: &HubState, req: &Request<T>) -> Result<Authenticated, Status> {
+    let caller = caller(state, req).await?;
+    if caller.is_admin() {
+        Ok(caller)
+    } else {
+        Err(Status::permission_denied(format!(
+            "user {:?} is not a hub administrator (group {ADMIN_GROUP:?})",
+            caller.identity.user
+        )))
+    }
+}
+
+/// A lifetime from a request: `0` means `default`; more than `max` is
+/// refused.
+pub(crate) fn lifetime(
+    seconds: u32,
+    default: Duration,
+    max: Duration,
+    what: &str,
+) -> Result<Duration, Status> {
+    let ttl = match seconds {
+        0 => default,
+        s => Duration::from_secs(u64::from(s)),
+    };
+    if ttl > max {
+        return Err(Status::invalid_argument(format!(
+            "{what} lifetime {}s is longer than the hub allows ({}s)",
+            ttl.as_secs(),
+            max.as_secs()
+        )));
+    }
+    Ok(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_cluster_name;
+
+    #[test]
+    fn cluster_names_are_dns_labels() {
+        assert!(valid_cluster_name("edge-1"));
+        assert!(!valid_cluster_name("Edge"));
+        assert!(!valid_cluster_name("-a"));
+        assert!(!valid_cluster_name("a/b"));
+        assert!(!valid_cluster_name(""));
+        assert!(!valid_cluster_name(&"a".repeat(64)));
+    }
+}
