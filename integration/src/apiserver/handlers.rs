@@ -8,7 +8,8 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::body::{self, ResponseBody};
-use super::defaults::{mark_deleted, name_suffix, prepare_create, prepare_update};
+use super::decode::{FieldValidation, decode};
+use super::defaults::{mark_deleted, name_suffix, normalize, prepare_create, prepare_update};
 use super::media::{OBJECT_REPRESENTATIONS, Representation, negotiate};
 use super::patch::{PatchType, json_patch, merge_patch, strategic_merge_patch};
 use super::protobuf;
@@ -18,7 +19,7 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, delete_success};
 use super::store::ObjectKey;
 use super::table::{IncludeObject, content_type, table};
-use super::validate::{FieldValidation, decode, validate, validate_update};
+use super::validate::{validate, validate_update};
 use super::watch;
 
 /// Namespaces a real apiserver refuses to delete.
@@ -64,7 +65,12 @@ pub(crate) fn serve(ctx: &Ctx<'_>, target: &Target) -> Result<Response<ResponseB
         (Method::PUT, Some(name)) => update(ctx, target, name),
         (Method::PATCH, Some(name)) => patch(ctx, target, name),
         (Method::DELETE, Some(name)) => delete(ctx, target, name),
-        (Method::DELETE, None) if namespaced_collection => delete_collection(ctx, target),
+        (Method::DELETE, None)
+            if target.kind.verbs().contains(&"deletecollection")
+                && (namespaced_collection || !target.kind.namespaced()) =>
+        {
+            delete_collection(ctx, target)
+        }
         _ => Err(ApiError::method_not_allowed()),
     }
 }
@@ -142,7 +148,8 @@ fn settle_namespace(target: &Target, obj: &mut Value) -> Result<(), ApiError> {
     ))
 }
 
-fn warning_headers(resp: &mut Response<ResponseBody>, warnings: &[String]) {
+/// Adds a `Warning: 299` header per warning.
+pub(crate) fn warning_headers(resp: &mut Response<ResponseBody>, warnings: &[String]) {
     for w in warnings {
         let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
         if let Ok(v) = HeaderValue::from_str(&text) {
@@ -199,7 +206,7 @@ fn field_value(obj: &Value, field: &str) -> String {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Bool(b)) => b.to_string(),
         Some(Value::Number(n)) => n.to_string(),
-        _ if field == "spec.hostNetwork" => "false".to_string(),
+        _ if field == "spec.hostNetwork" || field == "spec.unschedulable" => "false".to_string(),
         _ => String::new(),
     }
 }
@@ -271,7 +278,7 @@ fn list(ctx: &Ctx<'_>, target: &Target) -> Result<Response<ResponseBody>, ApiErr
             StatusCode::OK,
             &json!({
                 "kind": kind.list_kind(),
-                "apiVersion": "v1",
+                "apiVersion": kind.api_version(),
                 "metadata": meta,
                 "items": items.iter().map(list_item).collect::<Vec<_>>(),
             }),
@@ -294,6 +301,7 @@ fn create(ctx: &Ctx<'_>, target: &Target) -> Result<Response<ResponseBody>, ApiE
     let validation = FieldValidation::parse(ctx.query.get("fieldValidation"))?;
     let mut obj = body_value(ctx)?;
     let warnings = decode(kind, &obj, validation)?;
+    normalize(kind, &mut obj);
     settle_namespace(target, &mut obj)?;
     if name_of(&obj).is_empty() {
         let prefix = meta_str(&obj, "generateName").to_string();
@@ -352,6 +360,7 @@ fn update(ctx: &Ctx<'_>, target: &Target, name: &str) -> Result<Response<Respons
     let validation = FieldValidation::parse(ctx.query.get("fieldValidation"))?;
     let mut obj = body_value(ctx)?;
     let warnings = decode(kind, &obj, validation)?;
+    normalize(kind, &mut obj);
     settle_namespace(target, &mut obj)?;
     let updated =
         ctx.state.store.update(&target.key(name), dry, |current| finish_update(kind, name, current, obj))?;
@@ -383,6 +392,7 @@ fn patch(ctx: &Ctx<'_>, target: &Target, name: &str) -> Result<Response<Response
             PatchType::Strategic | PatchType::Apply => strategic_merge_patch(&mut obj, &patch)?,
         }
         warnings = decode(kind, &obj, validation)?;
+        normalize(kind, &mut obj);
         if kind.namespaced() && meta_str(&obj, "namespace") != target.ns() {
             return Err(ApiError::bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request",
@@ -436,6 +446,7 @@ fn delete_one(ctx: &Ctx<'_>, target: &Target, name: &str, opts: &DeleteOptions) 
     if kind == ResourceKind::Namespace && PROTECTED_NAMESPACES.contains(&name) {
         return Err(ApiError::forbidden(
             format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+            "",
             "namespaces",
             name,
         ));
@@ -470,7 +481,7 @@ fn delete_one(ctx: &Ctx<'_>, target: &Target, name: &str, opts: &DeleteOptions) 
                 mark_deleted(&mut last, now, 0);
                 last["status"] = json!({ "phase": "Terminating" });
             }
-            ResourceKind::ConfigMap | ResourceKind::Event => {}
+            _ => {}
         }
         Ok(last)
     })?;
@@ -484,7 +495,7 @@ fn delete_one(ctx: &Ctx<'_>, target: &Target, name: &str, opts: &DeleteOptions) 
                 ctx.state.logs.namespace_gone(name);
                 ctx.state.files.namespace_gone(name);
             }
-            ResourceKind::ConfigMap | ResourceKind::Event => {}
+            _ => {}
         }
     }
     Ok(deleted)
@@ -493,14 +504,12 @@ fn delete_one(ctx: &Ctx<'_>, target: &Target, name: &str, opts: &DeleteOptions) 
 fn delete(ctx: &Ctx<'_>, target: &Target, name: &str) -> Result<Response<ResponseBody>, ApiError> {
     let opts = delete_options(ctx)?;
     let deleted = delete_one(ctx, target, name, &opts)?;
-    match target.kind {
-        // Deleted at once, so the apiserver answers with a Status.
-        ResourceKind::ConfigMap | ResourceKind::Event => Ok(body::json(
-            StatusCode::OK,
-            &delete_success(target.kind.plural(), name, meta_str(&deleted, "uid")),
-        )),
+    if target.kind.deleted_at_once() {
+        // Gone at once, so the apiserver answers with a Status.
+        Ok(body::json(StatusCode::OK, &delete_success(target.kind.plural(), name, meta_str(&deleted, "uid"))))
+    } else {
         // Graceful deletion: the object, marked for deletion.
-        _ => render_object(ctx, target.kind, StatusCode::OK, &deleted),
+        render_object(ctx, target.kind, StatusCode::OK, &deleted)
     }
 }
 
@@ -521,7 +530,7 @@ fn delete_collection(ctx: &Ctx<'_>, target: &Target) -> Result<Response<Response
         StatusCode::OK,
         &json!({
             "kind": target.kind.list_kind(),
-            "apiVersion": "v1",
+            "apiVersion": target.kind.api_version(),
             "metadata": { "resourceVersion": ctx.state.store.current_rv().to_string() },
             "items": deleted,
         }),

@@ -57,9 +57,17 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
     }
 
-    /// 403 Forbidden with a given message.
-    pub fn forbidden(message: impl Into<String>, resource: &str, name: &str) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "Forbidden", message).with_details(details(resource, name))
+    /// 403 Forbidden with a given message, about a resource (`details`
+    /// left empty when `resource` is).
+    pub fn forbidden(message: impl Into<String>, group: &str, resource: &str, name: &str) -> Self {
+        let mut d = details(resource, name);
+        if !group.is_empty() {
+            d["group"] = json!(group);
+        }
+        if resource.is_empty() {
+            d = json!({});
+        }
+        Self::new(StatusCode::FORBIDDEN, "Forbidden", message).with_details(d)
     }
 
     /// 404 for an object: `configmaps "x" not found`.
