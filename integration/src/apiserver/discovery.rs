@@ -425,6 +425,27 @@ mod tests {
                 .is_some_and(|u| u.starts_with("/openapi/v3/api/v1?hash="))
         );
         assert!(openapi_v3_doc("apis/authentication.k8s.io/v1").is_some());
+        let token =
+            list["resources"].as_array().into_iter().flatten().find(|r| r["name"] == "serviceaccounts/token");
+        assert_eq!(
+            token.map(|t| (t["group"].clone(), t["kind"].clone())),
+            Some((json!("authentication.k8s.io"), json!("TokenRequest")))
+        );
+        let apps = resource_list("apps", "v1");
+        assert_eq!(apps["resources"][0]["shortNames"], json!(["deploy"]));
+        let rbac = aggregated_groups(DiscoveryVersion::V2);
+        let groups: Vec<&str> = rbac["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(groups, ["apps", "authentication.k8s.io", "authorization.k8s.io", RBAC_GROUP]);
+        let doc = openapi_v3_doc("apis/rbac.authorization.k8s.io/v1").expect("rbac doc");
+        assert_eq!(
+            doc["paths"]["/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles/{name}"]["patch"]["operationId"],
+            "patchRbacAuthorizationV1NamespacedRole"
+        );
         assert!(openapi_v3_doc("apis/nope/v1").is_none());
         assert_eq!(version()["gitVersion"], "v1.33.0");
     }
