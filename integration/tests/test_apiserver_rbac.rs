@@ -345,6 +345,8 @@ async fn the_agent_manifest_applies_with_every_kubectl() {
         assert_eq!(jsonpath("secret", "ferry-bootstrap", "{.data.token}").await, "Ym9vdHN0cmFwLTEyMw==");
         assert_eq!(jsonpath("secret", "ferry-bootstrap", "{.stringData}").await, "");
         assert_eq!(jsonpath("secret", "ferry-agent-credential", "{.type}").await, "Opaque");
+        let missing = k.fails(&["get", "deploy", "nope", "-n", "ferry-system"]).await;
+        assert!(missing.contains("deployments.apps \"nope\" not found"), "{tag}: {missing}");
         api.shutdown().await;
     }
 }

@@ -291,7 +291,7 @@ fn get(ctx: &Ctx<'_>, target: &Target, name: &str) -> Result<Response<ResponseBo
         .state
         .store
         .get(&target.key(name))
-        .ok_or_else(|| ApiError::not_found(target.kind.plural(), name))?;
+        .ok_or_else(|| ApiError::not_found(&target.kind.qualified_plural(), name))?;
     render_object(ctx, target.kind, StatusCode::OK, &obj)
 }
 
@@ -327,7 +327,7 @@ fn finish_update(
     current: &Value,
     mut next: Value,
 ) -> Result<Value, ApiError> {
-    let plural = kind.plural();
+    let plural = &kind.qualified_plural();
     if name_of(&next) != name {
         return Err(ApiError::bad_request(format!(
             "the name of the object ({}) does not match the name on the URL ({name})",
@@ -455,7 +455,7 @@ fn delete_one(ctx: &Ctx<'_>, target: &Target, name: &str, opts: &DeleteOptions) 
     let deleted = ctx.state.store.delete(&target.key(name), opts.dry_run, |current| {
         let failed = |what: &str, want: &str, have: &str| {
             ApiError::conflict_because(
-                kind.plural(),
+                &kind.qualified_plural(),
                 name,
                 &format!(
                     "Precondition failed: {what} in precondition: {want}, {what} in object meta: {have}"
@@ -506,7 +506,10 @@ fn delete(ctx: &Ctx<'_>, target: &Target, name: &str) -> Result<Response<Respons
     let deleted = delete_one(ctx, target, name, &opts)?;
     if target.kind.deleted_at_once() {
         // Gone at once, so the apiserver answers with a Status.
-        Ok(body::json(StatusCode::OK, &delete_success(target.kind.plural(), name, meta_str(&deleted, "uid"))))
+        Ok(body::json(
+            StatusCode::OK,
+            &delete_success(&target.kind.qualified_plural(), name, meta_str(&deleted, "uid")),
+        ))
     } else {
         // Graceful deletion: the object, marked for deletion.
         render_object(ctx, target.kind, StatusCode::OK, &deleted)

@@ -29,8 +29,14 @@ pub(crate) struct Cause {
     pub message: String,
 }
 
+/// `details` of a Status about a resource, named as in messages:
+/// `configmaps`, or `deployments.apps` (split into `kind` and `group`).
 fn details(resource: &str, name: &str) -> Value {
-    let mut d = json!({ "kind": resource });
+    let (kind, group) = resource.split_once('.').unwrap_or((resource, ""));
+    let mut d = json!({ "kind": kind });
+    if !group.is_empty() {
+        d["group"] = json!(group);
+    }
     if !name.is_empty() {
         d["name"] = json!(name);
     }
@@ -203,13 +209,9 @@ impl ApiError {
 /// The `Status` a real apiserver returns after deleting an object that is
 /// gone at once (ConfigMaps).
 pub(crate) fn delete_success(resource: &str, name: &str, uid: &str) -> Value {
-    json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Success",
-        "details": { "name": name, "kind": resource, "uid": uid },
-    })
+    let mut d = details(resource, name);
+    d["uid"] = json!(uid);
+    json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": d })
 }
 
 #[cfg(test)]
@@ -224,6 +226,9 @@ mod tests {
         assert_eq!(v["code"], 404);
         assert_eq!(v["details"]["kind"], "configmaps");
         assert_eq!(v["details"]["name"], "x");
+        let v = ApiError::not_found("deployments.apps", "d").to_value();
+        assert_eq!(v["message"], "deployments.apps \"d\" not found");
+        assert_eq!(v["details"], json!({"kind": "deployments", "group": "apps", "name": "d"}));
     }
 
     #[test]
