@@ -731,3 +731,96 @@ async fn the_health_toggle_flips_readyz() {
     let err = agent.fails(&["replace", "--raw", "/_test/health", "-f", &down]).await;
     assert!(err.contains(&format!("forbidden: User \"{AGENT}\" cannot put path \"/_test/health\"")), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_writes_cannot_grant_more_than_the_writer_holds() {
+    let api = TestApiserver::builder().strict_rbac().start().await.expect("start");
+    let dir = tempdir();
+    let admin = Kubectl::new(&default_kubectl(), dir.path(), "admin", &api.kubeconfig_yaml());
+    admin.ok(&["apply", "-f", &write(dir.path(), "agent.yaml", MANIFEST)]).await;
+    admin.ok(&["create", "serviceaccount", "deployer", "-n", "ferry-system"]).await;
+    admin
+        .ok(&[
+            "create",
+            "role",
+            "rbac-writer",
+            "-n",
+            "ferry-system",
+            "--verb=create,get,list",
+            "--resource=roles,rolebindings,configmaps",
+        ])
+        .await;
+    admin
+        .ok(&[
+            "create",
+            "rolebinding",
+            "deployer",
+            "-n",
+            "ferry-system",
+            "--role=rbac-writer",
+            "--serviceaccount=ferry-system:deployer",
+        ])
+        .await;
+    let deployer = service_account(&api, &admin, dir.path(), "deployer").await;
+    let user = "system:serviceaccount:ferry-system:deployer";
+    let groups = "groups=[\"system:serviceaccounts\" \"system:serviceaccounts:ferry-system\" \"system:authenticated\"]";
+    let ns = ["-n", "ferry-system"];
+
+    // What it holds it may pass on; more it may not, by Role or by binding.
+    let ok = ["create", "role", "cm-reader", "--verb=get", "--resource=configmaps"];
+    assert_eq!(
+        deployer.ok(&[ok.as_slice(), &ns].concat()).await.trim(),
+        "role.rbac.authorization.k8s.io/cm-reader created"
+    );
+    let err = deployer
+        .fails(
+            &[["create", "role", "secret-reader", "--verb=get", "--resource=secrets"].as_slice(), &ns]
+                .concat(),
+        )
+        .await;
+    assert!(
+        err.contains(&format!("roles.rbac.authorization.k8s.io \"secret-reader\" is forbidden: user \"{user}\" ({groups}) is attempting to grant RBAC permissions not currently held:\n{{APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"get\"]}}")),
+        "{err}"
+    );
+    let bind = [
+        "create",
+        "rolebinding",
+        "grab",
+        "--clusterrole=cluster-admin",
+        "--serviceaccount=ferry-system:deployer",
+    ];
+    let err = deployer.fails(&[bind.as_slice(), &ns].concat()).await;
+    assert!(
+        err.contains(&format!("rolebindings.rbac.authorization.k8s.io \"grab\" is forbidden: user \"{user}\" ({groups}) is attempting to grant RBAC permissions not currently held:")),
+        "{err}"
+    );
+    let bind = ["create", "rolebinding", "share", "--role=cm-reader", "--user=alice"];
+    deployer.ok(&[bind.as_slice(), &ns].concat()).await;
+    // `bind` on a role lets one bind it without holding it.
+    admin
+        .ok(&[
+            "create",
+            "role",
+            "binder",
+            "-n",
+            "ferry-system",
+            "--verb=bind",
+            "--resource=clusterroles",
+            "--resource-name=view",
+        ])
+        .await;
+    admin
+        .ok(&[
+            "create",
+            "rolebinding",
+            "binder",
+            "-n",
+            "ferry-system",
+            "--role=binder",
+            "--serviceaccount=ferry-system:deployer",
+        ])
+        .await;
+    let bind = ["create", "rolebinding", "viewers", "--clusterrole=view", "--group=dev"];
+    deployer.ok(&[bind.as_slice(), &ns].concat()).await;
+    api.shutdown().await;
+}

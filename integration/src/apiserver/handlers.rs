@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::body::{self, ResponseBody};
 use super::decode::{FieldValidation, decode};
 use super::defaults::{mark_deleted, name_suffix, normalize, prepare_create, prepare_update};
+use super::escalation;
 use super::media::{OBJECT_REPRESENTATIONS, Representation, negotiate};
 use super::patch::{PatchType, json_patch, merge_patch, strategic_merge_patch};
 use super::protobuf;
@@ -309,8 +310,9 @@ fn create(ctx: &Ctx<'_>, target: &Target) -> Result<Response<ResponseBody>, ApiE
             set_meta(&mut obj, "name", json!(format!("{prefix}{}", name_suffix())));
         }
     }
-    validate(kind, &obj)?;
     let ns = if kind.namespaced() { target.ns().to_string() } else { String::new() };
+    escalation::confirm(ctx.state, &ctx.identity.user, kind, &ns, &obj)?;
+    validate(kind, &obj)?;
     let pod_ip = if kind == ResourceKind::Pod { ctx.state.next_pod_ip() } else { String::new() };
     prepare_create(kind, &mut obj, &ns, &pod_ip, SystemTime::now());
     let key = ObjectKey::new(kind, &ns, name_of(&obj));
@@ -362,6 +364,7 @@ fn update(ctx: &Ctx<'_>, target: &Target, name: &str) -> Result<Response<Respons
     let warnings = decode(kind, &obj, validation)?;
     normalize(kind, &mut obj);
     settle_namespace(target, &mut obj)?;
+    escalation::confirm(ctx.state, &ctx.identity.user, kind, &target.key(name).namespace, &obj)?;
     let updated =
         ctx.state.store.update(&target.key(name), dry, |current| finish_update(kind, name, current, obj))?;
     let mut resp = render_object(ctx, kind, StatusCode::OK, &updated)?;
@@ -383,14 +386,27 @@ fn patch(ctx: &Ctx<'_>, target: &Target, name: &str) -> Result<Response<Response
     }
     let patch: Value = serde_json::from_slice(&ctx.body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-    let mut warnings = Vec::new();
-    let updated = ctx.state.store.update(&target.key(name), dry, |current| {
+    let apply = |current: &Value| -> Result<Value, ApiError> {
         let mut obj = current.clone();
         match patch_type {
             PatchType::Json => json_patch(&mut obj, &patch)?,
             PatchType::Merge => merge_patch(&mut obj, &patch),
             PatchType::Strategic | PatchType::Apply => strategic_merge_patch(&mut obj, &patch)?,
         }
+        Ok(obj)
+    };
+    let key = target.key(name);
+    if let Some(current) = ctx.state.store.get(&key)
+        && let Ok(mut next) = apply(&current)
+    {
+        // Checked on the patched object outside the store's lock (the check
+        // reads the store); failures to patch are reported below.
+        normalize(kind, &mut next);
+        escalation::confirm(ctx.state, &ctx.identity.user, kind, &key.namespace, &next)?;
+    }
+    let mut warnings = Vec::new();
+    let updated = ctx.state.store.update(&key, dry, |current| {
+        let mut obj = apply(current)?;
         warnings = decode(kind, &obj, validation)?;
         normalize(kind, &mut obj);
         if kind.namespaced() && meta_str(&obj, "namespace") != target.ns() {

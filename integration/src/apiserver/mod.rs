@@ -157,6 +157,12 @@
 //!   forbidden: User "..." cannot update resource "secrets" in API group ""
 //!   in the namespace "ns"`, with `: RBAC: ...` when a binding's role is
 //!   missing).
+//! - Writing RBAC objects cannot escalate, as in kube-apiserver: a Role or
+//!   ClusterRole may be created or changed only by someone who holds every
+//!   permission it grants or may `escalate` it; a binding only by someone
+//!   who holds every permission of its role or may `bind` that role
+//!   (`roles "x" is forbidden: user "..." (groups=[...]) is attempting to
+//!   grant RBAC permissions not currently held: ...`).
 //! - The default `admin`, `edit` and `view` ClusterRoles approximate the
 //!   real ones (their rules written out rather than aggregated): `view`
 //!   reads namespaced workloads and config but not Secrets; `edit` adds
@@ -204,9 +210,7 @@
 //! - No controllers: a Deployment gets no ReplicaSets, pods or status; no
 //!   `default` ServiceAccount appears in new namespaces; no token Secrets
 //!   are made for ServiceAccounts.
-//! - RBAC: no escalation check (anyone allowed to write Roles or bindings
-//!   may grant what they do not hold; kube-apiserver requires `escalate` or
-//!   `bind`), and `aggregationRule` is stored but not acted on.
+//! - RBAC: `aggregationRule` is stored but not acted on.
 //! - ServiceAccount tokens look like JWTs but are not signed: only this
 //!   server's registry makes them valid. TokenReview and
 //!   `selfsubjectrulesreviews` (`kubectl auth can-i --list`) are not
@@ -233,6 +237,7 @@ mod decode;
 mod defaults;
 mod discovery;
 mod error;
+mod escalation;
 mod handlers;
 mod logs;
 mod media;

@@ -1,7 +1,8 @@
 //! RBAC from objects: the ClusterRoles, Roles and bindings in the store,
 //! evaluated as kube-apiserver's RBAC authorizer does (`RuleAllows`,
 //! `appliesTo`, ClusterRoleBindings first, then the RoleBindings of the
-//! request's namespace), and the default ClusterRoles a cluster starts with.
+//! request's namespace), whether one set of rules covers another (for the
+//! escalation check), and the default ClusterRoles a cluster starts with.
 
 use serde_json::{Value, json};
 
@@ -66,7 +67,11 @@ fn applying_subject(binding: &Value, user: &UserInfo, binding_ns: &str) -> Optio
 }
 
 /// The rules of the role a binding refers to, or why they are missing.
-fn referenced_rules(store: &Store, binding: &Value, binding_ns: &str) -> Result<Vec<Value>, String> {
+pub(crate) fn referenced_rules(
+    store: &Store,
+    binding: &Value,
+    binding_ns: &str,
+) -> Result<Vec<Value>, String> {
     let name = str_of(binding, "/roleRef/name");
     let (kind, ns) = match str_of(binding, "/roleRef/kind") {
         "Role" => (ResourceKind::Role, binding_ns),
@@ -114,6 +119,123 @@ pub(crate) fn evaluate(store: &Store, user: &UserInfo, info: &RequestInfo) -> Re
         }
     }
     Err(errors)
+}
+
+/// Every rule `user` holds in `namespace` (cluster-wide ones included), as
+/// kube-apiserver's `RulesFor`; bindings whose role is missing add nothing.
+pub(crate) fn rules_for(store: &Store, user: &UserInfo, namespace: &str) -> Vec<Value> {
+    let cluster = store.list(ResourceKind::ClusterRoleBinding, None).0.into_iter().map(|b| (b, ""));
+    let local = if namespace.is_empty() {
+        Vec::new()
+    } else {
+        store.list(ResourceKind::RoleBinding, Some(namespace)).0.into_iter().map(|b| (b, namespace)).collect()
+    };
+    cluster
+        .chain(local)
+        .filter(|(b, ns)| applying_subject(b, user, ns).is_some())
+        .filter_map(|(b, ns)| referenced_rules(store, &b, ns).ok())
+        .flatten()
+        .collect()
+}
+
+/// One permission: a verb on one group/resource/name, or on one path.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Atom<'a> {
+    Resource { group: &'a str, resource: &'a str, name: Option<&'a str>, verb: &'a str },
+    Path { url: &'a str, verb: &'a str },
+}
+
+/// A rule's single permissions (kube-apiserver's `BreakdownRule`).
+fn atoms(rule: &Value) -> Vec<Atom<'_>> {
+    let verbs = strs(rule, "verbs");
+    let urls = strs(rule, "nonResourceURLs");
+    let mut out = Vec::new();
+    for verb in verbs {
+        out.extend(urls.iter().map(|url| Atom::Path { url, verb }));
+        for group in strs(rule, "apiGroups") {
+            for resource in strs(rule, "resources") {
+                let names = strs(rule, "resourceNames");
+                if names.is_empty() {
+                    out.push(Atom::Resource { group, resource, name: None, verb });
+                }
+                out.extend(names.into_iter().map(|n| Atom::Resource {
+                    group,
+                    resource,
+                    name: Some(n),
+                    verb,
+                }));
+            }
+        }
+    }
+    out
+}
+
+/// Whether an owner's rule grants `atom` (a literal `*` in the atom is
+/// granted only by a `*`, as in kube-apiserver's `Covers`).
+fn grants(owner: &Value, atom: &Atom<'_>) -> bool {
+    let has = |field: &str, want: &str| strs(owner, field).iter().any(|v| *v == "*" || *v == want);
+    match atom {
+        Atom::Resource { group, resource, name, verb } => {
+            let names = strs(owner, "resourceNames");
+            let resources = strs(owner, "resources");
+            has("verbs", verb)
+                && has("apiGroups", group)
+                && (resources.iter().any(|r| *r == "*" || r == resource)
+                    || resource
+                        .split_once('/')
+                        .is_some_and(|(_, sub)| resources.contains(&format!("*/{sub}").as_str())))
+                && (names.is_empty() || name.is_some_and(|n| names.contains(&n)))
+        }
+        Atom::Path { url, verb } => {
+            has("verbs", verb)
+                && strs(owner, "nonResourceURLs")
+                    .iter()
+                    .any(|u| u == url || u.strip_suffix('*').is_some_and(|prefix| url.starts_with(prefix)))
+        }
+    }
+}
+
+fn quoted(items: &[&str]) -> String {
+    items.iter().map(|i| format!("{i:?}")).collect::<Vec<_>>().join(" ")
+}
+
+/// The permissions of `granted` that `owned` does not cover, written as
+/// kube-apiserver writes them (`{APIGroups:[""], Resources:["secrets"],
+/// Verbs:["get" "list"]}`), the verbs of one resource together.
+pub(crate) fn uncovered(owned: &[Value], granted: &[Value]) -> Vec<String> {
+    let mut missing: Vec<(Atom<'_>, Vec<&str>)> = Vec::new();
+    for atom in granted.iter().flat_map(atoms).filter(|a| !owned.iter().any(|o| grants(o, a))) {
+        let (key, verb) = match atom {
+            Atom::Resource { group, resource, name, verb } => {
+                (Atom::Resource { group, resource, name, verb: "" }, verb)
+            }
+            Atom::Path { url, verb } => (Atom::Path { url, verb: "" }, verb),
+        };
+        match missing.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, verbs)) if !verbs.contains(&verb) => verbs.push(verb),
+            Some(_) => {}
+            None => missing.push((key, vec![verb])),
+        }
+    }
+    let mut out: Vec<String> = missing
+        .into_iter()
+        .map(|(key, verbs)| match key {
+            Atom::Resource { group, resource, name, .. } => {
+                let names = name.map(|n| format!(" ResourceNames:[{}],", quoted(&[n]))).unwrap_or_default();
+                format!(
+                    "{{APIGroups:[{}], Resources:[{}],{names} Verbs:[{}]}}",
+                    quoted(&[group]),
+                    quoted(&[resource]),
+                    quoted(&verbs)
+                )
+            }
+            Atom::Path { url, .. } => {
+                format!("{{NonResourceURLs:[{}], Verbs:[{}]}}", quoted(&[url]), quoted(&verbs))
+            }
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 const READ: [&str; 3] = ["get", "list", "watch"];
@@ -360,6 +482,47 @@ mod tests {
         assert!(
             evaluate(&store, &admin, &info(Method::DELETE, "/apis/apps/v1/namespaces/ns/deployments/d"))
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn coverage_is_checked_permission_by_permission() {
+        let owned = vec![
+            json!({"apiGroups": [""], "resources": ["secrets", "*/status"], "verbs": ["get", "list"]}),
+            json!({"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["d"], "verbs": ["*"]}),
+            json!({"nonResourceURLs": ["/metrics/*"], "verbs": ["get"]}),
+        ];
+        let granted = |rule: Value| uncovered(&owned, &[rule]);
+        assert!(
+            granted(
+                json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["x"], "verbs": ["get"]})
+            )
+            .is_empty()
+        );
+        assert!(
+            granted(json!({"apiGroups": [""], "resources": ["pods/status"], "verbs": ["list"]})).is_empty()
+        );
+        assert!(granted(json!({"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["d"], "verbs": ["delete"]})).is_empty());
+        assert!(granted(json!({"nonResourceURLs": ["/metrics/cadvisor"], "verbs": ["get"]})).is_empty());
+        assert_eq!(
+            granted(
+                json!({"apiGroups": ["", "apps"], "resources": ["secrets", "deployments"], "verbs": ["get", "update"]})
+            ),
+            [
+                "{APIGroups:[\"\"], Resources:[\"deployments\"], Verbs:[\"get\" \"update\"]}",
+                "{APIGroups:[\"\"], Resources:[\"secrets\"], Verbs:[\"update\"]}",
+                "{APIGroups:[\"apps\"], Resources:[\"deployments\"], Verbs:[\"get\" \"update\"]}",
+                "{APIGroups:[\"apps\"], Resources:[\"secrets\"], Verbs:[\"get\" \"update\"]}",
+            ]
+        );
+        assert_eq!(
+            granted(json!({"apiGroups": ["*"], "resources": ["secrets"], "verbs": ["get"]})).len(),
+            1,
+            "a literal *"
+        );
+        assert_eq!(
+            granted(json!({"nonResourceURLs": ["/healthz"], "verbs": ["get"]})),
+            ["{NonResourceURLs:[\"/healthz\"], Verbs:[\"get\"]}"]
         );
     }
 
