@@ -1,4 +1,5 @@
-//! Authentication (the admin bearer token only) and impersonation.
+//! Authentication (the admin bearer token, or a ServiceAccount token) and
+//! the `Impersonate-*` headers.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,7 @@ const ADMIN_GROUPS: [&str; 2] = ["system:masters", "system:authenticated"];
 const ALL_AUTHENTICATED: &str = "system:authenticated";
 const ALL_UNAUTHENTICATED: &str = "system:unauthenticated";
 const IMPERSONATE_EXTRA_PREFIX: &str = "impersonate-extra-";
+const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
 /// A Kubernetes `UserInfo`: who a request is evaluated as.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,19 +59,38 @@ impl UserInfo {
     }
 }
 
+/// The credential a request presented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Credential {
+    /// The server's admin bearer token.
+    Admin,
+    /// A ServiceAccount token from the TokenRequest API.
+    ServiceAccountToken,
+}
+
 /// The authenticated caller of one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Identity {
-    /// The effective user (the impersonated one, if any).
+    /// Who presented the credential.
+    pub requester: UserInfo,
+    /// The effective user: the impersonated one, or else the requester.
     pub user: UserInfo,
     /// Whether `Impersonate-*` headers chose `user`.
     pub impersonated: bool,
+    /// What the requester authenticated with.
+    pub credential: Credential,
 }
 
 impl Identity {
-    /// Whether this is the admin acting as itself (always authorized).
+    /// A requester acting as itself.
+    pub fn direct(requester: UserInfo, credential: Credential) -> Self {
+        Self { user: requester.clone(), requester, impersonated: false, credential }
+    }
+
+    /// Whether this is the admin acting as itself (who alone may use the
+    /// `/_test/` endpoints).
     pub fn is_admin(&self) -> bool {
-        !self.impersonated
+        self.credential == Credential::Admin && !self.impersonated
     }
 }
 
@@ -83,15 +104,83 @@ fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
     headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect()
 }
 
-/// Authenticates the request and applies impersonation.
-///
-/// Fails with 401 unless the admin bearer token is presented; with 500 (as
-/// kube-apiserver does) for groups, uid or extra without a user.
-pub(crate) fn authenticate(headers: &HeaderMap, admin_token: &str) -> Result<Identity, ApiError> {
+/// Authenticates the request's bearer token: the admin token, or a live
+/// ServiceAccount token (`service_account` looks those up). Anything else
+/// is 401.
+pub(crate) fn authenticate(
+    headers: &HeaderMap,
+    admin_token: &str,
+    service_account: impl FnOnce(&str) -> Option<UserInfo>,
+) -> Result<(UserInfo, Credential), ApiError> {
     match bearer(headers) {
-        Some(token) if !token.is_empty() && token == admin_token => {}
-        _ => return Err(ApiError::unauthorized()),
+        Some(token) if !token.is_empty() && token == admin_token => {
+            Ok((UserInfo::admin(), Credential::Admin))
+        }
+        Some(token) if !token.is_empty() => service_account(token)
+            .map(|u| (u, Credential::ServiceAccountToken))
+            .ok_or_else(ApiError::unauthorized),
+        _ => Err(ApiError::unauthorized()),
     }
+}
+
+/// What `Impersonate-*` headers ask for, as sent (before the server adds
+/// implied groups).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Impersonation {
+    /// `Impersonate-User`.
+    pub user: String,
+    /// Every `Impersonate-Group`.
+    pub groups: Vec<String>,
+    /// `Impersonate-Uid`.
+    pub uid: Option<String>,
+    /// `Impersonate-Extra-<key>` values, keys decoded and lower-case.
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// The namespace and name of a `system:serviceaccount:NS:NAME` user.
+pub(crate) fn service_account_of(username: &str) -> Option<(&str, &str)> {
+    username.strip_prefix(SERVICE_ACCOUNT_PREFIX)?.split_once(':')
+}
+
+/// `system:serviceaccount:NS:NAME`.
+pub(crate) fn service_account_user(namespace: &str, name: &str) -> String {
+    format!("{SERVICE_ACCOUNT_PREFIX}{namespace}:{name}")
+}
+
+/// The groups every ServiceAccount in `namespace` is in (besides
+/// `system:authenticated`).
+pub(crate) fn service_account_groups(namespace: &str) -> Vec<String> {
+    vec!["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{namespace}")]
+}
+
+impl Impersonation {
+    /// The user the request then runs as: a ServiceAccount impersonated
+    /// without groups gets its implied groups, and everyone but
+    /// `system:anonymous` gets `system:authenticated`.
+    pub fn effective_user(&self) -> UserInfo {
+        let mut user = UserInfo {
+            username: self.user.clone(),
+            uid: self.uid.clone().unwrap_or_default(),
+            groups: self.groups.clone(),
+            extra: self.extra.clone(),
+        };
+        if let Some((ns, _)) = service_account_of(&user.username)
+            && self.groups.is_empty()
+        {
+            user.groups = service_account_groups(ns);
+        }
+        if user.username != "system:anonymous"
+            && !user.groups.iter().any(|g| g == ALL_AUTHENTICATED || g == ALL_UNAUTHENTICATED)
+        {
+            user.groups.push(ALL_AUTHENTICATED.to_string());
+        }
+        user
+    }
+}
+
+/// Reads the `Impersonate-*` headers: `None` when there are none; 500 (as
+/// kube-apiserver answers) for groups, uid or extra without a user.
+pub(crate) fn impersonation(headers: &HeaderMap) -> Result<Option<Impersonation>, ApiError> {
     let users = values(headers, "impersonate-user");
     let groups: Vec<String> = values(headers, "impersonate-group").iter().map(|g| g.to_string()).collect();
     let uid = values(headers, "impersonate-uid");
@@ -110,27 +199,14 @@ pub(crate) fn authenticate(headers: &HeaderMap, admin_token: &str) -> Result<Ide
                 "requested impersonation of groups, uid or extra without impersonating a user",
             ));
         }
-        return Ok(Identity { user: UserInfo::admin(), impersonated: false });
+        return Ok(None);
     };
-    let groups_specified = !groups.is_empty();
-    let mut user = UserInfo {
-        username: username.to_string(),
-        uid: uid.first().map(|u| u.to_string()).unwrap_or_default(),
+    Ok(Some(Impersonation {
+        user: username.to_string(),
         groups,
+        uid: uid.first().map(|u| u.to_string()),
         extra,
-    };
-    if let Some(rest) = user.username.strip_prefix("system:serviceaccount:")
-        && let Some((ns, _)) = rest.split_once(':')
-        && !groups_specified
-    {
-        user.groups = vec!["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{ns}")];
-    }
-    if user.username != "system:anonymous"
-        && !user.groups.iter().any(|g| g == ALL_AUTHENTICATED || g == ALL_UNAUTHENTICATED)
-    {
-        user.groups.push(ALL_AUTHENTICATED.to_string());
-    }
-    Ok(Identity { user, impersonated: true })
+    }))
 }
 
 #[cfg(test)]
@@ -148,20 +224,32 @@ mod tests {
         h
     }
 
+    fn none(_: &str) -> Option<UserInfo> {
+        None
+    }
+
     #[test]
-    fn only_the_admin_token_authenticates() {
-        assert!(authenticate(&headers(&[]), "tok").is_err());
-        assert!(authenticate(&headers(&[("authorization", "Bearer nope")]), "tok").is_err());
-        assert!(authenticate(&headers(&[("authorization", "Basic tok")]), "tok").is_err());
-        let id = authenticate(&headers(&[("authorization", "Bearer tok")]), "tok").expect("admin");
-        assert!(id.is_admin());
-        assert_eq!(id.user.username, ADMIN_USER);
+    fn only_known_tokens_authenticate() {
+        assert!(authenticate(&headers(&[]), "tok", none).is_err());
+        assert!(authenticate(&headers(&[("authorization", "Bearer nope")]), "tok", none).is_err());
+        assert!(authenticate(&headers(&[("authorization", "Basic tok")]), "tok", none).is_err());
+        let (user, cred) =
+            authenticate(&headers(&[("authorization", "Bearer tok")]), "tok", none).expect("admin");
+        assert_eq!((user.username.as_str(), cred), (ADMIN_USER, Credential::Admin));
+        let sa = |t: &str| {
+            (t == "sa")
+                .then(|| UserInfo { username: "system:serviceaccount:a:b".into(), ..UserInfo::default() })
+        };
+        let (user, cred) = authenticate(&headers(&[("authorization", "Bearer sa")]), "tok", sa).expect("sa");
+        assert_eq!(
+            (user.username.as_str(), cred),
+            ("system:serviceaccount:a:b", Credential::ServiceAccountToken)
+        );
     }
 
     #[test]
     fn impersonation_sets_the_effective_user() {
         let h = headers(&[
-            ("authorization", "bearer tok"),
             ("impersonate-user", "alice"),
             ("impersonate-group", "dev"),
             ("impersonate-group", "ops"),
@@ -169,18 +257,24 @@ mod tests {
             ("impersonate-extra-scopes%2Fa", "x"),
             ("impersonate-extra-scopes%2Fa", "y"),
         ]);
-        let id = authenticate(&h, "tok").expect("ok");
-        assert!(!id.is_admin());
-        assert_eq!(id.user.username, "alice");
-        assert_eq!(id.user.uid, "u-1");
-        assert_eq!(id.user.groups, ["dev", "ops", "system:authenticated"]);
-        assert_eq!(id.user.extra["scopes/a"], ["x", "y"]);
+        let imp = impersonation(&h).expect("ok").expect("some");
+        assert_eq!(imp.groups, ["dev", "ops"]);
+        let user = imp.effective_user();
+        assert_eq!(user.username, "alice");
+        assert_eq!(user.uid, "u-1");
+        assert_eq!(user.groups, ["dev", "ops", "system:authenticated"]);
+        assert_eq!(user.extra["scopes/a"], ["x", "y"]);
+        let sa = impersonation(&headers(&[("impersonate-user", "system:serviceaccount:ns:x")])).expect("ok");
+        assert_eq!(
+            sa.expect("some").effective_user().groups,
+            ["system:serviceaccounts", "system:serviceaccounts:ns", "system:authenticated"]
+        );
+        assert_eq!(impersonation(&headers(&[])).expect("ok"), None);
     }
 
     #[test]
     fn groups_without_user_is_an_error() {
-        let h = headers(&[("authorization", "Bearer tok"), ("impersonate-group", "dev")]);
-        let err = authenticate(&h, "tok").expect_err("no user");
+        let err = impersonation(&headers(&[("impersonate-group", "dev")])).expect_err("no user");
         assert_eq!(err.code, http::StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -1,13 +1,18 @@
-//! What the server fills in: object metadata on create and update, the
-//! defaults kube-apiserver applies, and the status a running pod would have
-//! (there is no kubelet, so pods are running and ready from creation).
+//! What the server fills in: conversion and defaulting while decoding
+//! (`normalize`), object metadata on create and update, the defaults
+//! kube-apiserver applies, the status a running pod would have (there is no
+//! kubelet, so pods are running and ready from creation), and the node the
+//! cluster starts with.
 
 use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
 
+use base64::Engine as _;
+
 use super::clock::rfc3339;
-use super::resources::ResourceKind;
+use super::discovery::KUBE_VERSION;
+use super::resources::{RBAC_GROUP, ResourceKind};
 
 /// The node every pod is "scheduled" to.
 pub(crate) const NODE_NAME: &str = "test-node";
@@ -45,6 +50,44 @@ pub(crate) fn name_suffix() -> String {
         .collect()
 }
 
+/// What kube-apiserver does to an incoming object while decoding it, before
+/// validation: a Secret's `stringData` is merged into `data` (and never
+/// stored) and its `type` defaults to `Opaque`; binding subjects get their
+/// default `apiGroup`.
+pub(crate) fn normalize(kind: ResourceKind, obj: &mut Value) {
+    match kind {
+        ResourceKind::Secret => {
+            let Some(m) = obj.as_object_mut() else { return };
+            if let Some(Value::Object(plain)) = m.remove("stringData") {
+                let data = m.entry("data").or_insert_with(|| json!({}));
+                if !data.is_object() {
+                    *data = json!({});
+                }
+                for (k, v) in plain {
+                    let text = v.as_str().unwrap_or_default().as_bytes().to_vec();
+                    set(data, &k, json!(base64::engine::general_purpose::STANDARD.encode(text)));
+                }
+            }
+            if m.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
+                m.insert("type".into(), json!("Opaque"));
+            }
+        }
+        ResourceKind::RoleBinding | ResourceKind::ClusterRoleBinding => {
+            for s in obj.get_mut("subjects").and_then(Value::as_array_mut).into_iter().flatten() {
+                let Some(s) = s.as_object_mut() else { continue };
+                if s.get("apiGroup").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    // A ServiceAccount's is "", which Go's JSON leaves out.
+                    s.remove("apiGroup");
+                    if matches!(s.get("kind").and_then(Value::as_str), Some("User" | "Group")) {
+                        s.insert("apiGroup".into(), json!(RBAC_GROUP));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Fills in a new object: identity, timestamps, defaults, status.
 pub(crate) fn prepare_create(
     kind: ResourceKind,
@@ -53,7 +96,7 @@ pub(crate) fn prepare_create(
     pod_ip: &str,
     now: SystemTime,
 ) {
-    set(obj, "apiVersion", json!("v1"));
+    set(obj, "apiVersion", json!(kind.api_version()));
     set(obj, "kind", json!(kind.kind()));
     let Some(meta) = obj_mut(obj, "metadata") else { return };
     if kind.namespaced() {
@@ -78,13 +121,21 @@ pub(crate) fn prepare_create(
             let status = pod_status(obj, pod_ip, now);
             set(obj, "status", status);
         }
-        ResourceKind::ConfigMap | ResourceKind::Event => {}
+        ResourceKind::Deployment => {
+            if let Some(meta) = obj_mut(obj, "metadata") {
+                meta.insert("generation".into(), json!(1));
+            }
+            default_deployment(obj);
+            set(obj, "status", json!({}));
+        }
+        // Nodes keep the status they are created with, as in kube-apiserver.
+        _ => {}
     }
 }
 
 /// Carries server-owned fields from the stored object into a replacement.
 pub(crate) fn prepare_update(kind: ResourceKind, new: &mut Value, old: &Value) {
-    set(new, "apiVersion", json!("v1"));
+    set(new, "apiVersion", json!(kind.api_version()));
     set(new, "kind", json!(kind.kind()));
     let Some(meta) = obj_mut(new, "metadata") else { return };
     for field in [
@@ -104,7 +155,16 @@ pub(crate) fn prepare_update(kind: ResourceKind, new: &mut Value, old: &Value) {
     match kind {
         ResourceKind::Namespace => default_namespace(new),
         ResourceKind::Pod => default_pod_spec(new),
-        ResourceKind::ConfigMap | ResourceKind::Event => {}
+        ResourceKind::Deployment => {
+            default_deployment(new);
+            // The generation counts changes of the spec.
+            let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let bumped = if new.get("spec") == old.get("spec") { generation } else { generation + 1 };
+            if let Some(meta) = obj_mut(new, "metadata") {
+                meta.insert("generation".into(), json!(bumped));
+            }
+        }
+        _ => {}
     }
     // `status` is a subresource: writes to the main resource leave it alone.
     if let Some(status) = old.get("status") {
@@ -145,22 +205,82 @@ fn default_containers(spec: &mut Map<String, Value>, field: &str) {
     }
 }
 
-fn default_pod_spec(obj: &mut Value) {
-    let Some(spec) = obj_mut(obj, "spec") else { return };
+/// The defaults of every pod spec, a pod's or a template's.
+fn default_template_spec(spec: &mut Map<String, Value>) {
     default(spec, "restartPolicy", json!("Always"));
     default(spec, "terminationGracePeriodSeconds", json!(30));
     default(spec, "dnsPolicy", json!("ClusterFirst"));
+    default(spec, "securityContext", json!({}));
+    default(spec, "schedulerName", json!("default-scheduler"));
+    default_containers(spec, "initContainers");
+    default_containers(spec, "containers");
+}
+
+/// `apps/v1` Deployment defaults.
+fn default_deployment(obj: &mut Value) {
+    let Some(spec) = obj_mut(obj, "spec") else { return };
+    default(spec, "replicas", json!(1));
+    default(
+        spec,
+        "strategy",
+        json!({ "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": "25%", "maxSurge": "25%" } }),
+    );
+    default(spec, "revisionHistoryLimit", json!(10));
+    default(spec, "progressDeadlineSeconds", json!(600));
+    if let Some(template) = spec.get_mut("template")
+        && let Some(pod_spec) = obj_mut(template, "spec")
+    {
+        default_template_spec(pod_spec);
+    }
+}
+
+fn default_pod_spec(obj: &mut Value) {
+    let Some(spec) = obj_mut(obj, "spec") else { return };
+    default_template_spec(spec);
     default(spec, "serviceAccountName", json!("default"));
     let sa = spec.get("serviceAccountName").cloned().unwrap_or(json!("default"));
     default(spec, "serviceAccount", sa);
-    default(spec, "securityContext", json!({}));
-    default(spec, "schedulerName", json!("default-scheduler"));
     default(spec, "enableServiceLinks", json!(true));
     default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
     default(spec, "priority", json!(0));
     default(spec, "nodeName", json!(NODE_NAME));
-    default_containers(spec, "initContainers");
-    default_containers(spec, "containers");
+}
+
+/// The node every pod runs on, Ready, as a kubelet would report it.
+pub(crate) fn initial_node(now: SystemTime) -> Value {
+    let (major, minor, patch) = KUBE_VERSION;
+    let now = rfc3339(now);
+    let condition = |t: &str, status: &str, reason: &str, message: &str| json!({ "type": t, "status": status, "reason": reason, "message": message, "lastHeartbeatTime": now, "lastTransitionTime": now });
+    let capacity = json!({ "cpu": "2", "memory": "8Gi", "pods": "110", "ephemeral-storage": "100Gi" });
+    json!({
+        "metadata": {
+            "name": NODE_NAME,
+            "labels": {
+                "kubernetes.io/hostname": NODE_NAME,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+            },
+        },
+        "spec": { "podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"] },
+        "status": {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "conditions": [
+                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            ],
+            "addresses": [{ "type": "InternalIP", "address": HOST_IP }, { "type": "Hostname", "address": NODE_NAME }],
+            "daemonEndpoints": { "kubeletEndpoint": { "Port": 10250 } },
+            "nodeInfo": {
+                "machineID": "", "systemUUID": "", "bootID": "",
+                "kernelVersion": "6.8.0", "osImage": "Test Linux", "containerRuntimeVersion": "containerd://2.0.0",
+                "kubeletVersion": format!("v{major}.{minor}.{patch}"),
+                "operatingSystem": "linux", "architecture": "amd64",
+            },
+        },
+    })
 }
 
 fn container_status(c: &Value, now: &str, init: bool) -> Value {
@@ -262,5 +382,38 @@ mod tests {
         assert_eq!(new["status"]["phase"], "Running");
         assert_eq!(pull_policy("repo/x"), "Always");
         assert_eq!(pull_policy("localhost:5000/x:1"), "IfNotPresent");
+    }
+
+    #[test]
+    fn secrets_merge_string_data_and_default_their_type() {
+        let mut secret =
+            json!({"metadata": {"name": "s"}, "data": {"a": "eA=="}, "stringData": {"b": "token"}});
+        normalize(ResourceKind::Secret, &mut secret);
+        assert_eq!(secret["data"], json!({"a": "eA==", "b": "dG9rZW4="}));
+        assert!(secret.get("stringData").is_none());
+        assert_eq!(secret["type"], "Opaque");
+        let mut binding =
+            json!({"subjects": [{"kind": "User", "name": "u"}, {"kind": "ServiceAccount", "name": "s"}]});
+        normalize(ResourceKind::RoleBinding, &mut binding);
+        assert_eq!(binding["subjects"][0]["apiGroup"], RBAC_GROUP);
+        assert!(binding["subjects"][1].get("apiGroup").is_none());
+    }
+
+    #[test]
+    fn deployments_get_defaults_and_a_generation() {
+        let mut d = json!({"metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i:1"}]}}}});
+        prepare_create(ResourceKind::Deployment, &mut d, "ns", "", SystemTime::now());
+        assert_eq!(d["apiVersion"], "apps/v1");
+        assert_eq!(d["metadata"]["generation"], 1);
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+        assert!(d["spec"]["template"]["spec"].get("nodeName").is_none());
+        let mut scaled = d.clone();
+        scaled["spec"]["replicas"] = json!(3);
+        prepare_update(ResourceKind::Deployment, &mut scaled, &d);
+        assert_eq!(scaled["metadata"]["generation"], 2);
+        let mut same = d.clone();
+        prepare_update(ResourceKind::Deployment, &mut same, &d);
+        assert_eq!(same["metadata"]["generation"], 1);
     }
 }

@@ -4,37 +4,84 @@
 use serde_json::{Value, json};
 
 use super::media::DiscoveryVersion;
-use super::resources::ResourceKind;
+use super::resources::{RBAC_GROUP, ResourceKind, Subresource};
 
 /// The Kubernetes version this server claims to be.
 pub(crate) const KUBE_VERSION: (u32, u32, u32) = (1, 33, 0);
 
-/// A non-core API group with its (cluster-scoped, create-only) review
-/// resources: `(plural, singular, kind)`.
+/// A non-core API group: its versions and the create-only review
+/// resources it serves besides stored kinds: `(plural, singular, kind)`.
 pub(crate) struct ApiGroup {
     pub name: &'static str,
     /// Served versions, preferred first.
     pub versions: &'static [&'static str],
-    pub resources: &'static [(&'static str, &'static str, &'static str)],
+    pub reviews: &'static [(&'static str, &'static str, &'static str)],
 }
 
 /// The non-core groups served.
-pub(crate) const GROUPS: [ApiGroup; 2] = [
+pub(crate) const GROUPS: [ApiGroup; 4] = [
+    ApiGroup { name: "apps", versions: &["v1"], reviews: &[] },
     ApiGroup {
         name: "authentication.k8s.io",
         versions: &["v1", "v1beta1", "v1alpha1"],
-        resources: &[("selfsubjectreviews", "selfsubjectreview", "SelfSubjectReview")],
+        reviews: &[("selfsubjectreviews", "selfsubjectreview", "SelfSubjectReview")],
     },
     ApiGroup {
         name: "authorization.k8s.io",
         versions: &["v1"],
-        resources: &[("selfsubjectaccessreviews", "selfsubjectaccessreview", "SelfSubjectAccessReview")],
+        reviews: &[
+            ("selfsubjectaccessreviews", "selfsubjectaccessreview", "SelfSubjectAccessReview"),
+            ("subjectaccessreviews", "subjectaccessreview", "SubjectAccessReview"),
+        ],
     },
+    ApiGroup { name: RBAC_GROUP, versions: &["v1"], reviews: &[] },
 ];
 
 /// The group, if it serves `version`.
 pub(crate) fn group(name: &str, version: Option<&str>) -> Option<&'static ApiGroup> {
     GROUPS.iter().find(|g| g.name == name && version.is_none_or(|v| g.versions.contains(&v)))
+}
+
+/// One resource as discovery lists it.
+struct Listed {
+    plural: &'static str,
+    singular: String,
+    kind: &'static str,
+    namespaced: bool,
+    verbs: &'static [&'static str],
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    subresources: &'static [Subresource],
+}
+
+/// The resources of one group-version: stored kinds, then reviews.
+fn listed(group_name: &str, version: &str) -> Vec<Listed> {
+    let stored = ResourceKind::ALL
+        .into_iter()
+        .filter(|k| k.group() == group_name && k.version() == version)
+        .map(|k| Listed {
+            plural: k.plural(),
+            singular: k.singular(),
+            kind: k.kind(),
+            namespaced: k.namespaced(),
+            verbs: k.verbs(),
+            short_names: k.short_names(),
+            categories: k.categories(),
+            subresources: k.subresources(),
+        });
+    let reviews = group(group_name, Some(version)).into_iter().flat_map(|g| g.reviews).map(
+        |(plural, singular, kind)| Listed {
+            plural,
+            singular: singular.to_string(),
+            kind,
+            namespaced: false,
+            verbs: &["create"],
+            short_names: &[],
+            categories: &[],
+            subresources: &[],
+        },
+    );
+    stored.chain(reviews).collect()
 }
 
 /// `/version`.
@@ -88,47 +135,46 @@ pub(crate) fn api_group_list() -> Value {
     json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": GROUPS.iter().map(group_versions).collect::<Vec<_>>() })
 }
 
-/// `/api/v1`.
-pub(crate) fn core_resource_list() -> Value {
+/// `/api/v1` (`group_name` empty) or `/apis/{group}/{version}`.
+pub(crate) fn resource_list(group_name: &str, version: &str) -> Value {
     let mut resources = Vec::new();
-    for k in ResourceKind::ALL {
-        let mut r = json!({
-            "name": k.plural(),
-            "singularName": k.singular(),
-            "namespaced": k.namespaced(),
-            "kind": k.kind(),
-            "verbs": k.verbs(),
-            "shortNames": k.short_names(),
+    for r in listed(group_name, version) {
+        let mut v = json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": r.verbs,
         });
-        if !k.categories().is_empty() {
-            r["categories"] = json!(k.categories());
+        if !r.short_names.is_empty() {
+            v["shortNames"] = json!(r.short_names);
         }
-        resources.push(r);
-        let mut subs: Vec<_> = k.subresources().iter().collect();
+        if !r.categories.is_empty() {
+            v["categories"] = json!(r.categories);
+        }
+        resources.push(v);
+        let mut subs: Vec<_> = r.subresources.iter().collect();
         subs.sort_by_key(|s| s.name);
         for s in subs {
-            resources.push(json!({
-                "name": format!("{}/{}", k.plural(), s.name),
+            let mut v = json!({
+                "name": format!("{}/{}", r.plural, s.name),
                 "singularName": "",
-                "namespaced": k.namespaced(),
+                "namespaced": r.namespaced,
                 "kind": s.kind,
                 "verbs": s.verbs,
-            }));
+            });
+            if let Some((g, ver)) = s.group_version {
+                v["group"] = json!(g);
+                v["version"] = json!(ver);
+            }
+            resources.push(v);
         }
     }
-    json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": resources })
-}
-
-/// `/apis/{group}/{version}`.
-pub(crate) fn group_resource_list(g: &ApiGroup, version: &str) -> Value {
-    let resources: Vec<Value> = g
-        .resources
-        .iter()
-        .map(|(plural, singular, kind)| {
-            json!({ "name": plural, "singularName": singular, "namespaced": false, "kind": kind, "verbs": ["create"] })
-        })
-        .collect();
-    json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{}/{version}", g.name), "resources": resources })
+    if group_name.is_empty() {
+        json!({ "kind": "APIResourceList", "groupVersion": version, "resources": resources })
+    } else {
+        json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{group_name}/{version}"), "resources": resources })
+    }
 }
 
 fn discovery_list(version: DiscoveryVersion, items: Vec<Value>) -> Value {
@@ -140,46 +186,48 @@ fn discovery_list(version: DiscoveryVersion, items: Vec<Value>) -> Value {
     })
 }
 
-/// Aggregated discovery for `/api`.
-pub(crate) fn aggregated_core(version: DiscoveryVersion) -> Value {
-    let resources: Vec<Value> = ResourceKind::ALL
-        .iter()
-        .map(|k| {
-            let response_kind = json!({ "group": "", "version": "v1", "kind": k.kind() });
-            let mut r = json!({
-                "resource": k.plural(),
-                "responseKind": response_kind,
-                "scope": if k.namespaced() { "Namespaced" } else { "Cluster" },
-                "singularResource": k.singular(),
-                "verbs": k.verbs(),
-                "shortNames": k.short_names(),
+/// One group-version in aggregated discovery.
+fn aggregated_version(group_name: &str, version: &str) -> Value {
+    let resources: Vec<Value> = listed(group_name, version)
+        .into_iter()
+        .map(|r| {
+            let mut v = json!({
+                "resource": r.plural,
+                "responseKind": { "group": group_name, "version": version, "kind": r.kind },
+                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": r.singular,
+                "verbs": r.verbs,
             });
-            if !k.categories().is_empty() {
-                r["categories"] = json!(k.categories());
+            if !r.short_names.is_empty() {
+                v["shortNames"] = json!(r.short_names);
             }
-            let subs: Vec<Value> = k
-                .subresources()
+            if !r.categories.is_empty() {
+                v["categories"] = json!(r.categories);
+            }
+            let subs: Vec<Value> = r
+                .subresources
                 .iter()
                 .map(|s| {
+                    let (g, ver) = s.group_version.unwrap_or((group_name, version));
                     json!({
                         "subresource": s.name,
-                        "responseKind": { "group": "", "version": "v1", "kind": s.kind },
+                        "responseKind": { "group": g, "version": ver, "kind": s.kind },
                         "verbs": s.verbs,
                     })
                 })
                 .collect();
             if !subs.is_empty() {
-                r["subresources"] = json!(subs);
+                v["subresources"] = json!(subs);
             }
-            r
+            v
         })
         .collect();
-    discovery_list(
-        version,
-        vec![
-            json!({ "metadata": {}, "versions": [{ "version": "v1", "resources": resources, "freshness": "Current" }] }),
-        ],
-    )
+    json!({ "version": version, "resources": resources, "freshness": "Current" })
+}
+
+/// Aggregated discovery for `/api`.
+pub(crate) fn aggregated_core(version: DiscoveryVersion) -> Value {
+    discovery_list(version, vec![json!({ "metadata": {}, "versions": [aggregated_version("", "v1")] })])
 }
 
 /// Aggregated discovery for `/apis`.
@@ -187,26 +235,7 @@ pub(crate) fn aggregated_groups(version: DiscoveryVersion) -> Value {
     let items = GROUPS
         .iter()
         .map(|g| {
-            let versions: Vec<Value> = g
-                .versions
-                .iter()
-                .map(|v| {
-                    let resources: Vec<Value> = g
-                        .resources
-                        .iter()
-                        .map(|(plural, singular, kind)| {
-                            json!({
-                                "resource": plural,
-                                "responseKind": { "group": g.name, "version": v, "kind": kind },
-                                "scope": "Cluster",
-                                "singularResource": singular,
-                                "verbs": ["create"],
-                            })
-                        })
-                        .collect();
-                    json!({ "version": v, "resources": resources, "freshness": "Current" })
-                })
-                .collect();
+            let versions: Vec<Value> = g.versions.iter().map(|v| aggregated_version(g.name, v)).collect();
             json!({ "metadata": { "name": g.name }, "versions": versions })
         })
         .collect();
@@ -251,55 +280,75 @@ fn operation(id: String, action: &str, gvk: &Value, patch: bool) -> Value {
     op
 }
 
+/// `Core`, `Apps`, `RbacAuthorization`: a group as operation ids name it.
+fn group_camel(group_name: &str) -> String {
+    if group_name.is_empty() {
+        return "Core".to_string();
+    }
+    group_name
+        .trim_end_matches(".k8s.io")
+        .split('.')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
+
 /// The OpenAPI v3 document of one group-version, e.g. `api/v1`: every path
 /// with its operations, their `x-kubernetes-group-version-kind`, and the
 /// `fieldValidation` parameter (kubectl checks it to use server-side
 /// validation) and patch types. Schemas are left out; kubectl then falls
 /// back to its compiled-in types.
 pub(crate) fn openapi_v3_doc(gv_path: &str) -> Option<Value> {
+    let (group_name, version) = match gv_path {
+        "api/v1" => ("", "v1"),
+        other => {
+            let (g, v) = other.strip_prefix("apis/")?.split_once('/')?;
+            group(g, Some(v))?;
+            (g, v)
+        }
+    };
+    let prefix = format!("/{gv_path}");
+    let id = format!("{}{}", group_camel(group_name), version[..1].to_ascii_uppercase() + &version[1..]);
     let mut paths = serde_json::Map::new();
-    let (major, minor, patch) = KUBE_VERSION;
-    if gv_path == "api/v1" {
-        for k in ResourceKind::ALL {
-            let gvk = json!({ "group": "", "version": "v1", "kind": k.kind() });
-            let (collection, item) = if k.namespaced() {
-                (
-                    format!("/api/v1/namespaces/{{namespace}}/{}", k.plural()),
-                    format!("/api/v1/namespaces/{{namespace}}/{}/{{name}}", k.plural()),
-                )
-            } else {
-                (format!("/api/v1/{}", k.plural()), format!("/api/v1/{}/{{name}}", k.plural()))
-            };
-            let kind = k.kind();
-            let scope = if k.namespaced() { "Namespaced" } else { "" };
+    for r in listed(group_name, version) {
+        let gvk = json!({ "group": group_name, "version": version, "kind": r.kind });
+        let kind = r.kind;
+        if r.verbs == ["create"] {
             paths.insert(
-                collection,
-                json!({
-                    "get": operation(format!("listCoreV1{scope}{kind}"), "list", &gvk, false),
-                    "post": operation(format!("createCoreV1{scope}{kind}"), "post", &gvk, false),
-                }),
+                format!("{prefix}/{}", r.plural),
+                json!({ "post": operation(format!("create{id}{kind}"), "post", &gvk, false) }),
             );
-            paths.insert(
-                item,
-                json!({
-                    "get": operation(format!("readCoreV1{scope}{kind}"), "get", &gvk, false),
-                    "put": operation(format!("replaceCoreV1{scope}{kind}"), "put", &gvk, false),
-                    "patch": operation(format!("patchCoreV1{scope}{kind}"), "patch", &gvk, true),
-                    "delete": operation(format!("deleteCoreV1{scope}{kind}"), "delete", &gvk, false),
-                }),
-            );
+            continue;
         }
-    } else {
-        let (group_name, version) = gv_path.strip_prefix("apis/")?.split_once('/')?;
-        let g = group(group_name, Some(version))?;
-        for (plural, _, kind) in g.resources {
-            let gvk = json!({ "group": g.name, "version": version, "kind": kind });
-            paths.insert(
-                format!("/apis/{}/{version}/{plural}", g.name),
-                json!({ "post": operation(format!("create{kind}"), "post", &gvk, false) }),
-            );
-        }
+        let (collection, item) = if r.namespaced {
+            (
+                format!("{prefix}/namespaces/{{namespace}}/{}", r.plural),
+                format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
+            )
+        } else {
+            (format!("{prefix}/{}", r.plural), format!("{prefix}/{}/{{name}}", r.plural))
+        };
+        let scope = if r.namespaced { "Namespaced" } else { "" };
+        paths.insert(
+            collection,
+            json!({
+                "get": operation(format!("list{id}{scope}{kind}"), "list", &gvk, false),
+                "post": operation(format!("create{id}{scope}{kind}"), "post", &gvk, false),
+            }),
+        );
+        paths.insert(
+            item,
+            json!({
+                "get": operation(format!("read{id}{scope}{kind}"), "get", &gvk, false),
+                "put": operation(format!("replace{id}{scope}{kind}"), "put", &gvk, false),
+                "patch": operation(format!("patch{id}{scope}{kind}"), "patch", &gvk, true),
+                "delete": operation(format!("delete{id}{scope}{kind}"), "delete", &gvk, false),
+            }),
+        );
     }
+    let (major, minor, patch) = KUBE_VERSION;
     Some(json!({
         "openapi": "3.0.0",
         "info": { "title": "Kubernetes", "version": format!("v{major}.{minor}.{patch}") },
@@ -358,7 +407,7 @@ mod tests {
 
     #[test]
     fn documents_cover_the_served_resources() {
-        let list = core_resource_list();
+        let list = resource_list("", "v1");
         let names: Vec<&str> =
             list["resources"].as_array().into_iter().flatten().filter_map(|r| r["name"].as_str()).collect();
         for want in
@@ -376,6 +425,27 @@ mod tests {
                 .is_some_and(|u| u.starts_with("/openapi/v3/api/v1?hash="))
         );
         assert!(openapi_v3_doc("apis/authentication.k8s.io/v1").is_some());
+        let token =
+            list["resources"].as_array().into_iter().flatten().find(|r| r["name"] == "serviceaccounts/token");
+        assert_eq!(
+            token.map(|t| (t["group"].clone(), t["kind"].clone())),
+            Some((json!("authentication.k8s.io"), json!("TokenRequest")))
+        );
+        let apps = resource_list("apps", "v1");
+        assert_eq!(apps["resources"][0]["shortNames"], json!(["deploy"]));
+        let rbac = aggregated_groups(DiscoveryVersion::V2);
+        let groups: Vec<&str> = rbac["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(groups, ["apps", "authentication.k8s.io", "authorization.k8s.io", RBAC_GROUP]);
+        let doc = openapi_v3_doc("apis/rbac.authorization.k8s.io/v1").expect("rbac doc");
+        assert_eq!(
+            doc["paths"]["/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles/{name}"]["patch"]["operationId"],
+            "patchRbacAuthorizationV1NamespacedRole"
+        );
         assert!(openapi_v3_doc("apis/nope/v1").is_none());
         assert_eq!(version()["gitVersion"], "v1.33.0");
     }

@@ -8,7 +8,9 @@ use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::body::{self, ResponseBody};
-use super::defaults::{mark_deleted, name_suffix, prepare_create, prepare_update};
+use super::decode::{FieldValidation, decode};
+use super::defaults::{mark_deleted, name_suffix, normalize, prepare_create, prepare_update};
+use super::escalation;
 use super::media::{OBJECT_REPRESENTATIONS, Representation, negotiate};
 use super::patch::{PatchType, json_patch, merge_patch, strategic_merge_patch};
 use super::protobuf;
@@ -18,7 +20,7 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, delete_success};
 use super::store::ObjectKey;
 use super::table::{IncludeObject, content_type, table};
-use super::validate::{FieldValidation, decode, validate, validate_update};
+use super::validate::{validate, validate_update};
 use super::watch;
 
 /// Namespaces a real apiserver refuses to delete.
@@ -64,7 +66,12 @@ pub(crate) fn serve(ctx: &Ctx<'_>, target: &Target) -> Result<Response<ResponseB
         (Method::PUT, Some(name)) => update(ctx, target, name),
         (Method::PATCH, Some(name)) => patch(ctx, target, name),
         (Method::DELETE, Some(name)) => delete(ctx, target, name),
-        (Method::DELETE, None) if namespaced_collection => delete_collection(ctx, target),
+        (Method::DELETE, None)
+            if target.kind.verbs().contains(&"deletecollection")
+                && (namespaced_collection || !target.kind.namespaced()) =>
+        {
+            delete_collection(ctx, target)
+        }
         _ => Err(ApiError::method_not_allowed()),
     }
 }
@@ -142,7 +149,8 @@ fn settle_namespace(target: &Target, obj: &mut Value) -> Result<(), ApiError> {
     ))
 }
 
-fn warning_headers(resp: &mut Response<ResponseBody>, warnings: &[String]) {
+/// Adds a `Warning: 299` header per warning.
+pub(crate) fn warning_headers(resp: &mut Response<ResponseBody>, warnings: &[String]) {
     for w in warnings {
         let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
         if let Ok(v) = HeaderValue::from_str(&text) {
@@ -199,7 +207,7 @@ fn field_value(obj: &Value, field: &str) -> String {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Bool(b)) => b.to_string(),
         Some(Value::Number(n)) => n.to_string(),
-        _ if field == "spec.hostNetwork" => "false".to_string(),
+        _ if field == "spec.hostNetwork" || field == "spec.unschedulable" => "false".to_string(),
         _ => String::new(),
     }
 }
@@ -271,7 +279,7 @@ fn list(ctx: &Ctx<'_>, target: &Target) -> Result<Response<ResponseBody>, ApiErr
             StatusCode::OK,
             &json!({
                 "kind": kind.list_kind(),
-                "apiVersion": "v1",
+                "apiVersion": kind.api_version(),
                 "metadata": meta,
                 "items": items.iter().map(list_item).collect::<Vec<_>>(),
             }),
@@ -284,7 +292,7 @@ fn get(ctx: &Ctx<'_>, target: &Target, name: &str) -> Result<Response<ResponseBo
         .state
         .store
         .get(&target.key(name))
-        .ok_or_else(|| ApiError::not_found(target.kind.plural(), name))?;
+        .ok_or_else(|| ApiError::not_found(&target.kind.qualified_plural(), name))?;
     render_object(ctx, target.kind, StatusCode::OK, &obj)
 }
 
@@ -294,6 +302,7 @@ fn create(ctx: &Ctx<'_>, target: &Target) -> Result<Response<ResponseBody>, ApiE
     let validation = FieldValidation::parse(ctx.query.get("fieldValidation"))?;
     let mut obj = body_value(ctx)?;
     let warnings = decode(kind, &obj, validation)?;
+    normalize(kind, &mut obj);
     settle_namespace(target, &mut obj)?;
     if name_of(&obj).is_empty() {
         let prefix = meta_str(&obj, "generateName").to_string();
@@ -301,8 +310,9 @@ fn create(ctx: &Ctx<'_>, target: &Target) -> Result<Response<ResponseBody>, ApiE
             set_meta(&mut obj, "name", json!(format!("{prefix}{}", name_suffix())));
         }
     }
-    validate(kind, &obj)?;
     let ns = if kind.namespaced() { target.ns().to_string() } else { String::new() };
+    escalation::confirm(ctx.state, &ctx.identity.user, kind, &ns, &obj)?;
+    validate(kind, &obj)?;
     let pod_ip = if kind == ResourceKind::Pod { ctx.state.next_pod_ip() } else { String::new() };
     prepare_create(kind, &mut obj, &ns, &pod_ip, SystemTime::now());
     let key = ObjectKey::new(kind, &ns, name_of(&obj));
@@ -319,7 +329,7 @@ fn finish_update(
     current: &Value,
     mut next: Value,
 ) -> Result<Value, ApiError> {
-    let plural = kind.plural();
+    let plural = &kind.qualified_plural();
     if name_of(&next) != name {
         return Err(ApiError::bad_request(format!(
             "the name of the object ({}) does not match the name on the URL ({name})",
@@ -352,7 +362,9 @@ fn update(ctx: &Ctx<'_>, target: &Target, name: &str) -> Result<Response<Respons
     let validation = FieldValidation::parse(ctx.query.get("fieldValidation"))?;
     let mut obj = body_value(ctx)?;
     let warnings = decode(kind, &obj, validation)?;
+    normalize(kind, &mut obj);
     settle_namespace(target, &mut obj)?;
+    escalation::confirm(ctx.state, &ctx.identity.user, kind, &target.key(name).namespace, &obj)?;
     let updated =
         ctx.state.store.update(&target.key(name), dry, |current| finish_update(kind, name, current, obj))?;
     let mut resp = render_object(ctx, kind, StatusCode::OK, &updated)?;
@@ -374,15 +386,29 @@ fn patch(ctx: &Ctx<'_>, target: &Target, name: &str) -> Result<Response<Response
     }
     let patch: Value = serde_json::from_slice(&ctx.body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-    let mut warnings = Vec::new();
-    let updated = ctx.state.store.update(&target.key(name), dry, |current| {
+    let apply = |current: &Value| -> Result<Value, ApiError> {
         let mut obj = current.clone();
         match patch_type {
             PatchType::Json => json_patch(&mut obj, &patch)?,
             PatchType::Merge => merge_patch(&mut obj, &patch),
             PatchType::Strategic | PatchType::Apply => strategic_merge_patch(&mut obj, &patch)?,
         }
+        Ok(obj)
+    };
+    let key = target.key(name);
+    if let Some(current) = ctx.state.store.get(&key)
+        && let Ok(mut next) = apply(&current)
+    {
+        // Checked on the patched object outside the store's lock (the check
+        // reads the store); failures to patch are reported below.
+        normalize(kind, &mut next);
+        escalation::confirm(ctx.state, &ctx.identity.user, kind, &key.namespace, &next)?;
+    }
+    let mut warnings = Vec::new();
+    let updated = ctx.state.store.update(&key, dry, |current| {
+        let mut obj = apply(current)?;
         warnings = decode(kind, &obj, validation)?;
+        normalize(kind, &mut obj);
         if kind.namespaced() && meta_str(&obj, "namespace") != target.ns() {
             return Err(ApiError::bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request",
@@ -436,6 +462,7 @@ fn delete_one(ctx: &Ctx<'_>, target: &Target, name: &str, opts: &DeleteOptions) 
     if kind == ResourceKind::Namespace && PROTECTED_NAMESPACES.contains(&name) {
         return Err(ApiError::forbidden(
             format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+            "",
             "namespaces",
             name,
         ));
@@ -444,7 +471,7 @@ fn delete_one(ctx: &Ctx<'_>, target: &Target, name: &str, opts: &DeleteOptions) 
     let deleted = ctx.state.store.delete(&target.key(name), opts.dry_run, |current| {
         let failed = |what: &str, want: &str, have: &str| {
             ApiError::conflict_because(
-                kind.plural(),
+                &kind.qualified_plural(),
                 name,
                 &format!(
                     "Precondition failed: {what} in precondition: {want}, {what} in object meta: {have}"
@@ -470,7 +497,7 @@ fn delete_one(ctx: &Ctx<'_>, target: &Target, name: &str, opts: &DeleteOptions) 
                 mark_deleted(&mut last, now, 0);
                 last["status"] = json!({ "phase": "Terminating" });
             }
-            ResourceKind::ConfigMap | ResourceKind::Event => {}
+            _ => {}
         }
         Ok(last)
     })?;
@@ -484,7 +511,7 @@ fn delete_one(ctx: &Ctx<'_>, target: &Target, name: &str, opts: &DeleteOptions) 
                 ctx.state.logs.namespace_gone(name);
                 ctx.state.files.namespace_gone(name);
             }
-            ResourceKind::ConfigMap | ResourceKind::Event => {}
+            _ => {}
         }
     }
     Ok(deleted)
@@ -493,14 +520,15 @@ fn delete_one(ctx: &Ctx<'_>, target: &Target, name: &str, opts: &DeleteOptions) 
 fn delete(ctx: &Ctx<'_>, target: &Target, name: &str) -> Result<Response<ResponseBody>, ApiError> {
     let opts = delete_options(ctx)?;
     let deleted = delete_one(ctx, target, name, &opts)?;
-    match target.kind {
-        // Deleted at once, so the apiserver answers with a Status.
-        ResourceKind::ConfigMap | ResourceKind::Event => Ok(body::json(
+    if target.kind.deleted_at_once() {
+        // Gone at once, so the apiserver answers with a Status.
+        Ok(body::json(
             StatusCode::OK,
-            &delete_success(target.kind.plural(), name, meta_str(&deleted, "uid")),
-        )),
+            &delete_success(&target.kind.qualified_plural(), name, meta_str(&deleted, "uid")),
+        ))
+    } else {
         // Graceful deletion: the object, marked for deletion.
-        _ => render_object(ctx, target.kind, StatusCode::OK, &deleted),
+        render_object(ctx, target.kind, StatusCode::OK, &deleted)
     }
 }
 
@@ -521,7 +549,7 @@ fn delete_collection(ctx: &Ctx<'_>, target: &Target) -> Result<Response<Response
         StatusCode::OK,
         &json!({
             "kind": target.kind.list_kind(),
-            "apiVersion": "v1",
+            "apiVersion": target.kind.api_version(),
             "metadata": { "resourceVersion": ctx.state.store.current_rv().to_string() },
             "items": deleted,
         }),

@@ -2,8 +2,10 @@
 //! (`application/vnd.kubernetes.protobuf`) into JSON.
 //!
 //! kubectl 1.32+ sends protobuf for typed-client writes (`kubectl create
-//! configmap`, `create namespace`, `auth whoami`, `auth can-i`). Only the
-//! messages those send are described here; a field this server does not
+//! configmap`, `create namespace`, `create serviceaccount`, `create secret
+//! generic`, `create role`/`clusterrole`/`rolebinding`/`clusterrolebinding`,
+//! `create token`, `auth whoami`, `auth can-i`). Only the messages those
+//! send are described here; a field this server does not
 //! know is refused (400) rather than silently dropped. Responses are always
 //! JSON, which every client also accepts.
 
@@ -81,6 +83,94 @@ const CONFIG_MAP: &[Field] = &[
     f(4, "immutable", Ty::Bool),
 ];
 
+const OBJECT_REFERENCE: &[Field] = &[
+    f(1, "kind", Ty::Str),
+    f(2, "namespace", Ty::Str),
+    f(3, "name", Ty::Str),
+    f(4, "uid", Ty::Str),
+    f(5, "apiVersion", Ty::Str),
+    f(6, "resourceVersion", Ty::Str),
+    f(7, "fieldPath", Ty::Str),
+];
+
+const SERVICE_ACCOUNT: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    rep(2, "secrets", Ty::Msg(OBJECT_REFERENCE)),
+    rep(3, "imagePullSecrets", Ty::Msg(&[f(1, "name", Ty::Str)])),
+    f(4, "automountServiceAccountToken", Ty::Bool),
+];
+
+const SECRET: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(2, "data", Ty::BytesMap),
+    f(3, "type", Ty::Str),
+    f(4, "stringData", Ty::StrMap),
+    f(5, "immutable", Ty::Bool),
+];
+
+const POLICY_RULE: &[Field] = &[
+    rep(1, "verbs", Ty::Str),
+    rep(2, "apiGroups", Ty::Str),
+    rep(3, "resources", Ty::Str),
+    rep(4, "resourceNames", Ty::Str),
+    rep(5, "nonResourceURLs", Ty::Str),
+];
+
+const LABEL_SELECTOR: &[Field] = &[
+    f(1, "matchLabels", Ty::StrMap),
+    rep(
+        2,
+        "matchExpressions",
+        Ty::Msg(&[f(1, "key", Ty::Str), f(2, "operator", Ty::Str), rep(3, "values", Ty::Str)]),
+    ),
+];
+
+const ROLE: &[Field] = &[f(1, "metadata", Ty::Msg(OBJECT_META)), rep(2, "rules", Ty::Msg(POLICY_RULE))];
+
+const CLUSTER_ROLE: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    rep(2, "rules", Ty::Msg(POLICY_RULE)),
+    f(3, "aggregationRule", Ty::Msg(&[rep(1, "clusterRoleSelectors", Ty::Msg(LABEL_SELECTOR))])),
+];
+
+const ROLE_BINDING: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    rep(
+        2,
+        "subjects",
+        Ty::Msg(&[
+            f(1, "kind", Ty::Str),
+            f(2, "apiGroup", Ty::Str),
+            f(3, "name", Ty::Str),
+            f(4, "namespace", Ty::Str),
+        ]),
+    ),
+    f(3, "roleRef", Ty::Msg(&[f(1, "apiGroup", Ty::Str), f(2, "kind", Ty::Str), f(3, "name", Ty::Str)])),
+];
+
+const TOKEN_REQUEST: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(
+        2,
+        "spec",
+        Ty::Msg(&[
+            rep(1, "audiences", Ty::Str),
+            f(
+                3,
+                "boundObjectRef",
+                Ty::Msg(&[
+                    f(1, "kind", Ty::Str),
+                    f(2, "apiVersion", Ty::Str),
+                    f(3, "name", Ty::Str),
+                    f(4, "uid", Ty::Str),
+                ]),
+            ),
+            f(4, "expirationSeconds", Ty::Int),
+        ]),
+    ),
+    f(3, "status", Ty::Msg(&[f(1, "token", Ty::Str), f(2, "expirationTimestamp", Ty::Time)])),
+];
+
 const NAMESPACE_CONDITION: &[Field] = &[
     f(1, "type", Ty::Str),
     f(2, "status", Ty::Str),
@@ -143,6 +233,12 @@ fn schema(api_version: &str, kind: &str) -> Option<&'static [Field]> {
     Some(match (api_version, kind) {
         ("v1", "ConfigMap") => CONFIG_MAP,
         ("v1", "Namespace") => NAMESPACE,
+        ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
+        ("v1", "Secret") => SECRET,
+        ("rbac.authorization.k8s.io/v1", "Role") => ROLE,
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => CLUSTER_ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => ROLE_BINDING,
+        ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
         (v, "SelfSubjectReview") if v.starts_with("authentication.k8s.io/") => SELF_SUBJECT_REVIEW,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SELF_SUBJECT_ACCESS_REVIEW,
         _ => return None,

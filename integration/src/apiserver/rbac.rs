@@ -1,14 +1,15 @@
-//! Authorization: a small RBAC table, matched the way Kubernetes RBAC
-//! matches `PolicyRule`s, and the `403 Forbidden` a real apiserver sends.
+//! The rule table: a small list of allow rules set by the test (builder,
+//! `PUT /_test/rbac`), matched the way Kubernetes RBAC matches
+//! `PolicyRule`s. RBAC objects (ClusterRoles, bindings, ...) are in
+//! `policy`; how both combine is in `authz`.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::auth::Identity;
-use super::request_info::{RequestInfo, ResourceRequest};
-use super::status::ApiError;
+use super::auth::UserInfo;
+use super::request_info::ResourceRequest;
 
 /// Who a rule applies to: `user:alice` or `group:dev` in JSON.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -103,7 +104,8 @@ impl RbacRule {
         Self { subjects: vec![Subject::group(name)], ..Self::default() }
     }
 
-    /// The demo-mode rule: every authenticated user may do anything.
+    /// Every authenticated user may do anything with any resource (what
+    /// demo mode allows, but for ServiceAccounts too).
     pub fn allow_all() -> Self {
         Self::for_group("system:authenticated").verbs(["*"]).resources(["*"]).namespaces(["*"])
     }
@@ -132,10 +134,10 @@ impl RbacRule {
         self
     }
 
-    fn applies_to(&self, id: &Identity) -> bool {
+    fn applies_to(&self, user: &UserInfo) -> bool {
         self.subjects.iter().any(|s| match s {
-            Subject::User(u) => *u == id.user.username,
-            Subject::Group(g) => id.user.groups.contains(g),
+            Subject::User(u) => *u == user.username,
+            Subject::Group(g) => user.groups.contains(g),
         })
     }
 
@@ -154,92 +156,29 @@ impl RbacRule {
     }
 }
 
-/// Paths every authenticated user may read (`system:discovery`,
-/// `system:public-info-viewer`).
-fn public_path(path: &str) -> bool {
-    const EXACT: [&str; 8] =
-        ["/api", "/apis", "/healthz", "/livez", "/readyz", "/version", "/version/", "/openapi"];
-    const PREFIX: [&str; 6] = ["/api/", "/apis/", "/healthz/", "/livez/", "/readyz/", "/openapi/"];
-    EXACT.contains(&path) || PREFIX.iter().any(|p| path.starts_with(p))
-}
-
-/// Self reviews every authenticated user may create (`system:basic-user`).
-fn self_review(r: &ResourceRequest) -> bool {
-    r.verb == "create"
-        && matches!(
-            (r.group.as_str(), r.resource.as_str()),
-            ("authentication.k8s.io", "selfsubjectreviews")
-                | ("authorization.k8s.io", "selfsubjectaccessreviews" | "selfsubjectrulesreviews")
-        )
-}
-
-/// Whether `id` may do what `info` describes under `rules`.
-pub(crate) fn allowed(rules: &[RbacRule], id: &Identity, info: &RequestInfo) -> bool {
-    if id.is_admin() {
-        return true;
-    }
-    match info {
-        RequestInfo::NonResource { path, verb } => verb == "get" && public_path(path),
-        RequestInfo::Resource(r) => {
-            self_review(r) || rules.iter().any(|rule| rule.applies_to(id) && rule.allows(r))
-        }
-    }
-}
-
-/// Authorizes the request, or the 403 a real apiserver would answer.
-pub(crate) fn authorize(rules: &[RbacRule], id: &Identity, info: &RequestInfo) -> Result<(), ApiError> {
-    if allowed(rules, id, info) {
-        return Ok(());
-    }
-    let user = &id.user.username;
-    Err(match info {
-        RequestInfo::NonResource { path, verb } => {
-            ApiError::forbidden(format!("forbidden: User \"{user}\" cannot {verb} path \"{path}\""), "", "")
-        }
-        RequestInfo::Resource(r) => {
-            let what = if r.name.is_empty() {
-                format!("{} is forbidden", r.resource)
-            } else {
-                format!("{} \"{}\" is forbidden", r.resource, r.name)
-            };
-            let scope = if r.namespace.is_empty() {
-                "at the cluster scope".to_string()
-            } else {
-                format!("in the namespace \"{}\"", r.namespace)
-            };
-            ApiError::forbidden(
-                format!(
-                    "{what}: User \"{user}\" cannot {} resource \"{}\" in API group \"{}\" {scope}",
-                    r.verb,
-                    r.combined_resource(),
-                    r.group
-                ),
-                &r.resource,
-                &r.name,
-            )
-        }
-    })
+/// Whether some rule of the table allows `user` the request `r`.
+pub(crate) fn table_allows(rules: &[RbacRule], user: &UserInfo, r: &ResourceRequest) -> bool {
+    rules.iter().any(|rule| rule.applies_to(user) && rule.allows(r))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::auth::UserInfo;
     use crate::apiserver::query::Query;
-    use crate::apiserver::request_info::classify;
+    use crate::apiserver::request_info::{RequestInfo, classify};
     use http::Method;
 
-    fn user(name: &str, groups: &[&str]) -> Identity {
+    fn user(name: &str, groups: &[&str]) -> UserInfo {
         let mut groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
         groups.push("system:authenticated".into());
-        Identity {
-            user: UserInfo { username: name.into(), groups, ..UserInfo::default() },
-            impersonated: true,
-        }
+        UserInfo { username: name.into(), groups, ..UserInfo::default() }
     }
 
-    fn info(method: Method, path: &str) -> RequestInfo {
-        classify(&method, path, &Query::default())
+    fn request(method: Method, path: &str) -> ResourceRequest {
+        match classify(&method, path, &Query::default()) {
+            RequestInfo::Resource(r) => r,
+            other => panic!("not a resource request: {other:?}"),
+        }
     }
 
     #[test]
@@ -253,37 +192,15 @@ mod tests {
         ];
         let alice = user("alice", &[]);
         let bob = user("bob", &["dev"]);
-        let ok = |id: &Identity, m: Method, p: &str| allowed(&rules, id, &info(m, p));
+        let ok = |u: &UserInfo, m: Method, p: &str| table_allows(&rules, u, &request(m, p));
         assert!(ok(&alice, Method::GET, "/api/v1/namespaces/default/configmaps/x"));
         assert!(ok(&alice, Method::GET, "/api/v1/namespaces/default/configmaps"));
         assert!(!ok(&alice, Method::GET, "/api/v1/configmaps"));
         assert!(!ok(&alice, Method::DELETE, "/api/v1/namespaces/default/configmaps/x"));
         assert!(!ok(&alice, Method::GET, "/api/v1/namespaces/other/configmaps/x"));
-        assert!(ok(&alice, Method::GET, "/api"));
-        assert!(ok(&alice, Method::POST, "/apis/authentication.k8s.io/v1/selfsubjectreviews"));
-        assert!(!ok(&alice, Method::GET, "/metrics"));
         assert!(ok(&bob, Method::GET, "/api/v1/pods"));
         assert!(ok(&bob, Method::GET, "/api/v1/namespaces/x/pods/p/log"));
         assert!(!ok(&bob, Method::GET, "/api/v1/namespaces/x/pods/p/exec"));
-        let admin = Identity { user: UserInfo::admin(), impersonated: false };
-        assert!(allowed(&[], &admin, &info(Method::DELETE, "/api/v1/namespaces/x")));
-    }
-
-    #[test]
-    fn forbidden_message_is_kubernetes_like() {
-        let bob = user("bob", &[]);
-        let err = authorize(&[], &bob, &info(Method::GET, "/api/v1/namespaces/default/configmaps/x"))
-            .expect_err("denied");
-        assert_eq!(err.code, http::StatusCode::FORBIDDEN);
-        assert_eq!(
-            err.message,
-            "configmaps \"x\" is forbidden: User \"bob\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"default\""
-        );
-        let err = authorize(&[], &bob, &info(Method::GET, "/api/v1/namespaces")).expect_err("denied");
-        assert_eq!(
-            err.message,
-            "namespaces is forbidden: User \"bob\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope"
-        );
     }
 
     #[test]

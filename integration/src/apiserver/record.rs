@@ -51,8 +51,14 @@ pub struct RecordedRequest {
     pub body: String,
     /// The body's full length in bytes.
     pub body_len: usize,
-    /// The effective user name, once authenticated (`None` when rejected
-    /// with 401): the impersonated user, or the admin.
+    /// Who presented the credential (`test-admin`, or a ServiceAccount's
+    /// `system:serviceaccount:NS:NAME`), once authenticated (`None` when
+    /// rejected with 401). Differs from `user` when impersonating.
+    #[serde(default)]
+    pub authenticated_user: Option<String>,
+    /// The effective user name: the impersonated user, or else the
+    /// authenticated one. `None` when rejected with 401, or with 403
+    /// because the impersonation was not allowed.
     pub user: Option<String>,
     /// The effective user's groups (including `system:authenticated`).
     pub groups: Vec<String>,
@@ -156,6 +162,7 @@ impl Recorder {
             http_version: a.http_version,
             body: String::new(),
             body_len: 0,
+            authenticated_user: None,
             user: None,
             groups: Vec::new(),
             uid: String::new(),
@@ -229,6 +236,11 @@ impl RecordGuard {
         if let Some(r) = &self.recorder {
             r.update(self.id, f);
         }
+    }
+
+    /// Records who presented the credential.
+    pub fn set_requester(&self, user: &UserInfo) {
+        self.update(|e| e.authenticated_user = Some(user.username.clone()));
     }
 
     /// Records the effective user.

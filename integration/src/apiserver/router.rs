@@ -1,5 +1,5 @@
-//! The request pipeline, in kube-apiserver's order: record, authenticate
-//! (and impersonate), authorize, read the body, then route.
+//! The request pipeline, in kube-apiserver's order: record, authenticate,
+//! check and apply impersonation, authorize, read the body, then route.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,14 +10,14 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
-use super::auth::{Identity, authenticate};
+use super::auth::{Identity, authenticate, impersonation};
+use super::authz;
 use super::body::{self, ResponseBody};
 use super::discovery;
 use super::handlers::{self, Target};
 use super::logs;
 use super::media::{DiscoveryVersion, Representation, negotiate};
 use super::query::Query;
-use super::rbac::authorize;
 use super::record::{Arrival, RecordGuard};
 use super::request_info::{RequestInfo, ResourceRequest, classify};
 use super::resources::ResourceKind;
@@ -26,6 +26,7 @@ use super::server::State;
 use super::status::ApiError;
 use super::streaming::{self, Subresource};
 use super::test_endpoints;
+use super::tokens;
 
 /// The largest request body accepted (kube-apiserver's 3 MiB).
 pub(crate) const MAX_REQUEST_BODY: usize = 3 * 1024 * 1024;
@@ -122,16 +123,30 @@ async fn serve(
     guard: &Arc<RecordGuard>,
     upgrade: &Mutex<Option<OnUpgrade>>,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let identity = authenticate(&parts.headers, state.admin_token.expose())?;
+    let (requester, credential) =
+        authenticate(&parts.headers, state.admin_token.expose(), |t| state.service_account_user(t))?;
+    guard.set_requester(&requester);
+    let identity = match impersonation(&parts.headers)? {
+        None => Identity::direct(requester, credential),
+        Some(imp) => {
+            authz::authorize_impersonation(state, &requester, &imp)?;
+            Identity { user: imp.effective_user(), requester, impersonated: true, credential }
+        }
+    };
     guard.set_user(&identity.user, identity.impersonated);
     let path = parts.uri.path();
     let query = Query::parse(parts.uri.query());
     let info = if is_test_path(path) {
-        RequestInfo::NonResource { path: path.to_string(), verb: parts.method.as_str().to_lowercase() }
+        let info =
+            RequestInfo::NonResource { path: path.to_string(), verb: parts.method.as_str().to_lowercase() };
+        if !identity.is_admin() {
+            return Err(authz::forbidden(&identity.user.username, &info, ""));
+        }
+        info
     } else {
         classify(&parts.method, path, &query)
     };
-    authorize(&state.rules(), &identity, &info)?;
+    authz::authorize(state, &identity.user, &info)?;
     if let RequestInfo::Resource(r) = &info
         && r.verb != "create"
         && r.resource == "pods"
@@ -141,7 +156,7 @@ async fn serve(
         // AuthorizePodWebsocketUpgradeCreatePermission), also require the
         // `create` that the SPDY POST needs.
         let create = ResourceRequest { verb: "create".to_string(), ..r.clone() };
-        authorize(&state.rules(), &identity, &RequestInfo::Resource(create))?;
+        authz::authorize(state, &identity.user, &RequestInfo::Resource(create))?;
     }
     let body = read_body(body, guard).await?;
     let ctx = Ctx {
@@ -197,9 +212,22 @@ fn discovery_doc(
 fn non_resource(ctx: &Ctx<'_>, path: &str) -> Result<Response<ResponseBody>, ApiError> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["healthz" | "livez" | "readyz", ..] => {
+        [check @ ("healthz" | "livez" | "readyz"), ..] => {
             get_only(ctx)?;
-            Ok(body::respond(StatusCode::OK, "text/plain; charset=utf-8", ResponseBody::full("ok")))
+            let passing = if *check == "readyz" { ctx.state.ready() } else { ctx.state.live() };
+            if passing {
+                Ok(body::respond(StatusCode::OK, "text/plain; charset=utf-8", ResponseBody::full("ok")))
+            } else {
+                // What kube-apiserver answers when etcd is unreachable.
+                let text = format!(
+                    "[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\n[+]poststarthook/start-apiserver-admission-initializer ok\n{check} check failed\n"
+                );
+                Ok(body::respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain; charset=utf-8",
+                    ResponseBody::full(text),
+                ))
+            }
         }
         ["version"] => {
             get_only(ctx)?;
@@ -219,7 +247,7 @@ fn non_resource(ctx: &Ctx<'_>, path: &str) -> Result<Response<ResponseBody>, Api
         }
         ["api", "v1"] => {
             get_only(ctx)?;
-            Ok(ok_json(&discovery::core_resource_list()))
+            Ok(ok_json(&discovery::resource_list("", "v1")))
         }
         ["apis", group] => {
             let g = discovery::group(group, None).ok_or_else(ApiError::no_route)?;
@@ -229,7 +257,7 @@ fn non_resource(ctx: &Ctx<'_>, path: &str) -> Result<Response<ResponseBody>, Api
         ["apis", group, version] => {
             let g = discovery::group(group, Some(version)).ok_or_else(ApiError::no_route)?;
             get_only(ctx)?;
-            Ok(ok_json(&discovery::group_resource_list(g, version)))
+            Ok(ok_json(&discovery::resource_list(g.name, version)))
         }
         ["openapi", "v2"] => {
             get_only(ctx)?;
@@ -261,17 +289,20 @@ fn non_resource(ctx: &Ctx<'_>, path: &str) -> Result<Response<ResponseBody>, Api
 fn resource(ctx: &Ctx<'_>, path: &str) -> Result<Response<ResponseBody>, ApiError> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["api", "v1", rest @ ..] => core(ctx, rest),
-        ["apis", group, version, resource] => {
+        ["api", "v1", rest @ ..] => objects(ctx, "", rest),
+        ["apis", group, version, rest @ ..] => {
             let g = discovery::group(group, Some(version)).ok_or_else(ApiError::no_route)?;
-            if !g.resources.iter().any(|(plural, _, _)| plural == resource) {
-                return Err(ApiError::no_route());
-            }
+            let review = match rest {
+                [resource] => g.reviews.iter().find(|(plural, _, _)| plural == resource),
+                _ => None,
+            };
+            let Some((review, _, _)) = review else { return objects(ctx, g.name, rest) };
             if *ctx.method != Method::POST {
                 return Err(ApiError::method_not_allowed());
             }
-            match *resource {
+            match *review {
                 "selfsubjectreviews" => reviews::self_subject_review(ctx, version),
+                "subjectaccessreviews" => reviews::subject_access_review(ctx),
                 _ => reviews::self_subject_access_review(ctx, version),
             }
         }
@@ -279,17 +310,16 @@ fn resource(ctx: &Ctx<'_>, path: &str) -> Result<Response<ResponseBody>, ApiErro
     }
 }
 
-fn kind_of(plural: &str, namespaced: bool) -> Result<ResourceKind, ApiError> {
-    ResourceKind::from_plural(plural).filter(|k| k.namespaced() == namespaced).ok_or_else(ApiError::no_route)
-}
-
-fn core(ctx: &Ctx<'_>, rest: &[&str]) -> Result<Response<ResponseBody>, ApiError> {
+/// Paths of stored objects (and their subresources) in one API group.
+fn objects(ctx: &Ctx<'_>, group: &str, rest: &[&str]) -> Result<Response<ResponseBody>, ApiError> {
+    let kind = |plural: &str, namespaced: bool| {
+        ResourceKind::from_plural(group, plural)
+            .filter(|k| k.namespaced() == namespaced)
+            .ok_or_else(ApiError::no_route)
+    };
+    let core = group.is_empty();
     let target = match rest {
-        ["namespaces"] => Target::collection(ResourceKind::Namespace, None),
-        ["namespaces", name] => Target::item(ResourceKind::Namespace, "", name),
-        ["namespaces", ns, plural] => Target::collection(kind_of(plural, true)?, Some(ns)),
-        ["namespaces", ns, plural, name] => Target::item(kind_of(plural, true)?, ns, name),
-        ["namespaces", ns, "pods", name, sub] => {
+        ["namespaces", ns, "pods", name, sub] if core => {
             return match *sub {
                 "log" => {
                     get_only(ctx)?;
@@ -301,11 +331,19 @@ fn core(ctx: &Ctx<'_>, rest: &[&str]) -> Result<Response<ResponseBody>, ApiError
                 },
             };
         }
-        [plural] => {
-            let kind = kind_of(plural, true)?;
-            get_only(ctx)?;
-            Target::collection(kind, None)
-        }
+        ["namespaces", ns, "serviceaccounts", name, "token"] if core => return tokens::serve(ctx, ns, name),
+        ["namespaces", ns, plural] => Target::collection(kind(plural, true)?, Some(ns)),
+        ["namespaces", ns, plural, name] => Target::item(kind(plural, true)?, ns, name),
+        [plural] => match kind(plural, false) {
+            Ok(k) => Target::collection(k, None),
+            // A namespaced kind across all namespaces: read only.
+            Err(_) => {
+                let k = kind(plural, true)?;
+                get_only(ctx)?;
+                Target::collection(k, None)
+            }
+        },
+        [plural, name] => Target::item(kind(plural, false)?, "", name),
         _ => return Err(ApiError::no_route()),
     };
     handlers::serve(ctx, &target)

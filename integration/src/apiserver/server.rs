@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -19,16 +19,19 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::defaults::prepare_create;
+use super::auth::{ADMIN_USER, UserInfo};
+use super::defaults::{initial_node, prepare_create};
 use super::error::StartError;
 use super::logs::Logs;
 use super::podfs::PodFiles;
+use super::policy::bootstrap_objects;
 use super::rbac::RbacRule;
 use super::record::{RecordedRequest, Recorder};
 use super::resources::ResourceKind;
 use super::router;
 use super::store::{ObjectKey, Store};
 use super::tls::make_pki;
+use super::tokens::Tokens;
 
 /// How often watches that asked for bookmarks get one, by default.
 pub const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
@@ -47,6 +50,14 @@ pub(crate) struct State {
     pub store: Store,
     pub logs: Logs,
     rbac: RwLock<Vec<RbacRule>>,
+    /// Demo mode: no rule table was configured and the server is not
+    /// strict (see `authz`).
+    demo: AtomicBool,
+    /// ServiceAccount tokens minted by the TokenRequest API.
+    pub tokens: Tokens,
+    /// Whether `/readyz` and `/livez` (with `/healthz`) pass.
+    ready: AtomicBool,
+    live: AtomicBool,
     pub recorder: Arc<Recorder>,
     /// Every pod's in-memory files (what `exec` commands see).
     pub files: PodFiles,
@@ -67,9 +78,40 @@ impl State {
         self.rbac.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Replaces the RBAC rules.
+    /// Replaces the RBAC rules (which ends demo mode).
     pub fn set_rules(&self, rules: Vec<RbacRule>) {
         *self.rbac.write().unwrap_or_else(PoisonError::into_inner) = rules;
+        self.demo.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether demo mode is on.
+    pub fn demo_mode(&self) -> bool {
+        self.demo.load(Ordering::Relaxed)
+    }
+
+    /// The user a bearer token other than the admin's authenticates as.
+    pub fn service_account_user(&self, token: &str) -> Option<UserInfo> {
+        self.tokens.user(token, &self.store, SystemTime::now())
+    }
+
+    /// Whether `/readyz` passes.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Whether `/livez` and `/healthz` pass.
+    pub fn live(&self) -> bool {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Makes `/readyz` pass or fail.
+    pub fn set_ready(&self, ok: bool) {
+        self.ready.store(ok, Ordering::Relaxed);
+    }
+
+    /// Makes `/livez` and `/healthz` pass or fail.
+    pub fn set_live(&self, ok: bool) {
+        self.live.store(ok, Ordering::Relaxed);
     }
 
     /// A fresh pod IP from 10.244.0.0/16.
@@ -84,6 +126,7 @@ impl State {
 pub struct TestApiserverBuilder {
     listen: SocketAddr,
     rbac: Option<Vec<RbacRule>>,
+    strict_rbac: bool,
     bookmark_interval: Duration,
 }
 
@@ -92,6 +135,7 @@ impl Default for TestApiserverBuilder {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             rbac: None,
+            strict_rbac: false,
             bookmark_interval: DEFAULT_BOOKMARK_INTERVAL,
         }
     }
@@ -104,11 +148,20 @@ impl TestApiserverBuilder {
         self
     }
 
-    /// The RBAC rules for impersonated users. Without this call every
-    /// request is allowed (demo mode); an empty list denies every
-    /// impersonated request.
+    /// The rule table, for impersonated users and ServiceAccounts. Without
+    /// this call (or [`strict_rbac`](Self::strict_rbac)) every resource
+    /// request of an impersonated user is allowed (demo mode); with it,
+    /// only what the rules or the RBAC objects allow.
     pub fn rbac(mut self, rules: impl IntoIterator<Item = RbacRule>) -> Self {
         self.rbac = Some(rules.into_iter().collect());
+        self
+    }
+
+    /// No demo mode: impersonated users may do only what the rule table
+    /// (empty unless [`rbac`](Self::rbac) is called) and the RBAC objects
+    /// (ClusterRoles, RoleBindings, ...) allow.
+    pub fn strict_rbac(mut self) -> Self {
+        self.strict_rbac = true;
         self
     }
 
@@ -132,7 +185,11 @@ impl TestApiserverBuilder {
             admin_token: token,
             store: Store::new(),
             logs: Logs::new(),
-            rbac: RwLock::new(self.rbac.unwrap_or_else(|| vec![RbacRule::allow_all()])),
+            demo: AtomicBool::new(self.rbac.is_none() && !self.strict_rbac),
+            rbac: RwLock::new(self.rbac.unwrap_or_default()),
+            tokens: Tokens::default(),
+            ready: AtomicBool::new(true),
+            live: AtomicBool::new(true),
             recorder: Arc::new(Recorder::default()),
             files: PodFiles::default(),
             sessions: TaskTracker::new(),
@@ -141,13 +198,20 @@ impl TestApiserverBuilder {
             server_address: client_addr.to_string(),
             pod_ips: AtomicU32::new(0),
         });
-        for name in INITIAL_NAMESPACES {
-            let mut ns = json!({ "metadata": { "name": name } });
-            prepare_create(ResourceKind::Namespace, &mut ns, "", "", SystemTime::now());
+        let now = SystemTime::now();
+        let initial = INITIAL_NAMESPACES
+            .iter()
+            .map(|name| (ResourceKind::Namespace, json!({ "metadata": { "name": name } })))
+            .chain([(ResourceKind::Node, initial_node(now))])
+            .chain(bootstrap_objects());
+        for (kind, mut obj) in initial {
+            prepare_create(kind, &mut obj, "", "", now);
+            let name = obj.pointer("/metadata/name").and_then(serde_json::Value::as_str).unwrap_or_default();
+            let key = ObjectKey::new(kind, "", name);
             // Fresh store: these cannot already exist.
-            let _ = state.store.create(ObjectKey::new(ResourceKind::Namespace, "", name), ns, false);
+            let _ = state.store.create(key, obj, false);
         }
-        let kubeconfig = kubeconfig(&url, &pki.ca_pem, state.admin_token.expose())?;
+        let kubeconfig = kubeconfig(&url, &pki.ca_pem, ADMIN_USER, state.admin_token.expose())?;
         let acceptor = TlsAcceptor::from(pki.server_config);
         let task = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&state)));
         tracing::info!(%url, "test apiserver listening");
@@ -173,7 +237,7 @@ impl std::fmt::Debug for TestApiserver {
 }
 
 impl TestApiserver {
-    /// A builder with the defaults (`127.0.0.1:0`, allow-all RBAC).
+    /// A builder with the defaults (`127.0.0.1:0`, demo mode).
     pub fn builder() -> TestApiserverBuilder {
         TestApiserverBuilder::default()
     }
@@ -198,7 +262,7 @@ impl TestApiserver {
         &self.ca_pem
     }
 
-    /// The admin bearer token, the only accepted credential.
+    /// The admin bearer token (user `test-admin`, group `system:masters`).
     pub fn admin_token(&self) -> &str {
         self.state.admin_token.expose()
     }
@@ -207,6 +271,13 @@ impl TestApiserver {
     /// context's namespace `default`.
     pub fn kubeconfig_yaml(&self) -> String {
         self.kubeconfig.clone()
+    }
+
+    /// A kubeconfig like [`kubeconfig_yaml`](Self::kubeconfig_yaml) but with
+    /// another bearer token, e.g. a ServiceAccount's from `kubectl create
+    /// token` (a token this server did not mint gets 401).
+    pub fn kubeconfig_with_token(&self, token: &str) -> Result<String, StartError> {
+        kubeconfig(&self.url, &self.ca_pem, "token-user", token)
     }
 
     /// Every request received so far (except `/_test/` ones), oldest first;
@@ -233,9 +304,20 @@ impl TestApiserver {
         self.state.logs.append(namespace, pod, Some(container), line);
     }
 
-    /// Replaces the RBAC rules for impersonated users.
+    /// Replaces the rule table (and ends demo mode).
     pub fn set_rbac(&self, rules: impl IntoIterator<Item = RbacRule>) {
         self.state.set_rules(rules.into_iter().collect());
+    }
+
+    /// Makes `/readyz` answer 200 (`true`, the start) or 500 as a failing
+    /// kube-apiserver does.
+    pub fn set_readyz(&self, ok: bool) {
+        self.state.set_ready(ok);
+    }
+
+    /// Makes `/livez` and `/healthz` answer 200 (`true`, the start) or 500.
+    pub fn set_livez(&self, ok: bool) {
+        self.state.set_live(ok);
     }
 
     /// Stops accepting, ends streams, and waits for connections to close
@@ -256,16 +338,16 @@ impl Drop for TestApiserver {
     }
 }
 
-fn kubeconfig(url: &str, ca_pem: &str, token: &str) -> Result<String, StartError> {
+fn kubeconfig(url: &str, ca_pem: &str, user: &str, token: &str) -> Result<String, StartError> {
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let doc = json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{ "name": "test-apiserver", "cluster": { "server": url, "certificate-authority-data": ca } }],
-        "users": [{ "name": "test-admin", "user": { "token": token } }],
+        "users": [{ "name": user, "user": { "token": token } }],
         "contexts": [{
             "name": "test-apiserver",
-            "context": { "cluster": "test-apiserver", "user": "test-admin", "namespace": "default" },
+            "context": { "cluster": "test-apiserver", "user": user, "namespace": "default" },
         }],
         "current-context": "test-apiserver",
         "preferences": {},

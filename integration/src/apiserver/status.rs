@@ -29,8 +29,14 @@ pub(crate) struct Cause {
     pub message: String,
 }
 
+/// `details` of a Status about a resource, named as in messages:
+/// `configmaps`, or `deployments.apps` (split into `kind` and `group`).
 fn details(resource: &str, name: &str) -> Value {
-    let mut d = json!({ "kind": resource });
+    let (kind, group) = resource.split_once('.').unwrap_or((resource, ""));
+    let mut d = json!({ "kind": kind });
+    if !group.is_empty() {
+        d["group"] = json!(group);
+    }
     if !name.is_empty() {
         d["name"] = json!(name);
     }
@@ -57,9 +63,17 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
     }
 
-    /// 403 Forbidden with a given message.
-    pub fn forbidden(message: impl Into<String>, resource: &str, name: &str) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "Forbidden", message).with_details(details(resource, name))
+    /// 403 Forbidden with a given message, about a resource (`details`
+    /// left empty when `resource` is).
+    pub fn forbidden(message: impl Into<String>, group: &str, resource: &str, name: &str) -> Self {
+        let mut d = details(resource, name);
+        if !group.is_empty() {
+            d["group"] = json!(group);
+        }
+        if resource.is_empty() {
+            d = json!({});
+        }
+        Self::new(StatusCode::FORBIDDEN, "Forbidden", message).with_details(d)
     }
 
     /// 404 for an object: `configmaps "x" not found`.
@@ -195,13 +209,9 @@ impl ApiError {
 /// The `Status` a real apiserver returns after deleting an object that is
 /// gone at once (ConfigMaps).
 pub(crate) fn delete_success(resource: &str, name: &str, uid: &str) -> Value {
-    json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Success",
-        "details": { "name": name, "kind": resource, "uid": uid },
-    })
+    let mut d = details(resource, name);
+    d["uid"] = json!(uid);
+    json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": d })
 }
 
 #[cfg(test)]
@@ -216,6 +226,9 @@ mod tests {
         assert_eq!(v["code"], 404);
         assert_eq!(v["details"]["kind"], "configmaps");
         assert_eq!(v["details"]["name"], "x");
+        let v = ApiError::not_found("deployments.apps", "d").to_value();
+        assert_eq!(v["message"], "deployments.apps \"d\" not found");
+        assert_eq!(v["details"], json!({"kind": "deployments", "group": "apps", "name": "d"}));
     }
 
     #[test]

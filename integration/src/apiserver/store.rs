@@ -160,7 +160,7 @@ impl Store {
             return Err(ApiError::not_found("namespaces", &key.namespace));
         }
         if inner.objects.contains_key(&key) {
-            return Err(ApiError::already_exists(key.kind.plural(), &key.name));
+            return Err(ApiError::already_exists(&key.kind.qualified_plural(), &key.name));
         }
         if dry_run {
             return Ok(object);
@@ -177,8 +177,10 @@ impl Store {
         f: impl FnOnce(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
-        let current =
-            inner.objects.get(key).ok_or_else(|| ApiError::not_found(key.kind.plural(), &key.name))?;
+        let current = inner
+            .objects
+            .get(key)
+            .ok_or_else(|| ApiError::not_found(&key.kind.qualified_plural(), &key.name))?;
         let mut next = f(current)?;
         let rv = current.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
         if let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -201,8 +203,10 @@ impl Store {
         f: impl FnOnce(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
-        let current =
-            inner.objects.get(key).ok_or_else(|| ApiError::not_found(key.kind.plural(), &key.name))?;
+        let current = inner
+            .objects
+            .get(key)
+            .ok_or_else(|| ApiError::not_found(&key.kind.qualified_plural(), &key.name))?;
         let last = f(current)?;
         if dry_run {
             return Ok(last);

@@ -40,7 +40,97 @@ fn columns(kind: ResourceKind) -> Vec<Value> {
         "CreationTimestamp is a timestamp representing the server time when this object was created.";
     let name = column("Name", "string", "name", 0, NAME_DOC);
     let age = column("Age", "string", "", 0, AGE_DOC);
+    let created_at = column("Created At", "date", "", 0, AGE_DOC);
+    let binding = || {
+        vec![
+            name.clone(),
+            column("Role", "string", "", 0, "RoleRef references the role being bound."),
+            age.clone(),
+            column("Users", "string", "", 1, "Users in the binding"),
+            column("Groups", "string", "", 1, "Groups in the binding"),
+            column("ServiceAccounts", "string", "", 1, "ServiceAccounts in the binding"),
+        ]
+    };
     match kind {
+        ResourceKind::ServiceAccount => {
+            vec![
+                name,
+                column(
+                    "Secrets",
+                    "integer",
+                    "",
+                    0,
+                    "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+                ),
+                age,
+            ]
+        }
+        ResourceKind::Secret => vec![
+            name,
+            column("Type", "string", "", 0, "Used to facilitate programmatic handling of secret data."),
+            column("Data", "string", "", 0, "Data contains the secret data."),
+            age,
+        ],
+        ResourceKind::Node => vec![
+            name,
+            column("Status", "string", "", 0, "The status of the node"),
+            column("Roles", "string", "", 0, "The roles of the node"),
+            age,
+            column("Version", "string", "", 0, "Kubelet Version reported by the node."),
+            column("Internal-IP", "string", "", 1, "List of internal IPs."),
+            column("External-IP", "string", "", 1, "List of external IPs."),
+            column(
+                "OS-Image",
+                "string",
+                "",
+                1,
+                "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy)).",
+            ),
+            column(
+                "Kernel-Version",
+                "string",
+                "",
+                1,
+                "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64).",
+            ),
+            column(
+                "Container-Runtime",
+                "string",
+                "",
+                1,
+                "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2).",
+            ),
+        ],
+        ResourceKind::ClusterRole | ResourceKind::Role => vec![name, created_at],
+        ResourceKind::ClusterRoleBinding | ResourceKind::RoleBinding => binding(),
+        ResourceKind::Deployment => vec![
+            name,
+            column("Ready", "string", "", 0, "Number of the pod with ready state"),
+            column(
+                "Up-to-date",
+                "string",
+                "",
+                0,
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            column(
+                "Available",
+                "string",
+                "",
+                0,
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
+            age,
+            column("Containers", "string", "", 1, "Names of each container in the template."),
+            column("Images", "string", "", 1, "Images referenced by each container in the template."),
+            column(
+                "Selector",
+                "string",
+                "",
+                1,
+                "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
+            ),
+        ],
         ResourceKind::Namespace => {
             vec![name, column("Status", "string", "", 0, "The status of the namespace"), age]
         }
@@ -115,11 +205,127 @@ fn str_at<'a>(obj: &'a Value, pointer: &str) -> &'a str {
     obj.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
 }
 
+fn count(obj: &Value, pointer: &str) -> usize {
+    obj.pointer(pointer).and_then(Value::as_object).map_or(0, |m| m.len())
+}
+
+fn int_at(obj: &Value, pointer: &str) -> i64 {
+    obj.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn or_none(s: String) -> String {
+    if s.is_empty() { "<none>".to_string() } else { s }
+}
+
+/// The subjects of a binding of one kind, comma-separated.
+fn subjects(obj: &Value, kind: &str) -> String {
+    let names: Vec<String> = obj
+        .get("subjects")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|s| s.get("kind").and_then(Value::as_str) == Some(kind))
+        .map(|s| match (kind, str_at(s, "/namespace")) {
+            ("ServiceAccount", ns) => format!("{ns}/{}", str_at(s, "/name")),
+            _ => str_at(s, "/name").to_string(),
+        })
+        .collect();
+    names.join(", ")
+}
+
+fn node_cells(obj: &Value, name: &str, age: String) -> Vec<Value> {
+    let conditions = obj.pointer("/status/conditions").and_then(Value::as_array);
+    let ready = conditions.into_iter().flatten().find(|c| c["type"] == "Ready");
+    let mut status = match ready.and_then(|c| c["status"].as_str()) {
+        Some("True") => "Ready".to_string(),
+        Some(_) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
+    };
+    if obj.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
+        status.push_str(",SchedulingDisabled");
+    }
+    let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+    let roles: Vec<&str> = labels
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/"))
+        .filter(|r| !r.is_empty())
+        .collect();
+    let address = |t: &str| {
+        let found = obj.pointer("/status/addresses").and_then(Value::as_array).into_iter().flatten();
+        or_none(
+            found
+                .filter(|a| a["type"] == t)
+                .filter_map(|a| a["address"].as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    };
+    let info = |f: &str| or_none(str_at(obj, &format!("/status/nodeInfo/{f}")).to_string());
+    vec![
+        json!(name),
+        json!(status),
+        json!(or_none(roles.join(","))),
+        json!(age),
+        json!(str_at(obj, "/status/nodeInfo/kubeletVersion")),
+        json!(address("InternalIP")),
+        json!(address("ExternalIP")),
+        json!(info("osImage")),
+        json!(info("kernelVersion")),
+        json!(info("containerRuntimeVersion")),
+    ]
+}
+
+fn deployment_cells(obj: &Value, name: &str, age: String) -> Vec<Value> {
+    let containers = obj.pointer("/spec/template/spec/containers").and_then(Value::as_array);
+    let of_containers = |f: &str| {
+        containers.into_iter().flatten().filter_map(|c| c[f].as_str()).collect::<Vec<_>>().join(",")
+    };
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        json!(name),
+        json!(format!("{}/{}", int_at(obj, "/status/readyReplicas"), int_at(obj, "/spec/replicas"))),
+        json!(int_at(obj, "/status/updatedReplicas")),
+        json!(int_at(obj, "/status/availableReplicas")),
+        json!(age),
+        json!(of_containers("name")),
+        json!(of_containers("image")),
+        json!(or_none(selector)),
+    ]
+}
+
 fn cells(kind: ResourceKind, obj: &Value, now: SystemTime) -> Vec<Value> {
     let name = str_at(obj, "/metadata/name");
     let age = age_of(obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str), now);
     let terminating = obj.pointer("/metadata/deletionTimestamp").is_some();
     match kind {
+        ResourceKind::ServiceAccount => {
+            let secrets = obj.get("secrets").and_then(Value::as_array).map_or(0, Vec::len);
+            vec![json!(name), json!(secrets), json!(age)]
+        }
+        ResourceKind::Secret => {
+            vec![json!(name), json!(str_at(obj, "/type")), json!(count(obj, "/data")), json!(age)]
+        }
+        ResourceKind::Node => node_cells(obj, name, age),
+        ResourceKind::ClusterRole | ResourceKind::Role => {
+            vec![json!(name), json!(str_at(obj, "/metadata/creationTimestamp"))]
+        }
+        ResourceKind::ClusterRoleBinding | ResourceKind::RoleBinding => vec![
+            json!(name),
+            json!(format!("{}/{}", str_at(obj, "/roleRef/kind"), str_at(obj, "/roleRef/name"))),
+            json!(age),
+            json!(subjects(obj, "User")),
+            json!(subjects(obj, "Group")),
+            json!(subjects(obj, "ServiceAccount")),
+        ],
+        ResourceKind::Deployment => deployment_cells(obj, name, age),
         ResourceKind::Namespace => {
             vec![json!(name), json!(str_at(obj, "/status/phase")), json!(age)]
         }
@@ -144,9 +350,7 @@ fn cells(kind: ResourceKind, obj: &Value, now: SystemTime) -> Vec<Value> {
             ]
         }
         ResourceKind::ConfigMap => {
-            let data = obj.get("data").and_then(Value::as_object).map_or(0, |m| m.len())
-                + obj.get("binaryData").and_then(Value::as_object).map_or(0, |m| m.len());
-            vec![json!(name), json!(data), json!(age)]
+            vec![json!(name), json!(count(obj, "/data") + count(obj, "/binaryData")), json!(age)]
         }
         ResourceKind::Pod => {
             let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array);
@@ -155,10 +359,9 @@ fn cells(kind: ResourceKind, obj: &Value, now: SystemTime) -> Vec<Value> {
             let restarts: i64 =
                 statuses.map_or(0, |s| s.iter().filter_map(|c| c["restartCount"].as_i64()).sum());
             let status = if terminating { "Terminating" } else { str_at(obj, "/status/phase") };
-            let ip = str_at(obj, "/status/podIP");
-            let node = str_at(obj, "/spec/nodeName");
-            let nominated = str_at(obj, "/status/nominatedNodeName");
-            let or_none = |s: &str| if s.is_empty() { "<none>".to_string() } else { s.to_string() };
+            let ip = str_at(obj, "/status/podIP").to_string();
+            let node = str_at(obj, "/spec/nodeName").to_string();
+            let nominated = str_at(obj, "/status/nominatedNodeName").to_string();
             vec![
                 json!(name),
                 json!(format!("{ready}/{total}")),

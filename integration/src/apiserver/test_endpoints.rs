@@ -59,6 +59,14 @@ fn wait(ctx: &Ctx<'_>) -> Result<Response<ResponseBody>, ApiError> {
     ))
 }
 
+/// The body of `PUT /_test/health`; a check left out keeps its state.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Health {
+    readyz: Option<bool>,
+    livez: Option<bool>,
+}
+
 /// Serves `/_test/...`.
 pub(crate) fn serve(ctx: &Ctx<'_>, path: &str) -> Result<Response<ResponseBody>, ApiError> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -75,6 +83,17 @@ pub(crate) fn serve(ctx: &Ctx<'_>, path: &str) -> Result<Response<ResponseBody>,
             ctx.state.logs.append(namespace, pod, ctx.query.non_empty("container"), text);
             Ok(body::empty(StatusCode::NO_CONTENT))
         }
+        (Method::PUT, ["_test", "health"]) => {
+            let health: Health = serde_json::from_slice(&ctx.body)
+                .map_err(|e| ApiError::bad_request(format!("invalid health: {e}")))?;
+            if let Some(ok) = health.readyz {
+                ctx.state.set_ready(ok);
+            }
+            if let Some(ok) = health.livez {
+                ctx.state.set_live(ok);
+            }
+            Ok(body::empty(StatusCode::NO_CONTENT))
+        }
         (Method::PUT, ["_test", "rbac"]) => {
             let rules: Vec<RbacRule> = serde_yaml::from_slice(&ctx.body)
                 .map_err(|e| ApiError::bad_request(format!("invalid RBAC rules: {e}")))?;
@@ -86,7 +105,8 @@ pub(crate) fn serve(ctx: &Ctx<'_>, path: &str) -> Result<Response<ResponseBody>,
             ["_test", "requests"]
             | ["_test", "requests", "wait"]
             | ["_test", "logs", _, _]
-            | ["_test", "rbac"],
+            | ["_test", "rbac"]
+            | ["_test", "health"],
         ) => Err(ApiError::method_not_allowed()),
         _ => Err(ApiError::no_route()),
     }

@@ -1,325 +1,16 @@
-//! Checks a real apiserver makes on incoming objects: decoding (types and,
-//! per `fieldValidation`, unknown fields: 400) and validation (422).
+//! Validation of decoded objects, as kube-apiserver's (422 `Invalid`,
+//! listing every problem): names, labels, and per-kind rules.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::resources::ResourceKind;
+use super::resources::{RBAC_GROUP, ResourceKind};
 use super::selector::{valid_label_key, valid_label_value};
 use super::status::{ApiError, Cause};
-
-/// What to do with unknown fields (`fieldValidation` query parameter).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FieldValidation {
-    /// Reject with 400.
-    Strict,
-    /// Accept, with a `Warning` header per field (the server default).
-    Warn,
-    /// Accept silently.
-    Ignore,
-}
-
-impl FieldValidation {
-    /// From the query parameter (absent means `Warn`).
-    pub fn parse(v: Option<&str>) -> Result<Self, ApiError> {
-        match v {
-            None | Some("" | "Warn") => Ok(Self::Warn),
-            Some("Strict") => Ok(Self::Strict),
-            Some("Ignore") => Ok(Self::Ignore),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "fieldValidation must be one of \"Ignore\", \"Warn\", or \"Strict\", got {other:?}"
-            ))),
-        }
-    }
-}
-
-const TOP: [&str; 3] = ["apiVersion", "kind", "metadata"];
-const OBJECT_META: [&str; 15] = [
-    "name",
-    "generateName",
-    "namespace",
-    "selfLink",
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-    "labels",
-    "annotations",
-    "ownerReferences",
-    "finalizers",
-    "managedFields",
-];
-const CONFIGMAP: [&str; 3] = ["data", "binaryData", "immutable"];
-const EVENT: [&str; 14] = [
-    "involvedObject",
-    "reason",
-    "message",
-    "source",
-    "firstTimestamp",
-    "lastTimestamp",
-    "count",
-    "type",
-    "eventTime",
-    "series",
-    "action",
-    "related",
-    "reportingComponent",
-    "reportingInstance",
-];
-const NAMESPACE_SPEC: [&str; 1] = ["finalizers"];
-const NAMESPACE_STATUS: [&str; 2] = ["phase", "conditions"];
-const POD_SPEC: [&str; 41] = [
-    "volumes",
-    "initContainers",
-    "containers",
-    "ephemeralContainers",
-    "restartPolicy",
-    "terminationGracePeriodSeconds",
-    "activeDeadlineSeconds",
-    "dnsPolicy",
-    "nodeSelector",
-    "serviceAccountName",
-    "serviceAccount",
-    "automountServiceAccountToken",
-    "nodeName",
-    "hostNetwork",
-    "hostPID",
-    "hostIPC",
-    "shareProcessNamespace",
-    "securityContext",
-    "imagePullSecrets",
-    "hostname",
-    "subdomain",
-    "affinity",
-    "schedulerName",
-    "tolerations",
-    "hostAliases",
-    "priorityClassName",
-    "priority",
-    "dnsConfig",
-    "readinessGates",
-    "runtimeClassName",
-    "enableServiceLinks",
-    "preemptionPolicy",
-    "overhead",
-    "topologySpreadConstraints",
-    "setHostnameAsFQDN",
-    "os",
-    "hostUsers",
-    "schedulingGates",
-    "resourceClaims",
-    "resources",
-    "hostnameOverride",
-];
-const CONTAINER: [&str; 24] = [
-    "name",
-    "image",
-    "command",
-    "args",
-    "workingDir",
-    "ports",
-    "envFrom",
-    "env",
-    "resources",
-    "resizePolicy",
-    "restartPolicy",
-    "restartPolicyRules",
-    "volumeMounts",
-    "volumeDevices",
-    "livenessProbe",
-    "readinessProbe",
-    "startupProbe",
-    "lifecycle",
-    "terminationMessagePath",
-    "terminationMessagePolicy",
-    "imagePullPolicy",
-    "securityContext",
-    "stdin",
-    "stdinOnce",
-];
-const CONTAINER_EXTRA: [&str; 1] = ["tty"];
-
-fn unknown(obj: &Value, known: &[&[&str]], prefix: &str, out: &mut Vec<String>) {
-    if let Some(map) = obj.as_object() {
-        for key in map.keys() {
-            if !known.iter().any(|set| set.contains(&key.as_str())) {
-                out.push(format!("{prefix}{key}"));
-            }
-        }
-    }
-}
-
-/// The unknown fields of an object, as paths (`spec.containers[0].foo`).
-fn unknown_fields(kind: ResourceKind, obj: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    let body: &[&str] = match kind {
-        ResourceKind::ConfigMap => &CONFIGMAP,
-        ResourceKind::Event => &EVENT,
-        ResourceKind::Namespace | ResourceKind::Pod => &["spec", "status"],
-    };
-    unknown(obj, &[&TOP, body], "", &mut out);
-    if let Some(meta) = obj.get("metadata") {
-        unknown(meta, &[&OBJECT_META], "metadata.", &mut out);
-    }
-    match kind {
-        ResourceKind::Namespace => {
-            if let Some(spec) = obj.get("spec") {
-                unknown(spec, &[&NAMESPACE_SPEC], "spec.", &mut out);
-            }
-            if let Some(status) = obj.get("status") {
-                unknown(status, &[&NAMESPACE_STATUS], "status.", &mut out);
-            }
-        }
-        ResourceKind::Pod => {
-            if let Some(spec) = obj.get("spec") {
-                unknown(spec, &[&POD_SPEC], "spec.", &mut out);
-                for field in ["initContainers", "containers"] {
-                    for (i, c) in spec.get(field).and_then(Value::as_array).into_iter().flatten().enumerate()
-                    {
-                        unknown(c, &[&CONTAINER, &CONTAINER_EXTRA], &format!("spec.{field}[{i}]."), &mut out);
-                    }
-                }
-            }
-        }
-        ResourceKind::ConfigMap | ResourceKind::Event => {}
-    }
-    out
-}
-
-fn decode_error(kind: ResourceKind, what: &str) -> ApiError {
-    ApiError::bad_request(format!("{0} in version \"v1\" cannot be handled as a {0}: {what}", kind.kind()))
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-fn expect(
-    kind: ResourceKind,
-    v: Option<&Value>,
-    path: &str,
-    ok: fn(&Value) -> bool,
-    go_type: &str,
-) -> Result<(), ApiError> {
-    match v {
-        Some(v) if !v.is_null() && !ok(v) => Err(decode_error(
-            kind,
-            &format!(
-                "json: cannot unmarshal {} into Go struct field {}.{path} of type {go_type}",
-                type_name(v),
-                kind.kind()
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
-fn string_map(v: &Value) -> bool {
-    v.as_object().is_some_and(|m| m.values().all(Value::is_string))
-}
-
-fn string_list(v: &Value) -> bool {
-    v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
-}
-
-/// Decodes the body as the given kind: the shape must be right (400), and
-/// unknown fields are handled per `validation`. Returns warnings to send.
-pub(crate) fn decode(
-    kind: ResourceKind,
-    obj: &Value,
-    validation: FieldValidation,
-) -> Result<Vec<String>, ApiError> {
-    if !obj.is_object() {
-        return Err(decode_error(
-            kind,
-            &format!("json: cannot unmarshal {} into Go value of type struct", type_name(obj)),
-        ));
-    }
-    match obj.get("kind").and_then(Value::as_str) {
-        None | Some("") => {
-            return Err(ApiError::bad_request(format!("Object 'Kind' is missing in '{obj}'")));
-        }
-        Some(k) if k != kind.kind() => {
-            return Err(ApiError::bad_request(format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (kind {k:?} is not {:?})",
-                kind.kind()
-            )));
-        }
-        Some(_) => {}
-    }
-    if obj.get("apiVersion").and_then(Value::as_str) != Some("v1") {
-        return Err(ApiError::bad_request(format!(
-            "the API version in the data ({}) does not match the expected API version (v1)",
-            obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default()
-        )));
-    }
-    let m = obj.get("metadata");
-    expect(kind, m, "metadata", Value::is_object, "v1.ObjectMeta")?;
-    for f in ["name", "generateName", "namespace", "resourceVersion", "uid"] {
-        expect(kind, m.and_then(|m| m.get(f)), &format!("metadata.{f}"), Value::is_string, "string")?;
-    }
-    for f in ["labels", "annotations"] {
-        expect(kind, m.and_then(|m| m.get(f)), &format!("metadata.{f}"), string_map, "map[string]string")?;
-    }
-    expect(kind, m.and_then(|m| m.get("finalizers")), "metadata.finalizers", string_list, "[]string")?;
-    match kind {
-        ResourceKind::ConfigMap => {
-            expect(kind, obj.get("data"), "data", string_map, "map[string]string")?;
-            expect(kind, obj.get("binaryData"), "binaryData", string_map, "map[string][]uint8")?;
-            expect(kind, obj.get("immutable"), "immutable", Value::is_boolean, "bool")?;
-            for v in obj.get("binaryData").and_then(Value::as_object).into_iter().flat_map(|m| m.values()) {
-                use base64::Engine as _;
-                if base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default()).is_err() {
-                    return Err(decode_error(kind, "illegal base64 data in binaryData"));
-                }
-            }
-        }
-        ResourceKind::Pod => {
-            let spec = obj.get("spec");
-            expect(kind, spec, "spec", Value::is_object, "v1.PodSpec")?;
-            for f in ["containers", "initContainers"] {
-                let ok: fn(&Value) -> bool = |v| v.as_array().is_some_and(|a| a.iter().all(Value::is_object));
-                expect(kind, spec.and_then(|s| s.get(f)), &format!("spec.{f}"), ok, "[]v1.Container")?;
-            }
-        }
-        ResourceKind::Namespace => {
-            expect(kind, obj.get("spec"), "spec", Value::is_object, "v1.NamespaceSpec")?;
-        }
-        ResourceKind::Event => {
-            expect(
-                kind,
-                obj.get("involvedObject"),
-                "involvedObject",
-                Value::is_object,
-                "v1.ObjectReference",
-            )?;
-            expect(kind, obj.get("count"), "count", Value::is_i64, "int32")?;
-        }
-    }
-    let unknown = unknown_fields(kind, obj);
-    match validation {
-        FieldValidation::Strict if !unknown.is_empty() => {
-            let list =
-                unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>().join(", ");
-            Err(decode_error(kind, &format!("strict decoding error: {list}")))
-        }
-        FieldValidation::Warn => Ok(unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect()),
-        _ => Ok(Vec::new()),
-    }
-}
 
 const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 const CONFIG_KEY_MSG: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
-/// The largest ConfigMap payload a real apiserver accepts.
+/// The largest ConfigMap (or Secret) payload a real apiserver accepts.
 const MAX_CONFIGMAP_BYTES: usize = 1024 * 1024;
 
 /// Whether `s` is an RFC 1123 label (`[a-z0-9]([-a-z0-9]*[a-z0-9])?`, ≤ 63).
@@ -344,22 +35,51 @@ fn invalid(field: &str, value: &str, why: &str) -> Cause {
     }
 }
 
+/// An invalid value shown as kube-apiserver would (`-1`, `["a"]`, ...).
+fn invalid_value(field: &str, value: &Value, why: &str) -> Cause {
+    Cause {
+        reason: "FieldValueInvalid",
+        field: field.to_string(),
+        message: format!("Invalid value: {value}: {why}"),
+    }
+}
+
+fn not_supported(field: &str, value: &str, supported: &[&str]) -> Cause {
+    let list = supported.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+    Cause {
+        reason: "FieldValueNotSupported",
+        field: field.to_string(),
+        message: format!("Unsupported value: {value:?}: supported values: {list}"),
+    }
+}
+
 fn required(field: &str, why: &str) -> Cause {
     let message =
         if why.is_empty() { "Required value".to_string() } else { format!("Required value: {why}") };
     Cause { reason: "FieldValueRequired", field: field.to_string(), message }
 }
 
+/// Why `name` is not a valid RBAC object name (a path segment), if it is not.
+fn path_segment_problem(name: &str) -> Option<&'static str> {
+    match name {
+        "." => Some("may not be '.'"),
+        ".." => Some("may not be '..'"),
+        n if n.contains('/') => Some("may not contain '/'"),
+        n if n.contains('%') => Some("may not contain '%'"),
+        _ => None,
+    }
+}
+
 fn validate_meta(kind: ResourceKind, obj: &Value, causes: &mut Vec<Cause>) {
     let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-    let name_ok = match kind {
-        ResourceKind::Namespace => is_dns_label(name),
-        _ => is_dns_subdomain(name),
+    let problem = match kind {
+        ResourceKind::Namespace => (!is_dns_label(name)).then_some(LABEL_MSG),
+        k if k.group() == RBAC_GROUP => path_segment_problem(name),
+        _ => (!is_dns_subdomain(name)).then_some(SUBDOMAIN_MSG),
     };
     if name.is_empty() {
         causes.push(required("metadata.name", "name or generateName is required"));
-    } else if !name_ok {
-        let why = if kind == ResourceKind::Namespace { LABEL_MSG } else { SUBDOMAIN_MSG };
+    } else if let Some(why) = problem {
         causes.push(invalid("metadata.name", name, why));
     }
     for (k, v) in obj.pointer("/metadata/labels").and_then(Value::as_object).into_iter().flatten() {
@@ -420,17 +140,37 @@ fn validate_configmap(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
-fn validate_pod(obj: &Value, causes: &mut Vec<Cause>) {
-    let containers = obj.pointer("/spec/containers").and_then(Value::as_array);
+fn validate_secret(obj: &Value, causes: &mut Vec<Cause>) {
+    use base64::Engine as _;
+    let mut size = 0;
+    for (k, v) in obj.get("data").and_then(Value::as_object).into_iter().flatten() {
+        let decoded = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default());
+        size += decoded.map_or(0, |d| d.len());
+        if !valid_config_key(k) {
+            causes.push(invalid(&format!("data[{k}]"), k, CONFIG_KEY_MSG));
+        }
+    }
+    if size > MAX_CONFIGMAP_BYTES {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            field: "data".into(),
+            message: format!("Too long: must have at most {MAX_CONFIGMAP_BYTES} bytes"),
+        });
+    }
+}
+
+/// A pod spec (of a pod, `spec`, or of a template, `spec.template.spec`).
+fn validate_pod_spec(spec: Option<&Value>, prefix: &str, causes: &mut Vec<Cause>) {
+    let containers = spec.and_then(|s| s.get("containers")).and_then(Value::as_array);
     if containers.is_none_or(|c| c.is_empty()) {
-        causes.push(required("spec.containers", ""));
+        causes.push(required(&format!("{prefix}.containers"), ""));
     }
     let mut seen: Vec<&str> = Vec::new();
     for field in ["initContainers", "containers"] {
         for (i, c) in
-            obj.pointer(&format!("/spec/{field}")).and_then(Value::as_array).into_iter().flatten().enumerate()
+            spec.and_then(|s| s.get(field)).and_then(Value::as_array).into_iter().flatten().enumerate()
         {
-            let path = format!("spec.{field}[{i}]");
+            let path = format!("{prefix}.{field}[{i}]");
             match c.get("name").and_then(Value::as_str) {
                 None | Some("") => causes.push(required(&format!("{path}.name"), "")),
                 Some(n) if !is_dns_label(n) => causes.push(invalid(&format!("{path}.name"), n, LABEL_MSG)),
@@ -448,6 +188,152 @@ fn validate_pod(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+fn strs(v: Option<&Value>) -> Vec<&str> {
+    v.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect()
+}
+
+fn labels_match(selector: &Value, labels: Option<&Value>) -> bool {
+    let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    let by_label = selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| label(k) == v.as_str());
+    let by_expression =
+        selector.get("matchExpressions").and_then(Value::as_array).into_iter().flatten().all(|e| {
+            let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
+            let values = strs(e.get("values"));
+            match e.get("operator").and_then(Value::as_str).unwrap_or_default() {
+                "In" => label(key).is_some_and(|v| values.contains(&v)),
+                "NotIn" => label(key).is_none_or(|v| !values.contains(&v)),
+                "Exists" => label(key).is_some(),
+                "DoesNotExist" => label(key).is_none(),
+                _ => false,
+            }
+        });
+    by_label && by_expression
+}
+
+fn validate_deployment(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = obj.get("spec");
+    let field = |f: &str| spec.and_then(|s| s.get(f)).filter(|v| !v.is_null());
+    if let Some(r) = field("replicas").and_then(Value::as_i64).filter(|r| *r < 0) {
+        causes.push(invalid_value("spec.replicas", &json!(r), "must be greater than or equal to 0"));
+    }
+    let template = field("template");
+    let labels = template.and_then(|t| t.pointer("/metadata/labels"));
+    match field("selector") {
+        None => causes.push(required("spec.selector", "")),
+        Some(sel)
+            if sel.get("matchLabels").and_then(Value::as_object).is_none_or(|m| m.is_empty())
+                && sel.get("matchExpressions").and_then(Value::as_array).is_none_or(Vec::is_empty) =>
+        {
+            causes.push(invalid_value("spec.selector", sel, "empty selector is invalid for deployment"));
+        }
+        Some(sel) if !labels_match(sel, labels) => causes.push(invalid_value(
+            "spec.template.metadata.labels",
+            labels.unwrap_or(&json!({})),
+            "`selector` does not match template `labels`",
+        )),
+        Some(_) => {}
+    }
+    let pod_spec = template.and_then(|t| t.get("spec"));
+    validate_pod_spec(pod_spec, "spec.template.spec", causes);
+    if let Some(policy) =
+        pod_spec.and_then(|s| s.get("restartPolicy")).and_then(Value::as_str).filter(|p| *p != "Always")
+    {
+        causes.push(not_supported("spec.template.spec.restartPolicy", policy, &["Always"]));
+    }
+}
+
+/// `rules` of a Role or ClusterRole (`ValidatePolicyRule`).
+fn validate_rules(obj: &Value, namespaced: bool, causes: &mut Vec<Cause>) {
+    for (i, rule) in obj.get("rules").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let path = |f: &str| format!("rules[{i}].{f}");
+        let list = |f: &str| strs(rule.get(f));
+        if list("verbs").is_empty() {
+            causes.push(required(&path("verbs"), "verbs must contain at least one value"));
+        }
+        let urls = list("nonResourceURLs");
+        if !urls.is_empty() {
+            if namespaced {
+                causes.push(invalid_value(
+                    &path("nonResourceURLs"),
+                    &json!(urls),
+                    "namespaced rules cannot apply to non-resource URLs",
+                ));
+            }
+            if !list("apiGroups").is_empty()
+                || !list("resources").is_empty()
+                || !list("resourceNames").is_empty()
+            {
+                causes.push(invalid_value(
+                    &path("nonResourceURLs"),
+                    &json!(urls),
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                ));
+            }
+            continue;
+        }
+        if rule.get("apiGroups").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+            causes.push(required(&path("apiGroups"), "resource rules must supply at least one api group"));
+        }
+        if list("resources").is_empty() {
+            causes.push(required(&path("resources"), "resource rules must supply at least one resource"));
+        }
+    }
+}
+
+/// `roleRef` and `subjects` of a RoleBinding or ClusterRoleBinding.
+fn validate_binding(obj: &Value, namespaced: bool, causes: &mut Vec<Cause>) {
+    let s = |v: Option<&Value>, f: &str| {
+        v.and_then(|v| v.get(f)).and_then(Value::as_str).unwrap_or_default().to_string()
+    };
+    let role_ref = obj.get("roleRef");
+    let api_group = s(role_ref, "apiGroup");
+    if api_group != RBAC_GROUP {
+        causes.push(not_supported("roleRef.apiGroup", &api_group, &[RBAC_GROUP]));
+    }
+    let kinds: &[&str] = if namespaced { &["Role", "ClusterRole"] } else { &["ClusterRole"] };
+    let kind = s(role_ref, "kind");
+    if !kinds.contains(&kind.as_str()) {
+        causes.push(not_supported("roleRef.kind", &kind, kinds));
+    }
+    let name = s(role_ref, "name");
+    if name.is_empty() {
+        causes.push(required("roleRef.name", ""));
+    } else if let Some(why) = path_segment_problem(&name) {
+        causes.push(invalid("roleRef.name", &name, why));
+    }
+    for (i, subject) in obj.get("subjects").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let path = |f: &str| format!("subjects[{i}].{f}");
+        let (kind, name, group) =
+            (s(Some(subject), "kind"), s(Some(subject), "name"), s(Some(subject), "apiGroup"));
+        if name.is_empty() {
+            causes.push(required(&path("name"), ""));
+        }
+        match kind.as_str() {
+            "ServiceAccount" => {
+                if !name.is_empty() && !is_dns_subdomain(&name) {
+                    causes.push(invalid(&path("name"), &name, SUBDOMAIN_MSG));
+                }
+                if !group.is_empty() {
+                    causes.push(not_supported(&path("apiGroup"), &group, &[""]));
+                }
+                if !namespaced && s(Some(subject), "namespace").is_empty() {
+                    causes.push(required(&path("namespace"), ""));
+                }
+            }
+            "User" | "Group" if group != RBAC_GROUP => {
+                causes.push(not_supported(&path("apiGroup"), &group, &[RBAC_GROUP]))
+            }
+            "User" | "Group" => {}
+            other => causes.push(not_supported(&path("kind"), other, &["ServiceAccount", "User", "Group"])),
+        }
+    }
+}
+
 fn name_of(obj: &Value) -> &str {
     obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
 }
@@ -458,10 +344,21 @@ pub(crate) fn validate(kind: ResourceKind, obj: &Value) -> Result<(), ApiError> 
     validate_meta(kind, obj, &mut causes);
     match kind {
         ResourceKind::ConfigMap => validate_configmap(obj, &mut causes),
-        ResourceKind::Pod => validate_pod(obj, &mut causes),
-        ResourceKind::Namespace | ResourceKind::Event => {}
+        ResourceKind::Secret => validate_secret(obj, &mut causes),
+        ResourceKind::Pod => validate_pod_spec(obj.get("spec"), "spec", &mut causes),
+        ResourceKind::Deployment => validate_deployment(obj, &mut causes),
+        ResourceKind::Role | ResourceKind::ClusterRole => validate_rules(obj, kind.namespaced(), &mut causes),
+        ResourceKind::RoleBinding | ResourceKind::ClusterRoleBinding => {
+            validate_binding(obj, kind.namespaced(), &mut causes);
+        }
+        ResourceKind::Namespace | ResourceKind::Event | ResourceKind::ServiceAccount | ResourceKind::Node => {
+        }
     }
-    if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid(kind.kind(), name_of(obj), causes)) }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(&kind.qualified_kind(), name_of(obj), causes))
+    }
 }
 
 const POD_UPDATE_MSG: &str = "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
@@ -485,19 +382,40 @@ fn mutable_masked(spec: &Value) -> Value {
 /// Validates an update against the stored object (immutability rules).
 pub(crate) fn validate_update(kind: ResourceKind, old: &Value, new: &Value) -> Result<(), ApiError> {
     validate(kind, new)?;
+    let one = |cause: Cause| ApiError::invalid(&kind.qualified_kind(), name_of(new), vec![cause]);
     let forbidden = |field: &str, why: &str| {
-        ApiError::invalid(
-            kind.kind(),
-            name_of(new),
-            vec![Cause {
-                reason: "FieldValueForbidden",
-                field: field.into(),
-                message: format!("Forbidden: {why}"),
-            }],
-        )
+        one(Cause {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            message: format!("Forbidden: {why}"),
+        })
     };
+    let changed = |pointer: &str| old.pointer(pointer) != new.pointer(pointer);
     match kind {
-        ResourceKind::ConfigMap if old.get("immutable") == Some(&Value::Bool(true)) => {
+        ResourceKind::Secret if changed("/type") => {
+            return Err(one(invalid_value(
+                "type",
+                new.get("type").unwrap_or(&Value::Null),
+                "field is immutable",
+            )));
+        }
+        ResourceKind::RoleBinding | ResourceKind::ClusterRoleBinding if changed("/roleRef") => {
+            return Err(one(invalid_value(
+                "roleRef",
+                new.get("roleRef").unwrap_or(&Value::Null),
+                "cannot change roleRef",
+            )));
+        }
+        ResourceKind::Deployment if changed("/spec/selector") => {
+            return Err(one(invalid_value(
+                "spec.selector",
+                new.pointer("/spec/selector").unwrap_or(&Value::Null),
+                "field is immutable",
+            )));
+        }
+        ResourceKind::ConfigMap | ResourceKind::Secret
+            if old.get("immutable") == Some(&Value::Bool(true)) =>
+        {
             const WHY: &str = "field is immutable when `immutable` is set";
             if new.get("immutable") != Some(&Value::Bool(true)) {
                 return Err(forbidden("immutable", WHY));
@@ -530,34 +448,6 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn decoding_checks_types_and_unknown_fields() {
-        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}, "extra": 1});
-        assert_eq!(
-            decode(ResourceKind::ConfigMap, &cm, FieldValidation::Warn).expect("warn"),
-            ["unknown field \"extra\""]
-        );
-        let err = decode(ResourceKind::ConfigMap, &cm, FieldValidation::Strict).expect_err("strict");
-        assert_eq!(
-            err.message,
-            "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"extra\""
-        );
-        assert!(decode(ResourceKind::ConfigMap, &cm, FieldValidation::Ignore).expect("ignore").is_empty());
-        let bad =
-            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": 1}});
-        assert_eq!(
-            decode(ResourceKind::ConfigMap, &bad, FieldValidation::Ignore).expect_err("type").code,
-            400
-        );
-        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i", "bogus": 1}]}});
-        assert_eq!(
-            decode(ResourceKind::Pod, &pod, FieldValidation::Warn).expect("warn"),
-            ["unknown field \"spec.containers[0].bogus\""]
-        );
-        let wrong_kind = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}});
-        assert!(decode(ResourceKind::ConfigMap, &wrong_kind, FieldValidation::Warn).is_err());
-    }
-
-    #[test]
     fn validation_rejects_what_kube_rejects() {
         assert!(validate(ResourceKind::ConfigMap, &json!({"metadata": {"name": "ok.name"}})).is_ok());
         let err =
@@ -583,5 +473,49 @@ mod tests {
         let frozen = json!({"metadata": {"name": "a"}, "immutable": true, "data": {"a": "b"}});
         let thawed = json!({"metadata": {"name": "a"}, "immutable": true, "data": {"a": "c"}});
         assert!(validate_update(ResourceKind::ConfigMap, &frozen, &thawed).is_err());
+    }
+
+    #[test]
+    fn new_kinds_are_validated_like_kube() {
+        let role = json!({"metadata": {"name": "system:x"}, "rules": [{"verbs": [], "apiGroups": [""], "resources": ["pods"]}, {"verbs": ["get"], "nonResourceURLs": ["/x"]}]});
+        let err = validate(ResourceKind::Role, &role).expect_err("bad rules");
+        assert_eq!(
+            err.message,
+            "Role.rbac.authorization.k8s.io \"system:x\" is invalid: [rules[0].verbs: Required value: verbs must contain at least one value, rules[1].nonResourceURLs: Invalid value: [\"/x\"]: namespaced rules cannot apply to non-resource URLs]"
+        );
+        let cluster_role = json!({"metadata": {"name": "system:x"}, "rules": [{"verbs": ["get"], "nonResourceURLs": ["/x"]}]});
+        assert!(validate(ResourceKind::ClusterRole, &cluster_role).is_ok());
+        let binding = json!({"metadata": {"name": "b"}, "roleRef": {"apiGroup": RBAC_GROUP, "kind": "Role", "name": "r"},
+            "subjects": [{"kind": "ServiceAccount", "name": "sa"}, {"kind": "User", "name": "u", "apiGroup": RBAC_GROUP}]});
+        assert!(validate(ResourceKind::RoleBinding, &binding).is_ok());
+        let err = validate(ResourceKind::ClusterRoleBinding, &binding).expect_err("cluster binding");
+        assert!(
+            err.message
+                .contains("roleRef.kind: Unsupported value: \"Role\": supported values: \"ClusterRole\""),
+            "{}",
+            err.message
+        );
+        assert!(err.message.contains("subjects[0].namespace: Required value"), "{}", err.message);
+        let mut rebound = binding.clone();
+        rebound["roleRef"]["name"] = json!("other");
+        assert!(
+            validate_update(ResourceKind::RoleBinding, &binding, &rebound)
+                .expect_err("roleRef")
+                .message
+                .contains("cannot change roleRef")
+        );
+        let deploy = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"app": "a"}},
+            "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        let err = validate(ResourceKind::Deployment, &deploy).expect_err("selector");
+        assert!(
+            err.message.starts_with("Deployment.apps \"d\" is invalid: spec.template.metadata.labels"),
+            "{}",
+            err.message
+        );
+        let secret = json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"ok": "eA=="}});
+        let mut retyped = secret.clone();
+        retyped["type"] = json!("kubernetes.io/tls");
+        assert!(validate(ResourceKind::Secret, &secret).is_ok());
+        assert!(validate_update(ResourceKind::Secret, &secret, &retyped).is_err());
     }
 }

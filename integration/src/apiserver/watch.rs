@@ -84,7 +84,7 @@ impl Filter {
     }
 
     fn bookmark(&self, rv: u64, initial_events_end: bool) -> Bytes {
-        let mut obj = json!({ "kind": self.kind.kind(), "apiVersion": "v1", "metadata": { "resourceVersion": rv.to_string() } });
+        let mut obj = json!({ "kind": self.kind.kind(), "apiVersion": self.kind.api_version(), "metadata": { "resourceVersion": rv.to_string() } });
         if initial_events_end {
             obj["metadata"]["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
         }

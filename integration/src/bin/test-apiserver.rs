@@ -20,10 +20,15 @@ struct Args {
     /// Where to write the kubeconfig (server URL, CA, admin token).
     #[arg(long)]
     kubeconfig_out: PathBuf,
-    /// RBAC rules for impersonated users (JSON or YAML array); without it
-    /// every request is allowed.
+    /// RBAC rules for impersonated users and ServiceAccounts (JSON or YAML
+    /// array); without it (or --strict-rbac) every resource request of an
+    /// impersonated user is allowed (demo mode).
     #[arg(long)]
     rbac_file: Option<PathBuf>,
+    /// No demo mode: impersonated users get only what the RBAC rules and the
+    /// RBAC objects (ClusterRoles, RoleBindings, ...) allow.
+    #[arg(long)]
+    strict_rbac: bool,
 }
 
 async fn terminated() -> anyhow::Result<()> {
@@ -47,6 +52,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let mut builder = TestApiserver::builder().listen(args.listen);
+    if args.strict_rbac {
+        builder = builder.strict_rbac();
+    }
     if let Some(path) = &args.rbac_file {
         let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let rules: Vec<RbacRule> = serde_yaml::from_slice(&text)
