@@ -9,6 +9,7 @@
 //! - `enroll`: bootstrap token and key for a certificate.
 //! - `health`: `/healthz` and `/readyz` for probes.
 //! - `impersonation`: checking a caller's `--as` with the child cluster.
+//! - `permissions`: whether the agent itself may do what it needs.
 //! - [`hub`]: the TLS/HTTP/2 channel to the hub and call metadata.
 //! - `session`: one session: control stream, heartbeats, the pool.
 //! - `pool`: parked request streams, topped up as they are claimed.
@@ -28,6 +29,7 @@ pub mod error;
 mod health;
 pub mod hub;
 mod impersonation;
+mod permissions;
 mod pool;
 mod proxy;
 mod session;

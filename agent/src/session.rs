@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ferry::ids::AgentId;
 use ferry::limits::{CONTROL_CHANNEL_CAPACITY, DEFAULT_POOL_SIZE, HEARTBEAT_INTERVAL, HEARTBEAT_MISSES};
 use ferry::proto::v1::{
-    AgentControl, Heartbeat, Hello, HubControl, RenewRequest, RenewResponse, Welcome, agent_control,
-    hub_control,
+    AgentControl, ClusterStatus, Heartbeat, Hello, HubControl, RenewRequest, RenewResponse, Welcome,
+    agent_control, hub_control,
 };
 use ferry::secret::Secret;
 use ferry::{FERRY_VERSION, PROTOCOL_VERSION};
@@ -25,13 +25,14 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::agent::AgentState;
 use crate::config::AgentConfig;
 use crate::credential::{CredentialStore, StoredCredential, new_key_and_request};
 use crate::error::report;
 use crate::hub::{self, CallAuth, HubError};
+use crate::permissions;
 use crate::pool::{Pool, SessionShared};
 use crate::proxy::ProxyContext;
 use crate::upstream::Upstream;
@@ -42,6 +43,8 @@ pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest the apiserver probe of one heartbeat may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the agent checks that it still has the permissions it needs.
+pub const PERMISSIONS_RECHECK: Duration = Duration::from_secs(60);
 /// How long a closing control stream waits for the hub to end it.
 const CONTROL_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the hub may take to answer a renewal before it is asked again.
@@ -166,10 +169,16 @@ async fn run_inner(
     };
 
     let (control_tx, control_rx) = mpsc::channel(CONTROL_CHANNEL_CAPACITY);
+    let mut probe = StatusProbe::new(params.upstream.clone(), params.config.credential_secret.clone());
+    let status = tokio::select! {
+        s = probe.status(PROBE_TIMEOUT) => s,
+        () = shutdown.cancelled() => return Ok(()),
+    };
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         agent_id: params.agent_id.to_string(),
         agent_version: FERRY_VERSION.to_owned(),
+        status: Some(status),
     };
     // A fresh channel always has room for the first message.
     let _ = control_tx.try_send(AgentControl { msg: Some(agent_control::Msg::Hello(hello)) });
@@ -209,7 +218,7 @@ async fn run_inner(
     let stop_heartbeats = CancellationToken::new();
     let mut heartbeats = JoinSet::new();
     let renewals = control_tx.clone();
-    heartbeats.spawn(send_heartbeats(control_tx, params.upstream.clone(), interval, stop_heartbeats.clone()));
+    heartbeats.spawn(send_heartbeats(control_tx, probe, interval, stop_heartbeats.clone()));
     let mut renewal = Renewal::new(credential);
 
     info!(%cluster, session = %welcome.session_id, heartbeat_ms = interval.as_millis(), "connected to the hub");
@@ -401,38 +410,76 @@ fn pool_size(welcome: &Welcome) -> usize {
     }
 }
 
-/// Sends a heartbeat with fresh cluster status every `interval`, starting
-/// at once (so the hub learns the status as soon as the agent connects).
+/// Takes the cluster's status for the hub: the apiserver's version and
+/// reachability, and (at most every [`PERMISSIONS_RECHECK`]) which of the
+/// agent's own permissions are missing. Logs changes only, so a down
+/// apiserver does not flood the log.
+pub(crate) struct StatusProbe {
+    upstream: Arc<Upstream>,
+    secret: Option<crate::config::SecretRef>,
+    last_probe: Option<Result<String, String>>,
+    missing: Option<Vec<String>>,
+    checked_at: Option<Instant>,
+}
+
+impl StatusProbe {
+    pub(crate) fn new(upstream: Arc<Upstream>, secret: Option<crate::config::SecretRef>) -> Self {
+        Self { upstream, secret, last_probe: None, missing: None, checked_at: None }
+    }
+
+    /// The status now (bounded by `timeout` per apiserver call).
+    pub(crate) async fn status(&mut self, timeout: Duration) -> ClusterStatus {
+        let (mut status, error) = self.upstream.status(timeout).await;
+        let probe = match &error {
+            None => Ok(status.kubernetes_version.clone()),
+            Some(e) => Err(e.to_string()),
+        };
+        if self.last_probe.as_ref() != Some(&probe) {
+            match &probe {
+                Ok(version) => info!(kubernetes_version = %version, "apiserver reachable"),
+                Err(e) => warn!(error = %e, "apiserver probe failed"),
+            }
+            self.last_probe = Some(probe);
+        }
+        if error.is_none() && self.checked_at.is_none_or(|t| t.elapsed() >= PERMISSIONS_RECHECK) {
+            match permissions::missing(&self.upstream, self.secret.as_ref()).await {
+                Ok(now) => {
+                    if self.missing.as_ref() != Some(&now) && !now.is_empty() {
+                        error!(
+                            missing = %now.join(", "),
+                            "the agent's identity in its cluster lacks permissions it needs; apply the agent.yaml from `ferryctl register` again"
+                        );
+                    }
+                    self.missing = Some(now);
+                }
+                Err(e) => debug!(error = %e, "could not check the agent's permissions"),
+            }
+            self.checked_at = Some(Instant::now());
+        }
+        status.missing_permissions = self.missing.clone().unwrap_or_default();
+        status
+    }
+}
+
+/// Sends a heartbeat with fresh cluster status every `interval` (the hello
+/// carried the first).
 async fn send_heartbeats(
     control: mpsc::Sender<AgentControl>,
-    upstream: Arc<Upstream>,
+    mut probe: StatusProbe,
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_probe: Option<Result<String, String>> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = stop.cancelled() => return,
         }
-        let (status, error) = tokio::select! {
-            s = upstream.status(PROBE_TIMEOUT.min(interval)) => s,
+        let status = tokio::select! {
+            s = probe.status(PROBE_TIMEOUT.min(interval)) => s,
             () = stop.cancelled() => return,
         };
-        // Log changes only: a down apiserver must not flood the log.
-        let probe = match &error {
-            None => Ok(status.kubernetes_version.clone()),
-            Some(e) => Err(e.to_string()),
-        };
-        if last_probe.as_ref() != Some(&probe) {
-            match &probe {
-                Ok(version) => info!(kubernetes_version = %version, "apiserver reachable"),
-                Err(e) => warn!(error = %e, "apiserver probe failed"),
-            }
-            last_probe = Some(probe);
-        }
         let heartbeat = Heartbeat { sent_at_unix_ms: unix_ms(), status: Some(status) };
         let message = AgentControl { msg: Some(agent_control::Msg::Heartbeat(heartbeat)) };
         tokio::select! {

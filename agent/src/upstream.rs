@@ -404,10 +404,10 @@ impl Upstream {
     /// The cluster status for a heartbeat.
     pub async fn status(&self, timeout: Duration) -> (ClusterStatus, Option<ProbeError>) {
         match self.probe(timeout).await {
-            Ok(kubernetes_version) => (ClusterStatus { kubernetes_version, apiserver_reachable: true }, None),
-            Err(e) => {
-                (ClusterStatus { kubernetes_version: String::new(), apiserver_reachable: false }, Some(e))
+            Ok(kubernetes_version) => {
+                (ClusterStatus { kubernetes_version, apiserver_reachable: true, ..Default::default() }, None)
             }
+            Err(e) => (ClusterStatus { apiserver_reachable: false, ..Default::default() }, Some(e)),
         }
     }
 }

@@ -14,7 +14,7 @@ use base64::Engine as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_client_sdk::duration::parse_duration;
 use ferry_client_sdk::{
-    ApprovalMode, CredentialKind, GrantSubject, HubConfig, HubConfigError, KubeconfigRequest,
+    ApprovalMode, ClusterPhase, CredentialKind, GrantSubject, HubConfig, HubConfigError, KubeconfigRequest,
     ManagementClient, RegisterOptions, output,
 };
 use tracing_subscriber::EnvFilter;
@@ -102,7 +102,8 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = ListOutput::Table)]
         output: ListOutput,
     },
-    /// Wait until a cluster's agent is connected or disconnected.
+    /// Wait until a cluster's agent is connected or disconnected, or the
+    /// cluster is in a phase (ready, not-ready, pending, offline, denied).
     Wait {
         /// Cluster name.
         name: String,
@@ -260,6 +261,16 @@ enum WaitFor {
     Connected,
     /// No agent is connected.
     Disconnected,
+    /// Phase Ready: an agent is connected and its apiserver answers.
+    Ready,
+    /// Phase NotReady.
+    NotReady,
+    /// Phase Pending (awaits approval).
+    Pending,
+    /// Phase Offline.
+    Offline,
+    /// Phase Denied.
+    Denied,
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
@@ -369,10 +380,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Wait { name, state, timeout } => {
-            let connected = matches!(state, WaitFor::Connected);
-            let cluster = client.wait_cluster(&name, connected, timeout).await?;
-            let word = if connected { "connected" } else { "disconnected" };
-            emit(&format!("cluster/{} {word}\n", cluster.name))
+            let phase = match state {
+                WaitFor::Connected | WaitFor::Disconnected => None,
+                WaitFor::Ready => Some(ClusterPhase::Ready),
+                WaitFor::NotReady => Some(ClusterPhase::NotReady),
+                WaitFor::Pending => Some(ClusterPhase::Pending),
+                WaitFor::Offline => Some(ClusterPhase::Offline),
+                WaitFor::Denied => Some(ClusterPhase::Denied),
+            };
+            match phase {
+                Some(phase) => {
+                    let c = client.wait_cluster_phase(&name, phase, timeout).await?;
+                    let reason = if c.reason.is_empty() { String::new() } else { format!(" ({})", c.reason) };
+                    emit(&format!("cluster/{} {}{reason}\n", c.name, c.phase))
+                }
+                None => {
+                    let connected = matches!(state, WaitFor::Connected);
+                    let cluster = client.wait_cluster(&name, connected, timeout).await?;
+                    let word = if connected { "connected" } else { "disconnected" };
+                    emit(&format!("cluster/{} {word}\n", cluster.name))
+                }
+            }
         }
         Command::Token(TokenCommand::Create { user, groups, ttl, cluster, output }) => {
             let token = client.create_token(&user, &groups, ttl, cluster.as_deref()).await?;

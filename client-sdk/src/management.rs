@@ -509,7 +509,7 @@ impl ManagementClient {
         timeout: Duration,
     ) -> Result<Cluster, ManagementError> {
         let timeout_seconds = whole_seconds(timeout, "wait timeout")?;
-        let request = pb::WaitClusterRequest { name: name.to_owned(), connected, timeout_seconds };
+        let request = pb::WaitClusterRequest { name: name.to_owned(), connected, timeout_seconds, phase: 0 };
         let deadline = Duration::from_secs(u64::from(timeout_seconds)) + WAIT_GRACE;
         let mut c = self.clusters.clone();
         match self.run(deadline, async move { c.wait(request).await }).await {
@@ -518,6 +518,43 @@ impl ManagementClient {
                 "timed out after {} waiting for cluster {name:?} to be {}",
                 format_duration(timeout),
                 if connected { "connected" } else { "disconnected" }
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until cluster `name` is in `phase` (e.g. Ready after
+    /// `kubectl apply -f agent.yaml`), for at most `timeout`.
+    pub async fn wait_cluster_phase(
+        &self,
+        name: &str,
+        phase: ClusterPhase,
+        timeout: Duration,
+    ) -> Result<Cluster, ManagementError> {
+        let timeout_seconds = whole_seconds(timeout, "wait timeout")?;
+        let wire = match phase {
+            ClusterPhase::Pending => pb::ClusterPhase::Pending,
+            ClusterPhase::Ready => pb::ClusterPhase::Ready,
+            ClusterPhase::NotReady => pb::ClusterPhase::NotReady,
+            ClusterPhase::Offline => pb::ClusterPhase::Offline,
+            ClusterPhase::Denied => pb::ClusterPhase::Denied,
+            ClusterPhase::Unknown => {
+                return Err(ManagementError::InvalidArgument("cannot wait for an unknown phase".into()));
+            }
+        };
+        let request = pb::WaitClusterRequest {
+            name: name.to_owned(),
+            connected: false,
+            timeout_seconds,
+            phase: wire as i32,
+        };
+        let deadline = Duration::from_secs(u64::from(timeout_seconds)) + WAIT_GRACE;
+        let mut c = self.clusters.clone();
+        match self.run(deadline, async move { c.wait(request).await }).await {
+            Ok(cluster) => cluster.try_into(),
+            Err(ManagementError::Timeout(_)) => Err(ManagementError::Timeout(format!(
+                "timed out after {} waiting for cluster {name:?} to be {phase}",
+                format_duration(timeout)
             ))),
             Err(e) => Err(e),
         }

@@ -66,6 +66,28 @@ fn status_response(s: &KubeStatus) -> Response<HubBody> {
     r.map(full)
 }
 
+/// Whether `path` (below `/clusters/NAME`) is API discovery: `/api`,
+/// `/api/VERSION`, `/apis`, `/apis/GROUP`, `/apis/GROUP/VERSION`.
+fn is_discovery(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    matches!(segments.as_slice(), ["api"] | ["api", _] | ["apis"] | ["apis", _] | ["apis", _, _])
+}
+
+/// A hub refusal. client-go's discovery (what every `kubectl get` runs
+/// first) reads error bodies only when they are text, and shows "unknown"
+/// for a JSON `Status`; so discovery requests get the message as text, and
+/// a 403 reads `Error from server (Forbidden): user "bob" may not reach...`
+/// instead. Everything else gets the JSON `Status` kubectl decodes.
+fn refusal(s: &KubeStatus, path: &str) -> Response<HubBody> {
+    if !is_discovery(path) {
+        return status_response(s);
+    }
+    let mut resp = Response::new(full(s.message.clone()));
+    *resp.status_mut() = s.code;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
 /// Splits `/clusters/NAME/rest` into `NAME` and `/rest`.
 pub fn split_cluster_path(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix("/clusters/")?;
@@ -132,6 +154,7 @@ pub async fn handle(state: Arc<HubState>, peer: Peer, req: Request<Incoming>) ->
         Err(s) => return status_response(&s),
     };
 
+    let rest_path = rest.clone();
     let request_id = RequestId::new();
     let span = info_span!("request", cluster = %name, request_id = %request_id, method = %req.method(), path = %rest, user = %caller.identity.user);
     match forward(state, name, rest, caller, request_id, req).instrument(span.clone()).await {
@@ -147,7 +170,7 @@ pub async fn handle(state: Arc<HubState>, peer: Peer, req: Request<Incoming>) ->
                     debug!(status = s.code.as_u16(), message = %s.message, "request refused");
                 }
             });
-            status_response(&s)
+            refusal(&s, &rest_path)
         }
     }
 }
@@ -634,6 +657,16 @@ mod tests {
         assert_eq!(split_cluster_path("/clusters/a/api/v1/pods"), Some(("a", "/api/v1/pods")));
         assert_eq!(split_cluster_path("/clusters/a"), Some(("a", "/")));
         assert_eq!(split_cluster_path("/api/v1"), None);
+    }
+
+    #[test]
+    fn discovery_paths() {
+        for p in ["/api", "/api/v1", "/apis", "/apis/apps", "/apis/apps/v1", "/api/"] {
+            assert!(is_discovery(p), "{p}");
+        }
+        for p in ["/api/v1/pods", "/apis/apps/v1/deployments", "/version", "/"] {
+            assert!(!is_discovery(p), "{p}");
+        }
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! What it holds, and why each grant is there:
 //! - Namespace `ferry-system`, ServiceAccount `ferry-agent`.
 //! - ClusterRole `ferry-agent`, the least the agent needs: `impersonate` on
-//!   `users`, `groups` (core) and `uids`, `userextras/*`
-//!   (`authentication.k8s.io`) to act as each caller; `create` on
+//!   `users`, `groups` (core) and on `authentication.k8s.io` resources (its
+//!   only impersonable ones are `uids` and `userextras/KEY`; RBAC can name
+//!   "any extra key" only with `*`) to act as each caller; `create` on
 //!   `subjectaccessreviews` to check, as the apiserver would, that a caller
 //!   using `kubectl --as` may impersonate whom they ask; `get`/`list` on
 //!   `nodes` and `get` on `/version`, `/readyz`, `/livez`, `/healthz` for
@@ -112,7 +113,7 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
 pub fn cluster_rules() -> Vec<PolicyRule> {
     vec![
         rule(&[""], &["users", "groups"], &["impersonate"]),
-        rule(&["authentication.k8s.io"], &["uids", "userextras/*"], &["impersonate"]),
+        rule(&["authentication.k8s.io"], &["*"], &["impersonate"]),
         rule(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
         rule(&[""], &["nodes"], &["get", "list"]),
         PolicyRule {

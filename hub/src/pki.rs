@@ -321,7 +321,9 @@ impl Ca {
         let serial = random_serial();
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let not_after = SystemTime::now() + lifetime;
-        params.not_before = (SystemTime::now() - CLOCK_SKEW).into();
+        // Agents renew two thirds into [not_before, not_after]: backdating
+        // by more than a tenth of a short lifetime would move that point.
+        params.not_before = (SystemTime::now() - CLOCK_SKEW.min(lifetime / 10)).into();
         params.not_after = not_after.into();
         let signed = rcgen::CertificateSigningRequestParams { params, public_key: request.public_key }
             .signed_by(&self.issuer()?)?;

@@ -42,6 +42,8 @@ pub struct SessionInfo {
     /// Whether the agent's last probe reached its apiserver (`None` until
     /// its first report).
     pub apiserver_reachable: Option<bool>,
+    /// Permissions the agent reported missing in its cluster.
+    pub missing_permissions: Vec<String>,
     /// Control stream, for signals such as "open more streams".
     pub control: ControlTx,
     /// Cancelled to end the session (cluster deleted or denied).
@@ -58,6 +60,9 @@ pub struct LiveSummary {
     /// Whether any session's agent reaches its apiserver (`None`: no
     /// report yet).
     pub apiserver_reachable: Option<bool>,
+    /// Permissions any session's agent reported missing, sorted, no
+    /// repeats.
+    pub missing_permissions: Vec<String>,
     /// Last time an agent was heard from, seconds since the Unix epoch.
     pub last_seen: u64,
 }
@@ -84,6 +89,8 @@ pub struct LiveCluster {
     inner: Mutex<Inner>,
     parked: Notify,
     sessions_tx: watch::Sender<usize>,
+    /// Bumped whenever anything the cluster's phase depends on changes.
+    changes: watch::Sender<u64>,
     in_flight: Arc<AtomicUsize>,
     last_seen: std::sync::atomic::AtomicU64,
 }
@@ -116,6 +123,7 @@ impl LiveCluster {
             inner: Mutex::default(),
             parked: Notify::new(),
             sessions_tx: watch::Sender::new(0),
+            changes: watch::Sender::new(0),
             in_flight: Arc::new(AtomicUsize::new(0)),
             last_seen: std::sync::atomic::AtomicU64::new(0),
         }
@@ -145,6 +153,18 @@ impl LiveCluster {
         inner.sessions.insert(id, info);
         self.touch();
         self.sessions_tx.send_replace(inner.sessions.len());
+        self.changed();
+    }
+
+    /// Tells watchers that something the phase depends on changed (a
+    /// session, an agent's report, the approval).
+    pub fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Follows [`LiveCluster::changed`].
+    pub fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Removes a session and drops its parked streams.
@@ -154,6 +174,7 @@ impl LiveCluster {
         inner.pool.retain(|(_, p)| p.session != id);
         self.touch();
         self.sessions_tx.send_replace(inner.sessions.len());
+        self.changed();
     }
 
     /// Ends every session (they remove themselves as they stop); returns
@@ -172,14 +193,27 @@ impl LiveCluster {
     }
 
     /// Records a status report from a session.
-    pub fn report(&self, id: SessionId, kubernetes_version: String, apiserver_reachable: bool) {
+    pub fn report(
+        &self,
+        id: SessionId,
+        kubernetes_version: String,
+        apiserver_reachable: bool,
+        missing: Vec<String>,
+    ) {
+        let mut changed = false;
         if let Some(s) = self.lock().sessions.get_mut(&id) {
-            if !kubernetes_version.is_empty() {
+            if !kubernetes_version.is_empty() && s.kubernetes_version != kubernetes_version {
                 s.kubernetes_version = kubernetes_version;
+                changed = true;
             }
+            changed |= s.apiserver_reachable != Some(apiserver_reachable) || s.missing_permissions != missing;
             s.apiserver_reachable = Some(apiserver_reachable);
+            s.missing_permissions = missing;
         }
         self.touch();
+        if changed {
+            self.changed();
+        }
     }
 
     fn touch(&self) {
@@ -199,6 +233,13 @@ impl LiveCluster {
                 .find(|v| !v.is_empty())
                 .unwrap_or_default(),
             apiserver_reachable: (!reports.is_empty()).then(|| reports.iter().any(|r| *r)),
+            missing_permissions: {
+                let mut all: Vec<String> =
+                    inner.sessions.values().flat_map(|s| s.missing_permissions.iter().cloned()).collect();
+                all.sort();
+                all.dedup();
+                all
+            },
             last_seen: self.last_seen.load(Ordering::Relaxed),
         }
     }
@@ -349,6 +390,7 @@ mod tests {
                 agent_version: "v".into(),
                 kubernetes_version: String::new(),
                 apiserver_reachable: None,
+                missing_permissions: Vec::new(),
                 control: tx,
                 revoke: CancellationToken::new(),
             },

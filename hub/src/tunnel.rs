@@ -49,6 +49,10 @@ pub const MAX_AGENT_ID_LEN: usize = 64;
 pub const MAX_AGENT_VERSION_LEN: usize = 64;
 /// Longest Kubernetes version string kept.
 pub const MAX_KUBERNETES_VERSION_LEN: usize = 64;
+/// Missing permissions kept per agent report.
+pub const MAX_REPORTED_PERMISSIONS: usize = 16;
+/// Longest missing-permission description kept.
+pub const MAX_PERMISSION_LEN: usize = 128;
 
 /// The `Tunnel` service.
 #[derive(Clone)]
@@ -124,6 +128,10 @@ fn unix_ms() -> u64 {
 /// logged or shown.
 fn clean(text: &str, max: usize) -> String {
     text.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+fn clean_permissions(reported: &[String]) -> Vec<String> {
+    reported.iter().take(MAX_REPORTED_PERMISSIONS).map(|p| clean(p, MAX_PERMISSION_LEN)).collect()
 }
 
 /// What became of a bootstrap token at enrollment.
@@ -324,13 +332,18 @@ impl Tunnel for TunnelService {
         };
         tx.try_send(Ok(welcome)).map_err(|_| Status::internal("control channel full"))?;
         let revoke = CancellationToken::new();
+        let reported = hello.status.is_some();
+        let status = hello.status.clone().unwrap_or_default();
         live.add_session(
             session,
             SessionInfo {
                 agent_id: agent_id.clone(),
                 agent_version: agent_version.clone(),
-                kubernetes_version: String::new(),
-                apiserver_reachable: None,
+                kubernetes_version: clean(&status.kubernetes_version, MAX_KUBERNETES_VERSION_LEN),
+                // Agents older than the status in the hello report with
+                // their first heartbeat.
+                apiserver_reachable: reported.then_some(status.apiserver_reachable),
+                missing_permissions: clean_permissions(&status.missing_permissions),
                 control: tx.clone(),
                 revoke: revoke.clone(),
             },
@@ -419,7 +432,8 @@ impl ControlLoop {
                 Ok(Ok(Some(AgentControl { msg: Some(agent_control::Msg::Heartbeat(hb)) }))) => {
                     if let Some(status) = hb.status {
                         let version = clean(&status.kubernetes_version, MAX_KUBERNETES_VERSION_LEN);
-                        self.live.report(self.session, version, status.apiserver_reachable);
+                        let missing = clean_permissions(&status.missing_permissions);
+                        self.live.report(self.session, version, status.apiserver_reachable, missing);
                     }
                     for parked in self.live.trim_idle(pool_size, PARKED_IDLE_TRIM) {
                         self.state.tasks.spawn(close_stream(parked.tx, parked.rx, false));

@@ -62,7 +62,7 @@ impl ClustersService {
 
     /// Sets the approval state of cluster `name`.
     async fn set_approval(&self, name: &str, approval: Approval) -> Result<ClusterRecord, Status> {
-        let record = self
+        let record: ClusterRecord = self
             .state
             .store
             .update_cluster(name, &mut |r| {
@@ -75,6 +75,9 @@ impl ClustersService {
                 StoreError::NotFound => Status::not_found(format!("cluster {name:?} is not registered")),
                 e => store_error(e),
             })?;
+        if let Some(live) = self.state.registry.get(name) {
+            live.changed();
+        }
         Ok(record)
     }
 }
@@ -101,6 +104,14 @@ pub fn view(state: &HubState, r: &ClusterRecord) -> Cluster {
         Approval::Approved if summary.sessions == 0 => {
             (ClusterPhase::Offline, "no agent is connected".to_owned())
         }
+        Approval::Approved if !summary.missing_permissions.is_empty() => (
+            ClusterPhase::NotReady,
+            format!(
+                "the agent lacks permissions in the cluster ({}); apply the agent.yaml from `ferryctl register {}` again",
+                summary.missing_permissions.join(", "),
+                r.name
+            ),
+        ),
         Approval::Approved => match summary.apiserver_reachable {
             Some(true) => (ClusterPhase::Ready, String::new()),
             Some(false) => {
@@ -285,19 +296,42 @@ impl Clusters for ClustersService {
         let record = self.visible(&who, &req.name).await?;
         let id = record.cluster_id().ok_or_else(|| Status::internal("corrupt cluster id"))?;
         let live = self.state.registry.cluster(&record.name, id);
-        let mut sessions = live.watch_sessions();
+        let mut changes = live.watch_changes();
         let timeout = Duration::from_secs(u64::from(req.timeout_seconds)).min(MAX_WAIT);
-        let want = req.connected;
-        let reached = tokio::time::timeout(timeout, sessions.wait_for(|n| (*n > 0) == want)).await;
+        let phase = ClusterPhase::try_from(req.phase).unwrap_or(ClusterPhase::Unspecified);
+        let want = |c: &Cluster| match phase {
+            ClusterPhase::Unspecified => c.connected == req.connected,
+            p => c.phase == p as i32,
+        };
+        let reached = tokio::time::timeout(timeout, async {
+            loop {
+                changes.borrow_and_update();
+                // The approval lives in the store: read it afresh each time.
+                let current = self.record(&record.name).await?;
+                let view = view(&self.state, &current);
+                if want(&view) {
+                    return Ok(view);
+                }
+                if changes.changed().await.is_err() {
+                    return Err(Status::unavailable("hub shutting down"));
+                }
+            }
+        })
+        .await;
         match reached {
-            Ok(Ok(_)) => Ok(Response::new(view(&self.state, &record))),
-            Ok(Err(_)) => Err(Status::unavailable("hub shutting down")),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "cluster {:?} did not become {} within {}s",
-                record.name,
-                if want { "connected" } else { "disconnected" },
-                timeout.as_secs()
-            ))),
+            Ok(result) => result.map(Response::new),
+            Err(_) => {
+                let what = match phase {
+                    ClusterPhase::Unspecified if req.connected => "connected".to_owned(),
+                    ClusterPhase::Unspecified => "disconnected".to_owned(),
+                    p => p.as_str_name().trim_start_matches("CLUSTER_PHASE_").to_lowercase(),
+                };
+                Err(Status::deadline_exceeded(format!(
+                    "cluster {:?} did not become {what} within {}s",
+                    record.name,
+                    timeout.as_secs()
+                )))
+            }
         }
     }
 

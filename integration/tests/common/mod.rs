@@ -135,12 +135,24 @@ pub struct Env {
     pub apiserver_url: String,
     pub hub: Proc,
     pub hub_url: String,
+    /// Extra `ferry-hub serve` flags, kept for restarts.
+    pub hub_args: Vec<String>,
     pub agent: Option<Proc>,
     pub cluster: String,
 }
 
 /// One RBAC rule: subjects, verbs, resources, namespaces.
 pub type Rule<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+
+/// Starts `ferry-hub serve` on `listen` with its data in `data_dir`; returns
+/// it and the URL from its ready line.
+pub fn start_hub(data_dir: &Path, listen: &str, extra: &[String]) -> (Proc, String) {
+    let mut cmd = Command::new(bin("ferry-hub"));
+    cmd.args(["serve", "--listen", listen, "--data-dir"]).arg(data_dir).args(extra);
+    let mut hub = Proc::spawn("ferry-hub", cmd);
+    let url = url_in(&hub.wait_line("ferry-hub ready", READY_TIMEOUT));
+    (hub, url)
+}
 
 /// RBAC rules for the test apiserver, as its `--rbac-file` JSON.
 pub fn rbac_json(rules: &[Rule<'_>]) -> String {
@@ -157,6 +169,11 @@ impl Env {
     /// Starts apiserver (with `rbac` rules when given), hub, and an agent for
     /// cluster `edge`, and waits until the agent is connected.
     pub fn start(rbac: Option<String>) -> Env {
+        Self::start_with(rbac, &[])
+    }
+
+    /// Like [`Env::start`], with extra `ferry-hub serve` flags.
+    pub fn start_with(rbac: Option<String>, hub_args: &[&str]) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(bin("test-apiserver"));
         cmd.args(["--listen", "127.0.0.1:0", "--kubeconfig-out"])
@@ -169,13 +186,19 @@ impl Env {
         let mut apiserver = Proc::spawn("test-apiserver", cmd);
         let apiserver_url = url_in(&apiserver.wait_line("test-apiserver ready", READY_TIMEOUT));
 
-        let mut cmd = Command::new(bin("ferry-hub"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path().join("hub"));
-        let mut hub = Proc::spawn("ferry-hub", cmd);
-        let hub_url = url_in(&hub.wait_line("ferry-hub ready", READY_TIMEOUT));
+        let hub_args: Vec<String> = hub_args.iter().map(|a| (*a).to_owned()).collect();
+        let (hub, hub_url) = start_hub(&dir.path().join("hub"), "127.0.0.1:0", &hub_args);
 
-        let mut env =
-            Env { dir, apiserver, apiserver_url, hub, hub_url, agent: None, cluster: "edge".into() };
+        let mut env = Env {
+            dir,
+            apiserver,
+            apiserver_url,
+            hub,
+            hub_url,
+            hub_args,
+            agent: None,
+            cluster: "edge".into(),
+        };
         let token = env.ferryctl_ok(&["register", "edge", "-o", "token"]);
         env.start_agent(Some(token.trim()));
         env
@@ -196,6 +219,28 @@ impl Env {
     /// Starts (or restarts) the agent; with `None` it reuses the credential
     /// in its state dir.
     pub fn start_agent(&mut self, token: Option<&str>) {
+        let mut cmd = self.agent_command("agent-state");
+        if let Some(t) = token {
+            cmd.env("FERRY_TOKEN", t);
+        }
+        let mut agent = Proc::spawn("ferry-agent", cmd);
+        agent.wait_line("ferry-agent connected:", READY_TIMEOUT);
+        self.agent = Some(agent);
+    }
+
+    /// Stops the hub (SIGKILL) and starts it again on the same address with
+    /// the same data dir and flags, as after a crash.
+    pub fn restart_hub(&mut self) {
+        self.hub.kill();
+        let addr = self.hub_url.trim_start_matches("https://").trim_end_matches('/').to_owned();
+        let (hub, url) = start_hub(&self.path("hub"), &addr, &self.hub_args);
+        assert_eq!(url, self.hub_url, "the hub came back at the same URL");
+        self.hub = hub;
+    }
+
+    /// An agent command for this env's hub and apiserver, with `state_dir`
+    /// (in the temp dir); the caller adds a token or not.
+    pub fn agent_command(&self, state_dir: &str) -> Command {
         let mut cmd = Command::new(bin("ferry-agent"));
         cmd.arg("--hub")
             .arg(&self.hub_url)
@@ -204,13 +249,10 @@ impl Env {
             .arg("--kubeconfig")
             .arg(self.apiserver_kubeconfig())
             .arg("--state-dir")
-            .arg(self.path("agent-state"));
-        if let Some(t) = token {
-            cmd.arg("--token").arg(t);
-        }
-        let mut agent = Proc::spawn("ferry-agent", cmd);
-        agent.wait_line("ferry-agent connected:", READY_TIMEOUT);
-        self.agent = Some(agent);
+            .arg(self.path(state_dir))
+            .env_remove("FERRY_TOKEN")
+            .env_remove("FERRY_TOKEN_FILE");
+        cmd
     }
 
     /// Kills the agent and waits until the hub has noticed.
@@ -605,6 +647,48 @@ impl Env {
 }
 
 impl Proc {
+    /// Like [`Proc::spawn`], but stderr lines are collected too (prefixed
+    /// `stderr: `), so a test can wait for what the process logs.
+    pub fn spawn_logging(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).env("NO_COLOR", "1");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        let err_tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if err_tx.send(format!("stderr: {line}")).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { name: name.to_owned(), child, lines: rx, seen: Vec::new() }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Stdout lines seen so far that contain `needle`, after taking in what
+    /// has arrived.
+    pub fn count_lines(&mut self, needle: &str) -> usize {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.iter().filter(|l| l.contains(needle) && !l.starts_with("stderr: ")).count()
+    }
+
     /// Like [`Proc::spawn`], with stdin piped; returns its write end too.
     pub fn spawn_with_stdin(name: &str, mut cmd: Command) -> (Proc, std::process::ChildStdin) {
         cmd.stdout(Stdio::piped()).stdin(Stdio::piped());

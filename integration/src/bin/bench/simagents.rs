@@ -152,6 +152,7 @@ impl SimAgent {
             protocol_version: ferry::PROTOCOL_VERSION,
             agent_id: uuid::Uuid::new_v4().to_string(),
             agent_version: format!("{}-bench-sim", ferry::FERRY_VERSION),
+            status: None,
         };
         tx.send(AgentControl { msg: Some(agent_control::Msg::Hello(hello)) }).await?;
         let req = tonic::Request::new(ReceiverStream::new(rx));
