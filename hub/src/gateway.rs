@@ -376,7 +376,12 @@ async fn forward(
     Ok(resp)
 }
 
+/// Longest agent error message passed on to a caller (it ends up in a
+/// `Status` body and in logs).
+pub const MAX_AGENT_MESSAGE: usize = 1024;
+
 fn agent_error_status(code: i32, message: &str) -> KubeStatus {
+    let message = &crate::tunnel::clean(message, MAX_AGENT_MESSAGE);
     match ErrorCode::try_from(code).unwrap_or(ErrorCode::Unspecified) {
         ErrorCode::UpstreamUnreachable => {
             KubeStatus::bad_gateway(format!("the cluster's apiserver is unreachable: {message}"))
@@ -485,7 +490,9 @@ async fn pump_upgraded(
                     return Ok::<(), BoxError>(());
                 }
                 Some(AgentFrame { frame: Some(agent_frame::Frame::Error(e)) }) => {
-                    return Err(format!("agent: {}", e.message).into());
+                    return Err(
+                        format!("agent: {}", crate::tunnel::clean(&e.message, MAX_AGENT_MESSAGE)).into()
+                    );
                 }
                 Some(_) => return Err("agent broke the protocol on an upgraded stream".into()),
             }
@@ -615,7 +622,8 @@ impl Body for TunnelBody {
                     self.state = BodyState::Draining;
                 }
                 Some(Ok(AgentFrame { frame: Some(agent_frame::Frame::Error(e)) })) => {
-                    return fail(&mut self, format!("agent: {}", e.message).into());
+                    let message = crate::tunnel::clean(&e.message, MAX_AGENT_MESSAGE);
+                    return fail(&mut self, format!("agent: {message}").into());
                 }
                 Some(Ok(_)) => return fail(&mut self, "agent broke the protocol mid-response".into()),
                 Some(Err(status)) => {

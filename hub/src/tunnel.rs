@@ -126,7 +126,7 @@ fn unix_ms() -> u64 {
 
 /// Keeps agent-supplied text printable and short before it is stored,
 /// logged or shown.
-fn clean(text: &str, max: usize) -> String {
+pub(crate) fn clean(text: &str, max: usize) -> String {
     text.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 

@@ -251,3 +251,66 @@ fn a_manifest_missing_a_verb_is_reported_by_the_agent_and_the_hub() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("cannot impersonate") && err.contains("groups"), "{err}");
 }
+
+#[test]
+fn kubectl_as_needs_a_hub_grant_and_the_child_clusters_consent() {
+    let world = World::start();
+    let yaml = world.ferryctl_ok(&["register", "prod"]);
+    let file = world.write("agent.yaml", &yaml);
+    let child = world.child();
+    kubectl_ok(&child, &["apply", "-f", file.to_str().expect("utf8")]);
+    let manifest = Manifest::parse(&yaml);
+    manifest.mount_secret(&world.path("bootstrap"));
+    let mut agent = world.replica(&manifest, "agent", &world.agent_kubeconfig());
+    agent.wait_line("ferry-agent connected: cluster=prod", READY_TIMEOUT);
+    world.ferryctl_ok(&["wait", "prod", "--for", "ready", "--timeout", "30s"]);
+
+    // In the child: alice may impersonate bob (and group qa); qa may read.
+    let rbac = world.write(
+        "child-rbac.yaml",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: act-as-bob}\nrules:\n\
+         - apiGroups: [\"\"]\n  resources: [users]\n  resourceNames: [bob]\n  verbs: [impersonate]\n\
+         - apiGroups: [\"\"]\n  resources: [groups]\n  resourceNames: [qa]\n  verbs: [impersonate]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: alice-acts-as-bob}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: act-as-bob}\n\
+         subjects: [{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: qa-view}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n\
+         subjects: [{kind: Group, name: qa, apiGroup: rbac.authorization.k8s.io}]\n",
+    );
+    kubectl_ok(&child, &["apply", "-f", rbac.to_str().expect("utf8")]);
+    let alice = world.write("alice.kubeconfig", &{
+        world.ferryctl_ok(&["grant", "--cluster", "prod", "--user", "alice"]);
+        world.ferryctl_ok(&["kubeconfig", "prod", "--user", "alice"])
+    });
+    let raw = ["get", "--raw", "/api/v1/namespaces/default/configmaps"];
+    let as_bob = |who: &str| {
+        let mut args = vec!["--as", who, "--as-group", "qa"];
+        args.extend(raw);
+        kubectl(&alice, &args)
+    };
+
+    // Without a hub grant that allows it: refused at the hub.
+    let out = as_bob("bob");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--allow-impersonate"), "{err}");
+
+    // With one: the child decides, as its own impersonation check would.
+    world.ferryctl_ok(&["grant", "--cluster", "prod", "--user", "alice", "--allow-impersonate"]);
+    let out = as_bob("bob");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = as_bob("carol");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot impersonate") && err.contains("carol"), "{err}");
+
+    // What the apiserver saw: the request as bob (group qa), sent by the
+    // agent's ServiceAccount; nothing as carol.
+    let recorded = kubectl_ok(&child, &["get", "--raw", "/_test/requests"]);
+    let recorded: Vec<serde_json::Value> = serde_json::from_str(&recorded).expect("json");
+    let reads: Vec<&serde_json::Value> =
+        recorded.iter().filter(|r| r["path"] == "/api/v1/namespaces/default/configmaps").collect();
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0]["user"], "bob");
+    assert!(reads[0]["groups"].as_array().expect("groups").iter().any(|g| g == "qa"), "{}", reads[0]);
+    assert_eq!(reads[0]["authenticatedUser"], "system:serviceaccount:ferry-system:ferry-agent");
+}
