@@ -53,6 +53,7 @@ pub fn request_head(
     upgrade: bool,
     identity: Identity,
     impersonate: Option<Identity>,
+    client_address: Option<std::net::IpAddr>,
 ) -> RequestHead {
     RequestHead {
         request_id: request_id.to_string(),
@@ -63,6 +64,7 @@ pub fn request_head(
         identity: Some(identity.into()),
         upgrade,
         impersonate: impersonate.map(Into::into),
+        client_address: client_address.map(|a| a.to_string()).unwrap_or_default(),
     }
 }
 
@@ -85,6 +87,8 @@ pub struct ProxiedRequest {
     pub impersonate: Option<Identity>,
     /// Whether this is an HTTP/1.1 upgrade.
     pub upgrade: bool,
+    /// The caller's address as the hub saw it, if it said (and it parses).
+    pub client_address: Option<std::net::IpAddr>,
 }
 
 /// The agent's side: validates a request head and applies the header policy
@@ -103,7 +107,7 @@ pub fn decode_request_head(head: RequestHead) -> Result<ProxiedRequest, FrameErr
     if let Some(target) = &impersonate {
         target.validate()?;
     }
-    let headers = headers::frame_to_map(&head.headers, true)?;
+    let headers = headers::frame_to_map(&head.headers, headers::Policy::Request)?;
     Ok(ProxiedRequest {
         request_id,
         method,
@@ -112,6 +116,7 @@ pub fn decode_request_head(head: RequestHead) -> Result<ProxiedRequest, FrameErr
         identity,
         impersonate,
         upgrade: head.upgrade,
+        client_address: head.client_address.parse().ok(),
     })
 }
 
@@ -129,7 +134,8 @@ pub fn decode_response_head(head: &ResponseHead) -> Result<(StatusCode, HeaderMa
         .ok()
         .and_then(|s| StatusCode::from_u16(s).ok())
         .ok_or(FrameError::Status(head.status))?;
-    let headers = headers::frame_to_map(&head.headers, false)?;
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let headers = headers::frame_to_map(&head.headers, headers::Policy::Response { switching })?;
     Ok((status, headers))
 }
 
@@ -169,9 +175,11 @@ mod tests {
         let id = RequestId::new();
         let pq = PathAndQuery::from_static("/api/v1/namespaces?labelSelector=a%3Db&watch=true");
         let bob = Identity { user: "bob".into(), ..Default::default() };
-        let head = request_head(id, &Method::GET, &pq, &h, false, alice(), Some(bob.clone()));
+        let from = "192.0.2.7".parse().ok();
+        let head = request_head(id, &Method::GET, &pq, &h, false, alice(), Some(bob.clone()), from);
         let req = decode_request_head(head).expect("valid");
         assert_eq!(req.impersonate, Some(bob));
+        assert_eq!(req.client_address, from);
         assert_eq!(req.request_id, id);
         assert_eq!(req.method, Method::GET);
         assert_eq!(req.path_and_query, pq);
@@ -189,6 +197,7 @@ mod tests {
             &HeaderMap::new(),
             false,
             alice(),
+            None,
             None,
         );
         for path in ["api", "//evil/api", "/../api", "/api/%2e%2e/x", "/api%2fv1"] {

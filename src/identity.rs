@@ -35,6 +35,49 @@ pub enum IdentityError {
     /// A value that cannot be sent as an HTTP header.
     #[error("identity field {0:?} is not a valid header value")]
     InvalidValue(String),
+    /// A Kubernetes system user or group the agent does not impersonate.
+    #[error(
+        "the agent does not impersonate the system identity {0:?} (see ferry-agent --allow-system-identity)"
+    )]
+    SystemIdentity(String),
+}
+
+/// The agent's own last line of defence: it never impersonates Kubernetes
+/// system identities (`system:...` users and groups, such as
+/// `system:serviceaccount:kube-system:*` or `system:nodes`), whatever the
+/// hub sends, except `system:authenticated` and what its operator allows
+/// explicitly. So even a compromised hub cannot act as the cluster's own
+/// components.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SystemIdentityPolicy {
+    /// Allowed system names; a trailing `*` matches any rest
+    /// (`system:serviceaccount:ci:*`).
+    pub allowed: Vec<String>,
+}
+
+/// Groups every authenticated identity has anyway.
+const ALWAYS_ALLOWED: &[&str] = &["system:authenticated"];
+
+impl SystemIdentityPolicy {
+    fn allows(&self, name: &str) -> bool {
+        !name.starts_with("system:")
+            || ALWAYS_ALLOWED.contains(&name)
+            || self.allowed.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => p == name,
+            })
+    }
+
+    /// Refuses an identity with a system user or group not allowed.
+    pub fn check(&self, id: &Identity) -> Result<(), IdentityError> {
+        if !self.allows(&id.user) {
+            return Err(IdentityError::SystemIdentity(id.user.clone()));
+        }
+        match id.groups.iter().find(|g| !self.allows(g)) {
+            Some(g) => Err(IdentityError::SystemIdentity(g.clone())),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Identity {
@@ -238,6 +281,24 @@ mod tests {
         let plain = IdentityPolicy::default().map(&id);
         assert_eq!(plain.user, "alice");
         assert_eq!(plain.groups, vec!["dev".to_owned(), "ops".to_owned()]);
+    }
+
+    #[test]
+    fn the_agent_never_impersonates_system_identities_unless_allowed() {
+        let policy = SystemIdentityPolicy::default();
+        assert_eq!(policy.check(&alice()), Ok(()));
+        let mut id = alice();
+        id.groups.push("system:authenticated".into());
+        assert_eq!(policy.check(&id), Ok(()));
+        for (user, group) in [("system:serviceaccount:kube-system:admin", "dev"), ("bob", "system:nodes")] {
+            let id = Identity { user: user.into(), groups: vec![group.into()], ..Default::default() };
+            assert!(matches!(policy.check(&id), Err(IdentityError::SystemIdentity(_))), "{user} {group}");
+        }
+        let ci = SystemIdentityPolicy { allowed: vec!["system:serviceaccount:ci:*".into()] };
+        let builder = Identity { user: "system:serviceaccount:ci:builder".into(), ..Default::default() };
+        assert_eq!(ci.check(&builder), Ok(()));
+        let other = Identity { user: "system:serviceaccount:kube-system:x".into(), ..Default::default() };
+        assert!(ci.check(&other).is_err());
     }
 
     #[test]

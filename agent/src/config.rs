@@ -59,6 +59,12 @@ pub struct Args {
     /// Kubernetes probes); off by default.
     #[arg(long = "health-listen", env = "FERRY_HEALTH_LISTEN", value_name = "ADDR")]
     pub health_listen: Option<std::net::SocketAddr>,
+    /// A Kubernetes system user or group (`system:...`) the agent may
+    /// impersonate after all; a trailing `*` matches any rest (e.g.
+    /// `system:serviceaccount:ci:*`). Repeat for several. By default it
+    /// impersonates none but `system:authenticated`.
+    #[arg(long = "allow-system-identity", value_name = "NAME")]
+    pub allow_system_identity: Vec<String>,
 }
 
 /// A Secret in the local cluster.
@@ -165,6 +171,8 @@ pub struct AgentConfig {
     pub agent_id: Option<AgentId>,
     /// Address of the health endpoint, if any.
     pub health_listen: Option<std::net::SocketAddr>,
+    /// Which system identities the agent may impersonate.
+    pub system_identities: ferry::identity::SystemIdentityPolicy,
 }
 
 impl Args {
@@ -190,6 +198,7 @@ impl Args {
             credential_secret: self.credential_secret,
             agent_id: self.agent_id,
             health_listen: self.health_listen,
+            system_identities: ferry::identity::SystemIdentityPolicy { allowed: self.allow_system_identity },
         })
     }
 }
@@ -315,6 +324,7 @@ mod tests {
             credential_secret: None,
             agent_id: None,
             health_listen: None,
+            allow_system_identity: Vec::new(),
         };
         assert!(matches!(args.into_config(), Err(ConfigError::HubCaNotPem(_))));
     }

@@ -79,6 +79,8 @@ pub(crate) struct ProxyContext {
     pub upstream: Arc<Upstream>,
     /// Cluster name, for logs.
     pub cluster: Arc<str>,
+    /// System identities the agent may impersonate.
+    pub system_identities: ferry::identity::SystemIdentityPolicy,
 }
 
 /// Why the hub's side of a stream ended before the agent finished.
@@ -187,6 +189,15 @@ pub(crate) async fn serve(
     );
     async move {
         let mut stream = stream;
+        let refused = ctx.system_identities.check(&proxied.identity).err().or_else(|| {
+            proxied.impersonate.as_ref().and_then(|t| ctx.system_identities.check(t).err())
+        });
+        if let Some(e) = refused {
+            warn!(error = %e, "refused to impersonate a system identity");
+            respond_status(&stream.out, &KubeStatus::forbidden(e.to_string())).await;
+            stream.finish().await;
+            return None;
+        }
         if let Some(target) = proxied.impersonate.take() {
             let checked = tokio::select! {
                 r = impersonation::check(&ctx.upstream, &proxied.identity, &target) => r,

@@ -209,7 +209,11 @@ async fn run_inner(
     let session = Arc::new(SessionShared {
         client,
         auth: CallAuth::for_session(&welcome.session_id)?,
-        proxy: ProxyContext { upstream: params.upstream.clone(), cluster: cluster.clone() },
+        proxy: ProxyContext {
+            upstream: params.upstream.clone(),
+            cluster: cluster.clone(),
+            system_identities: params.config.system_identities.clone(),
+        },
     });
     let mut pool = Pool::new(session, pool_size(&welcome));
     let signals = pool.signals();

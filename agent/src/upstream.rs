@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry::frame::ProxiedRequest;
-use ferry::headers::{is_credential_header, is_hop_by_hop};
+use ferry::headers::{is_credential_header, is_forwarding_header, is_hop_by_hop};
 use ferry::proto::v1::ClusterStatus;
 use http::header::{ACCEPT, CONNECTION, UPGRADE};
 use http::uri::PathAndQuery;
@@ -275,10 +275,20 @@ impl Upstream {
         let headers = request.headers_mut();
         for (name, value) in &proxied.headers {
             let n = name.as_str();
-            if is_credential_header(n) || (is_hop_by_hop(n) && !(proxied.upgrade && name == UPGRADE)) {
+            if is_credential_header(n)
+                || is_forwarding_header(n)
+                || (is_hop_by_hop(n) && !(proxied.upgrade && name == UPGRADE))
+            {
                 continue;
             }
             headers.append(name.clone(), value.clone());
+        }
+        // The caller's address for the apiserver's audit log: the hub's
+        // word, never the caller's own forwarding headers.
+        if let Some(ip) = proxied.client_address
+            && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+        {
+            headers.insert(http::header::HeaderName::from_static("x-forwarded-for"), v);
         }
         if proxied.upgrade {
             if !headers.contains_key(UPGRADE) {
@@ -501,6 +511,7 @@ mod tests {
             ),
             upgrade,
             impersonate: None,
+            client_address: String::new(),
         }
     }
 

@@ -45,6 +45,7 @@ fn head(method: &str, path: &str, query: &str, headers: &[(&str, &str)], upgrade
         ),
         upgrade,
         impersonate: None,
+        client_address: "192.0.2.1".into(),
     })
 }
 
@@ -139,6 +140,7 @@ async fn enrolls_connects_and_streams_a_watch() {
         ("impersonate-user", "admin"),
         ("impersonate-group", "system:masters"),
         ("x-remote-user", "admin"),
+        ("x-forwarded-for", "10.6.6.6"),
     ];
     parked
         .send(hub_frame::Frame::Head(head(
@@ -166,6 +168,7 @@ async fn enrolls_connects_and_streams_a_watch() {
     assert_eq!(values(req, "impersonate-group"), vec!["dev", "ops"]);
     assert_eq!(values(req, "impersonate-extra-team"), vec!["blue"]);
     assert!(values(req, "x-remote-user").is_empty());
+    assert_eq!(values(req, "x-forwarded-for"), vec!["192.0.2.1"], "the hub's word, not the caller's");
     assert_eq!(values(req, "accept"), vec!["application/json"]);
 
     // The response streams: the first event arrives while the apiserver's
@@ -399,6 +402,31 @@ async fn refuses_hostile_heads_and_reports_an_unreachable_apiserver() {
         other => panic!("expected an error, got {other:?}"),
     }
     drop(parked);
+
+    // A system identity, as caller or as `--as` target: the agent answers
+    // 403 itself, whatever the hub sent.
+    for (user, target) in
+        [("system:kube-controller-manager", None), ("alice", Some("system:serviceaccount:kube-system:x"))]
+    {
+        let mut parked = w.hub.next_parked().await;
+        let mut h = head("GET", "/api", "", &[], false);
+        h.identity = Some(Identity { user: user.into(), ..Default::default() }.into());
+        h.impersonate = target.map(|t| Identity { user: t.into(), ..Default::default() }.into());
+        parked.send(hub_frame::Frame::Head(h)).await;
+        parked.send(end()).await;
+        match parked.recv().await {
+            Some(agent_frame::Frame::Head(h)) => assert_eq!(h.status, 403),
+            other => panic!("expected a 403 head, got {other:?}"),
+        }
+        match parked.recv().await {
+            Some(agent_frame::Frame::Body(b)) => {
+                let text = String::from_utf8_lossy(&b);
+                assert!(text.contains("does not impersonate the system identity"), "{text}");
+            }
+            other => panic!("expected a Status body, got {other:?}"),
+        }
+        drop(parked);
+    }
 
     let mut parked = w.hub.next_parked().await;
     parked.send(hub_frame::Frame::Head(head("GET", "/api", "", &[], false))).await;

@@ -112,7 +112,12 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 /// Handles one gateway request. `peer` is what the connection's TLS
 /// handshake proved; a request without a caller certificate may carry a hub
 /// bearer token.
-pub async fn handle(state: Arc<HubState>, peer: Peer, req: Request<Incoming>) -> Response<HubBody> {
+pub async fn handle(
+    state: Arc<HubState>,
+    peer: Peer,
+    client: std::net::SocketAddr,
+    req: Request<Incoming>,
+) -> Response<HubBody> {
     let auth =
         auth::authenticate(state.store.as_ref(), &peer, auth::authorization_header(req.headers())).await;
     let path = req.uri().path();
@@ -157,7 +162,7 @@ pub async fn handle(state: Arc<HubState>, peer: Peer, req: Request<Incoming>) ->
     let rest_path = rest.clone();
     let request_id = RequestId::new();
     let span = info_span!("request", cluster = %name, request_id = %request_id, method = %req.method(), path = %rest, user = %caller.identity.user);
-    match forward(state, name, rest, caller, request_id, req).instrument(span.clone()).await {
+    match forward(state, name, rest, caller, request_id, client, req).instrument(span.clone()).await {
         Ok(resp) => {
             span.in_scope(|| debug!(status = resp.status().as_u16(), "response head sent"));
             resp
@@ -262,6 +267,7 @@ async fn forward(
     rest: String,
     caller: Authenticated,
     request_id: RequestId,
+    client: std::net::SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<HubBody>, KubeStatus> {
     let (live, identity, impersonate) = admit(&state, &name, &rest, &caller, req.headers()).await?;
@@ -283,6 +289,7 @@ async fn forward(
         upgrade,
         identity,
         impersonate,
+        Some(client.ip()),
     ));
 
     let mut attempt = 0;
@@ -338,6 +345,15 @@ async fn forward(
     let (status, mut resp_headers) = frame::decode_response_head(&head).map_err(|e: FrameError| {
         KubeStatus::bad_gateway(format!("the agent sent an invalid response head: {e}"))
     })?;
+    // An informational head is a protocol switch or nothing: a 101 only for
+    // a request that asked to upgrade, never another 1xx.
+    if status.is_informational() && !(upgrade && status == StatusCode::SWITCHING_PROTOCOLS) {
+        return Err(KubeStatus::bad_gateway(format!(
+            "the agent answered {} to a request that {}",
+            status.as_u16(),
+            if upgrade { "asked for a protocol switch" } else { "asked for no protocol switch" }
+        )));
+    }
 
     if let (Some(on_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (on_upgrade, status) {
         resp_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));

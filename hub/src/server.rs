@@ -266,7 +266,7 @@ impl Hub {
                                 Err(never) => match never {},
                             }
                         } else {
-                            gateway::handle(state, principal, req).await
+                            gateway::handle(state, principal, peer, req).await
                         };
                         Ok::<_, std::convert::Infallible>(resp)
                     }

@@ -646,6 +646,7 @@ pub fn config(
         credential_secret: None,
         agent_id: None,
         health_listen: None,
+        allow_system_identity: Vec::new(),
     }
     .into_config()
     .expect("valid config")
