@@ -44,6 +44,17 @@ pub enum FrameError {
     Status(u32),
 }
 
+/// Who a request is from, as the hub puts it in the head.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The caller, as the child cluster sees it (prefixes applied).
+    pub identity: Identity,
+    /// Whom the caller asked to act as, when the hub allowed it.
+    pub impersonate: Option<Identity>,
+    /// The caller's address as the hub saw it.
+    pub client_address: Option<std::net::IpAddr>,
+}
+
 /// The hub's side: a request head for the agent.
 pub fn request_head(
     request_id: RequestId,
@@ -51,10 +62,9 @@ pub fn request_head(
     path_and_query: &PathAndQuery,
     headers: &HeaderMap,
     upgrade: bool,
-    identity: Identity,
-    impersonate: Option<Identity>,
-    client_address: Option<std::net::IpAddr>,
+    origin: Origin,
 ) -> RequestHead {
+    let Origin { identity, impersonate, client_address } = origin;
     RequestHead {
         request_id: request_id.to_string(),
         method: method.as_str().to_owned(),
@@ -176,7 +186,8 @@ mod tests {
         let pq = PathAndQuery::from_static("/api/v1/namespaces?labelSelector=a%3Db&watch=true");
         let bob = Identity { user: "bob".into(), ..Default::default() };
         let from = "192.0.2.7".parse().ok();
-        let head = request_head(id, &Method::GET, &pq, &h, false, alice(), Some(bob.clone()), from);
+        let origin = Origin { identity: alice(), impersonate: Some(bob.clone()), client_address: from };
+        let head = request_head(id, &Method::GET, &pq, &h, false, origin);
         let req = decode_request_head(head).expect("valid");
         assert_eq!(req.impersonate, Some(bob));
         assert_eq!(req.client_address, from);
@@ -196,9 +207,7 @@ mod tests {
             &PathAndQuery::from_static("/api"),
             &HeaderMap::new(),
             false,
-            alice(),
-            None,
-            None,
+            Origin { identity: alice(), ..Default::default() },
         );
         for path in ["api", "//evil/api", "/../api", "/api/%2e%2e/x", "/api%2fv1"] {
             let mut h = good.clone();

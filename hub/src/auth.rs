@@ -217,7 +217,9 @@ mod tests {
         assert!(authenticate(&store, &Peer::Anonymous, None).await.expect("ok").is_none());
 
         // The right id with the wrong secret, a made-up token, another kind.
-        let forged = format!("Bearer {}0", &token.expose()[..token.expose().len() - 1]);
+        let t = token.expose();
+        let last = if t.ends_with('0') { '1' } else { '0' };
+        let forged = format!("Bearer {}{last}", &t[..t.len() - 1]);
         for h in [forged.as_str(), "Bearer nope", "Bearer ferryboot.x.y", "Basic abc"] {
             let r = authenticate(&store, &Peer::Anonymous, Some(h)).await;
             assert!(matches!(r, Err(AuthError::BadToken) | Ok(None)), "{h}: {r:?}");

@@ -24,6 +24,17 @@ pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(30 * 24 * 3600)
 pub const MAX_CREDENTIAL_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Longest lifetime a caller may ask for a bootstrap token.
 pub const MAX_BOOTSTRAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default concurrent requests one caller may have to one cluster: half of
+/// the cluster's default, so a single caller cannot take every slot (a
+/// management plane with thousands of watches still fits).
+pub const DEFAULT_MAX_STREAMS_PER_CALLER: u32 = 10_000;
+/// Default agent sessions one cluster may hold at once (replicas, and
+/// reconnects overlapping their old sessions for a moment).
+pub const DEFAULT_MAX_AGENT_SESSIONS: u32 = 64;
+/// Default idle timeout of upgraded connections (exec, attach,
+/// port-forward): the kubelet's own streaming idle timeout.
+pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
+
 /// Agent image put in `agent.yaml` unless `--agent-image` says otherwise.
 pub const DEFAULT_AGENT_IMAGE: &str = concat!("ghcr.io/ferry-dev/ferry-agent:", env!("CARGO_PKG_VERSION"));
 
@@ -52,6 +63,10 @@ pub struct Limits {
     pub max_request_body: u64,
     /// Concurrent proxied requests per cluster.
     pub max_streams_per_cluster: u32,
+    /// Concurrent proxied requests per caller (user) per cluster.
+    pub max_streams_per_caller: u32,
+    /// Agent sessions per cluster.
+    pub max_agent_sessions: u32,
     /// Parked streams each agent keeps.
     pub pool_size: u32,
     /// Heartbeat period on control streams.
@@ -69,8 +84,9 @@ pub struct Limits {
     /// [`limits::MAX_HEADER_BYTES`], the protocol's own bound).
     pub max_header_bytes: usize,
     /// Close an upgraded connection (exec, attach, port-forward) after this
-    /// long without a byte either way; `None` (the default) never does, as
-    /// an interactive shell may sit idle for hours.
+    /// long without a byte either way; `None` never does. The default is
+    /// [`DEFAULT_UPGRADE_IDLE_TIMEOUT`], so a forgotten session cannot hold
+    /// its slot forever.
     pub upgrade_idle_timeout: Option<Duration>,
 }
 
@@ -79,6 +95,8 @@ impl Default for Limits {
         Limits {
             max_request_body: limits::DEFAULT_MAX_REQUEST_BODY,
             max_streams_per_cluster: limits::DEFAULT_MAX_STREAMS_PER_AGENT,
+            max_streams_per_caller: DEFAULT_MAX_STREAMS_PER_CALLER,
+            max_agent_sessions: DEFAULT_MAX_AGENT_SESSIONS,
             pool_size: limits::DEFAULT_POOL_SIZE,
             heartbeat_interval: limits::HEARTBEAT_INTERVAL,
             stream_wait: limits::STREAM_WAIT,
@@ -86,7 +104,7 @@ impl Default for Limits {
             agent_cert_ttl: DEFAULT_AGENT_CERT_TTL,
             credential_ttl: DEFAULT_CREDENTIAL_TTL,
             max_header_bytes: limits::MAX_HEADER_BYTES,
-            upgrade_idle_timeout: None,
+            upgrade_idle_timeout: Some(DEFAULT_UPGRADE_IDLE_TIMEOUT),
         }
     }
 }

@@ -38,7 +38,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::access;
 use crate::api::valid_cluster_name;
 use crate::auth::{self, AuthError, Authenticated, Peer};
-use crate::registry::{FrameTx, LiveCluster, NoStream, Parked};
+use crate::registry::{Busy, FrameTx, LiveCluster, NoStream, Parked};
 use crate::state::HubState;
 use crate::store::{Approval, StoreError};
 
@@ -273,9 +273,18 @@ async fn forward(
     let (live, identity, impersonate) = admit(&state, &name, &rest, &caller, req.headers()).await?;
     let max_body = state.limits.max_request_body;
     let unavailable = || KubeStatus::unavailable(format!("cluster {name:?} has no connected agent"));
-    let permit = live.try_acquire(state.limits.max_streams_per_cluster).ok_or_else(|| {
-        KubeStatus::too_many_requests(format!("cluster {name:?} has too many requests in flight"))
-    })?;
+    let limits = &state.limits;
+    let permit = live
+        .try_acquire(limits.max_streams_per_cluster, &caller.identity.user, limits.max_streams_per_caller)
+        .map_err(|busy| match busy {
+            Busy::Cluster => KubeStatus::too_many_requests(format!(
+                "cluster {name:?} has too many requests in flight (--max-streams-per-cluster)"
+            )),
+            Busy::Caller => KubeStatus::too_many_requests(format!(
+                "user {:?} has too many requests in flight to cluster {name:?} (--max-streams-per-caller)",
+                caller.identity.user
+            )),
+        })?;
 
     let query = req.uri().query().map(|q| format!("{rest}?{q}")).unwrap_or_else(|| rest.clone());
     let pq = PathAndQuery::try_from(query.as_str())
@@ -287,9 +296,7 @@ async fn forward(
         &pq,
         req.headers(),
         upgrade,
-        identity,
-        impersonate,
-        Some(client.ip()),
+        frame::Origin { identity, impersonate, client_address: Some(client.ip()) },
     ));
 
     let mut attempt = 0;

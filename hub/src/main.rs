@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferry::identity::IdentityPolicy;
-use ferry_hub::config::{DEFAULT_AGENT_IMAGE, DEFAULT_DATA_DIR, DEFAULT_LISTEN, MIN_AGENT_CERT_TTL};
+use ferry_hub::config::{
+    DEFAULT_AGENT_IMAGE, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MAX_AGENT_SESSIONS,
+    DEFAULT_MAX_STREAMS_PER_CALLER, MIN_AGENT_CERT_TTL,
+};
 use ferry_hub::{Hub, HubConfig};
 
 #[derive(Parser)]
@@ -42,10 +45,16 @@ struct ServeArgs {
     /// Largest total size of a request's headers, in bytes (at most 65536).
     #[arg(long, default_value_t = ferry::limits::MAX_HEADER_BYTES)]
     max_header_bytes: usize,
-    /// Close exec/attach/port-forward connections idle this long (e.g. 30m);
-    /// off by default.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    upgrade_idle_timeout: Option<std::time::Duration>,
+    /// Concurrent proxied requests per caller (user) per cluster.
+    #[arg(long, default_value_t = DEFAULT_MAX_STREAMS_PER_CALLER)]
+    max_streams_per_caller: u32,
+    /// Agent sessions one cluster may hold at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_AGENT_SESSIONS)]
+    max_agent_sessions_per_cluster: u32,
+    /// Close exec/attach/port-forward connections idle this long; `0s`
+    /// never does. WebSocket pings count as traffic.
+    #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
+    upgrade_idle_timeout: std::time::Duration,
     /// Agent image that `ferryctl register` manifests run (mirror it and
     /// point this at your registry).
     #[arg(long, env = "FERRY_AGENT_IMAGE", default_value = DEFAULT_AGENT_IMAGE)]
@@ -81,7 +90,10 @@ async fn main() -> anyhow::Result<()> {
     config.limits.max_request_body = args.max_request_body;
     config.limits.max_streams_per_cluster = args.max_streams_per_cluster;
     config.limits.max_header_bytes = args.max_header_bytes;
-    config.limits.upgrade_idle_timeout = args.upgrade_idle_timeout;
+    config.limits.upgrade_idle_timeout =
+        (!args.upgrade_idle_timeout.is_zero()).then_some(args.upgrade_idle_timeout);
+    config.limits.max_streams_per_caller = args.max_streams_per_caller;
+    config.limits.max_agent_sessions = args.max_agent_sessions_per_cluster;
     if args.agent_cert_ttl < MIN_AGENT_CERT_TTL {
         anyhow::bail!("--agent-cert-ttl must be at least {MIN_AGENT_CERT_TTL:?}");
     }

@@ -78,6 +78,16 @@ struct Inner {
     sessions: HashMap<SessionId, SessionInfo>,
     /// Parked streams, with when each was parked; the newest at the back.
     pool: VecDeque<(Instant, Parked)>,
+    /// Parked streams per session.
+    parked_by: HashMap<SessionId, usize>,
+}
+
+impl Inner {
+    fn unparked(&mut self, session: SessionId) {
+        if let Some(n) = self.parked_by.get_mut(&session) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 /// One cluster's live state.
@@ -92,16 +102,47 @@ pub struct LiveCluster {
     /// Bumped whenever anything the cluster's phase depends on changes.
     changes: watch::Sender<u64>,
     in_flight: Arc<AtomicUsize>,
+    callers: CallerCounts,
     last_seen: std::sync::atomic::AtomicU64,
 }
 
-/// One proxied request in flight; dropping it frees the slot.
-pub struct StreamPermit(Arc<AtomicUsize>);
+/// Streams one agent session may keep parked at once. Legitimate agents
+/// park their pool (8) plus what the hub asked for in a burst; the bound
+/// stops a hostile agent from parking tens of thousands.
+pub const MAX_PARKED_PER_SESSION: usize = 1024;
+
+/// Requests in flight per caller, by user name.
+type CallerCounts = Arc<Mutex<HashMap<Arc<str>, usize>>>;
+
+/// One proxied request in flight; dropping it frees the slots.
+pub struct StreamPermit {
+    cluster: Arc<AtomicUsize>,
+    callers: CallerCounts,
+    caller: Arc<str>,
+}
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.cluster.fetch_sub(1, Ordering::AcqRel);
+        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = callers.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                callers.remove(&self.caller);
+            }
+        }
     }
+}
+
+/// Why a request got no slot.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Busy {
+    /// The cluster has its maximum of requests in flight.
+    #[error("the cluster has too many requests in flight")]
+    Cluster,
+    /// This caller has its maximum of requests in flight to the cluster.
+    #[error("the caller has too many requests in flight to this cluster")]
+    Caller,
 }
 
 /// Why no stream could be had for a request.
@@ -125,17 +166,31 @@ impl LiveCluster {
             sessions_tx: watch::Sender::new(0),
             changes: watch::Sender::new(0),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            callers: CallerCounts::default(),
             last_seen: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// Takes one of `max` request slots, or `None` when all are in use.
-    pub fn try_acquire(&self, max: u32) -> Option<StreamPermit> {
+    /// Takes one of the cluster's `max` request slots and one of `caller`'s
+    /// `max_per_caller`, so no single caller can take them all.
+    pub fn try_acquire(&self, max: u32, caller: &str, max_per_caller: u32) -> Result<StreamPermit, Busy> {
         let max = max as usize;
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-            .ok()?;
-        Some(StreamPermit(self.in_flight.clone()))
+            .map_err(|_| Busy::Cluster)?;
+        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        let key: Arc<str> = match callers.get_key_value(caller) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(caller),
+        };
+        let count = callers.entry(key.clone()).or_insert(0);
+        if *count >= max_per_caller as usize {
+            drop(callers);
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Busy::Caller);
+        }
+        *count += 1;
+        Ok(StreamPermit { cluster: self.in_flight.clone(), callers: self.callers.clone(), caller: key })
     }
 
     /// Requests in flight.
@@ -145,6 +200,16 @@ impl LiveCluster {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a connected session, unless the cluster has `max` already.
+    #[allow(clippy::result_large_err)]
+    pub fn try_add_session(&self, id: SessionId, info: SessionInfo, max: usize) -> Result<(), SessionInfo> {
+        if self.lock().sessions.len() >= max {
+            return Err(info);
+        }
+        self.add_session(id, info);
+        Ok(())
     }
 
     /// Adds a connected session.
@@ -172,6 +237,7 @@ impl LiveCluster {
         let mut inner = self.lock();
         inner.sessions.remove(&id);
         inner.pool.retain(|(_, p)| p.session != id);
+        inner.parked_by.remove(&id);
         self.touch();
         self.sessions_tx.send_replace(inner.sessions.len());
         self.changed();
@@ -245,13 +311,19 @@ impl LiveCluster {
     }
 
     /// Parks a stream (new, or back from a finished request); refused
-    /// (returned) when its session is unknown.
+    /// (returned) when its session is unknown or already parks
+    /// [`MAX_PARKED_PER_SESSION`].
     #[allow(clippy::result_large_err)]
     pub fn park(&self, parked: Parked) -> Result<(), Parked> {
         let mut inner = self.lock();
         if !inner.sessions.contains_key(&parked.session) {
             return Err(parked);
         }
+        let count = inner.parked_by.entry(parked.session).or_insert(0);
+        if *count >= MAX_PARKED_PER_SESSION {
+            return Err(parked);
+        }
+        *count += 1;
         inner.pool.push_back((Instant::now(), parked));
         drop(inner);
         self.parked.notify_one();
@@ -269,6 +341,7 @@ impl LiveCluster {
         while inner.pool.len() > keep && inner.pool.front().is_some_and(|(since, _)| since.elapsed() >= idle)
         {
             if let Some((_, p)) = inner.pool.pop_front() {
+                inner.unparked(p.session);
                 trimmed.push(p);
             }
         }
@@ -303,6 +376,7 @@ impl LiveCluster {
                 // The newest first: it is the likeliest to be alive, and the
                 // oldest age into the surplus that `trim_idle` closes.
                 while let Some((_, p)) = inner.pool.pop_back() {
+                    inner.unparked(p.session);
                     if !p.tx.is_closed() {
                         return Ok(p);
                     }
@@ -454,14 +528,46 @@ mod tests {
     }
 
     #[test]
-    fn permits_are_bounded_and_returned() {
+    fn permits_are_bounded_per_cluster_and_per_caller_and_returned() {
         let live = LiveCluster::new("c".into(), ClusterId::new());
-        let a = live.try_acquire(2).expect("first");
-        let _b = live.try_acquire(2).expect("second");
-        assert!(live.try_acquire(2).is_none());
+        let a = live.try_acquire(3, "alice", 2).expect("first");
+        let _b = live.try_acquire(3, "alice", 2).expect("second");
+        assert_eq!(live.try_acquire(3, "alice", 2).err(), Some(Busy::Caller), "alice has her share");
+        let _c = live.try_acquire(3, "bob", 2).expect("bob still gets one");
+        assert_eq!(live.try_acquire(3, "carol", 2).err(), Some(Busy::Cluster));
+        assert_eq!(live.in_flight(), 3, "a refused caller holds no cluster slot");
         drop(a);
-        assert_eq!(live.in_flight(), 1);
-        assert!(live.try_acquire(2).is_some());
+        assert_eq!(live.in_flight(), 2);
+        assert!(live.try_acquire(3, "alice", 2).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_session_parks_a_bounded_number_of_streams() {
+        let live = LiveCluster::new("c".into(), ClusterId::new());
+        let (id, _control) = session(&live);
+        let mut agent_sides = Vec::new();
+        for _ in 0..MAX_PARKED_PER_SESSION {
+            let (p, rx) = stream(id);
+            assert!(live.park(p).is_ok());
+            agent_sides.push(rx);
+        }
+        let (extra, _rx) = stream(id);
+        assert!(live.park(extra).is_err(), "one more than the bound is refused");
+        let taken = live.take_stream(Duration::from_secs(1)).await.expect("a stream");
+        assert!(live.park(taken).is_ok(), "a taken stream frees its place");
+        // A bound on sessions per cluster.
+        let (tx, _rx) = mpsc::channel(1);
+        let info = || SessionInfo {
+            agent_id: "b".into(),
+            agent_version: "v".into(),
+            kubernetes_version: String::new(),
+            apiserver_reachable: None,
+            missing_permissions: Vec::new(),
+            control: tx.clone(),
+            revoke: CancellationToken::new(),
+        };
+        assert!(live.try_add_session(SessionId::new(), info(), 2).is_ok());
+        assert!(live.try_add_session(SessionId::new(), info(), 2).is_err());
     }
 
     #[tokio::test]

@@ -46,13 +46,19 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a keep-alive ping may go unanswered.
 pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Concurrent HTTP/2 streams per connection (parked + in flight + control).
+/// Concurrent HTTP/2 streams per agent connection (parked + in flight +
+/// control).
 pub const H2_MAX_STREAMS: u32 = 50_000;
-/// Streams the hub itself may reset over one connection's life before h2
-/// sends GOAWAY (h2 counts them and never forgets; its default of 1024
+/// Concurrent HTTP/2 streams per caller connection: client-go multiplexes
+/// every request of a client (a controller's watches included) over one
+/// connection; kube-apiserver allows 1000 by default, the hub twice that.
+pub const H2_MAX_CALLER_STREAMS: u32 = 2_000;
+/// Streams the hub itself may reset over one agent connection's life before
+/// h2 sends GOAWAY (h2 counts them and never forgets; its default of 1024
 /// would end a long-lived agent connection after 1024 cancelled requests).
 /// The hub closes request streams in order, so this is only a backstop
-/// against a peer that provokes resets on purpose.
+/// against a peer that provokes resets on purpose. Caller connections keep
+/// h2's default.
 pub const H2_MAX_LOCAL_RESETS: usize = 100_000;
 /// Largest HTTP/1.1 request head from a caller.
 pub const H1_MAX_HEAD: usize = 128 * 1024;
@@ -195,22 +201,7 @@ impl Hub {
         .add_service(
             AccessServer::new(AccessService::new(state.clone())).max_decoding_message_size(MAX_FRAME_SIZE),
         );
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .timer(TokioTimer::new())
-            .max_buf_size(H1_MAX_HEAD)
-            .header_read_timeout(Duration::from_secs(30));
-        http.http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(H2_MAX_STREAMS)
-            .initial_stream_window_size(ferry::limits::H2_STREAM_WINDOW)
-            .initial_connection_window_size(ferry::limits::H2_CONNECTION_WINDOW)
-            .max_frame_size(ferry::limits::H2_MAX_FRAME_SIZE)
-            .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
-            .max_header_list_size(ferry::limits::MAX_HEADER_BYTES as u32 * 2)
-            .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
-        let http = Arc::new(http);
+        let http = Arc::new(Protocols { agents: http_builder(true), callers: http_builder(false) });
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -246,6 +237,7 @@ impl Hub {
                         Err(reason) => Peer::Invalid(reason),
                     },
                 };
+                let is_agent = matches!(principal, Peer::Agent(_));
                 // An agent's connection is closed at once when its cluster
                 // is deleted or denied.
                 let revoked = match &principal {
@@ -271,6 +263,7 @@ impl Hub {
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
+                let http = if is_agent { &http.agents } else { &http.callers };
                 let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                 tokio::pin!(conn);
                 tokio::select! {
@@ -290,6 +283,38 @@ impl Hub {
         state.tasks.close();
         state.tasks.wait().await;
     }
+}
+
+/// HTTP settings for the two kinds of peer: agents (one long-lived
+/// connection carrying every request of a cluster) and callers.
+struct Protocols {
+    agents: auto::Builder<TokioExecutor>,
+    callers: auto::Builder<TokioExecutor>,
+}
+
+/// The HTTP/1.1 and HTTP/2 settings for agents or callers. Only agents get
+/// the large stream count and the raised reset budget their traffic needs;
+/// callers keep h2's default budget, its protection against rapid resets.
+fn http_builder(agent: bool) -> auto::Builder<TokioExecutor> {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(H1_MAX_HEAD)
+        .header_read_timeout(Duration::from_secs(30));
+    let mut h2 = http.http2();
+    h2.timer(TokioTimer::new())
+        .initial_stream_window_size(ferry::limits::H2_STREAM_WINDOW)
+        .initial_connection_window_size(ferry::limits::H2_CONNECTION_WINDOW)
+        .max_frame_size(ferry::limits::H2_MAX_FRAME_SIZE)
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+        .max_header_list_size(ferry::limits::MAX_HEADER_BYTES as u32 * 2);
+    if agent {
+        h2.max_concurrent_streams(H2_MAX_STREAMS).max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
+    } else {
+        h2.max_concurrent_streams(H2_MAX_CALLER_STREAMS);
+    }
+    http
 }
 
 fn write_admin_kubeconfig(path: &Path, ca: &Ca, admin: &Identity, server: &str) -> std::io::Result<()> {

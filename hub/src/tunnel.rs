@@ -31,7 +31,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::auth::Peer;
 use crate::gateway::close_stream;
 use crate::pki::{AgentPeer, IssuedAgentCert};
-use crate::registry::{LiveCluster, PARKED_IDLE_TRIM, Parked, SessionInfo};
+use crate::registry::{LiveCluster, MAX_PARKED_PER_SESSION, PARKED_IDLE_TRIM, Parked, SessionInfo};
 use crate::state::HubState;
 use crate::store::{AgentCert, Approval, ClusterRecord, StoreError, TokenUse, unix_now};
 
@@ -334,7 +334,7 @@ impl Tunnel for TunnelService {
         let revoke = CancellationToken::new();
         let reported = hello.status.is_some();
         let status = hello.status.clone().unwrap_or_default();
-        live.add_session(
+        live.try_add_session(
             session,
             SessionInfo {
                 agent_id: agent_id.clone(),
@@ -347,7 +347,14 @@ impl Tunnel for TunnelService {
                 control: tx.clone(),
                 revoke: revoke.clone(),
             },
-        );
+            limits.max_agent_sessions as usize,
+        )
+        .map_err(|_| {
+            Status::resource_exhausted(format!(
+                "cluster {:?} has {} agent sessions already (--max-agent-sessions-per-cluster)",
+                record.name, limits.max_agent_sessions
+            ))
+        })?;
         let span = info_span!("session", cluster = %record.name, session = %session, agent_id = %agent_id);
         let control = ControlLoop {
             state: self.state.clone(),
@@ -381,8 +388,14 @@ impl Tunnel for TunnelService {
             .ok_or_else(|| Status::invalid_argument("missing or malformed ferry-session metadata"))?;
         let live = self.live(&record)?;
         let (tx, rx) = mpsc::channel(FRAME_CHANNEL_CAPACITY);
-        live.park(Parked { session, tx, rx: request.into_inner() })
-            .map_err(|_| Status::failed_precondition("unknown session; reconnect the control stream"))?;
+        if !live.has_session(session) {
+            return Err(Status::failed_precondition("unknown session; reconnect the control stream"));
+        }
+        live.park(Parked { session, tx, rx: request.into_inner() }).map_err(|_| {
+            Status::resource_exhausted(format!(
+                "the session parks {MAX_PARKED_PER_SESSION} streams already; no more until some are used"
+            ))
+        })?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

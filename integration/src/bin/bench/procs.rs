@@ -117,6 +117,11 @@ pub async fn start_hub(
 ) -> anyhow::Result<(Proc, String)> {
     let mut cmd = Command::new(&bins.hub);
     cmd.arg("serve").arg("--listen").arg(listen).arg("--data-dir").arg(data_dir);
+    // The bench plays one caller with 10,000 watches (scenario 5) and 10,000
+    // agents of one cluster (scenario 8): lift the per-caller and
+    // per-cluster-session bounds, which guard against one identity taking
+    // everything, not against load.
+    cmd.args(["--max-streams-per-caller", "20000", "--max-agent-sessions-per-cluster", "20000"]);
     let (proc, mut lines) = Proc::spawn(cmd, log, "ferry-hub ready at ")?;
     let line = tokio::time::timeout(READY_TIMEOUT, lines.recv())
         .await
