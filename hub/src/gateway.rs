@@ -388,7 +388,7 @@ async fn forward(
         rx: Some(parked.rx),
         tx: Some(parked.tx),
         reuse: (!upgrade).then_some((live, parked.session)),
-        _pump: pump,
+        pump,
         _permit: permit,
         state: BodyState::Streaming,
         tasks: state.tasks.clone(),
@@ -559,6 +559,13 @@ pub(crate) async fn close_stream(tx: FrameTx, mut rx: Streaming<AgentFrame>, can
 /// Aborts the request-body pump when the response is dropped.
 struct AbortOnDrop(Option<JoinHandle<()>>);
 
+impl AbortOnDrop {
+    /// Whether the request body is all sent (or there was none).
+    fn done(&self) -> bool {
+        self.0.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         if let Some(h) = &self.0 {
@@ -578,7 +585,7 @@ struct TunnelBody {
     /// Where to park the stream again if the agent offers it; `None` for
     /// responses to upgrade requests, whose streams are never reused.
     reuse: Option<(Arc<LiveCluster>, ferry::ids::SessionId)>,
-    _pump: AbortOnDrop,
+    pump: AbortOnDrop,
     _permit: crate::registry::StreamPermit,
     state: BodyState,
     tasks: tokio_util::task::TaskTracker,
@@ -632,7 +639,12 @@ impl Body for TunnelBody {
                     }
                 }
                 Some(Ok(AgentFrame { frame: Some(agent_frame::Frame::End(end)) })) => {
+                    // Reuse is offered only once both directions ended; an
+                    // agent offering it while the hub still sends the body
+                    // is ignored (the stream closes instead of carrying the
+                    // next request's head behind this body).
                     if end.reuse
+                        && self.pump.done()
                         && let Some((live, session)) = self.reuse.take()
                         && let (Some(tx), Some(rx)) = (self.tx.take(), self.rx.take())
                     {

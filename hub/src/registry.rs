@@ -319,11 +319,17 @@ impl LiveCluster {
         if !inner.sessions.contains_key(&parked.session) {
             return Err(parked);
         }
-        let count = inner.parked_by.entry(parked.session).or_insert(0);
-        if *count >= MAX_PARKED_PER_SESSION {
-            return Err(parked);
+        if inner.parked_by.get(&parked.session).copied().unwrap_or(0) >= MAX_PARKED_PER_SESSION {
+            // Streams the agent gave up on still count until seen: drop them.
+            let session = parked.session;
+            inner.pool.retain(|(_, p)| p.session != session || !p.tx.is_closed());
+            let live = inner.pool.iter().filter(|(_, p)| p.session == session).count();
+            inner.parked_by.insert(session, live);
+            if live >= MAX_PARKED_PER_SESSION {
+                return Err(parked);
+            }
         }
-        *count += 1;
+        *inner.parked_by.entry(parked.session).or_insert(0) += 1;
         inner.pool.push_back((Instant::now(), parked));
         drop(inner);
         self.parked.notify_one();
