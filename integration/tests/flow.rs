@@ -715,3 +715,52 @@ async fn tty_exec_through_the_hub_and_the_upgrade_idle_timeout() {
     .expect("the apiserver saw the exec end");
     assert_eq!(ended.outcome, RequestOutcome::Cancelled);
 }
+
+/// Dot-segments (raw or percent-encoded), encoded slashes and empty
+/// segments could climb out of an apiserver base path behind a normalising
+/// proxy: refused with 400 at the hub (and again at the agent), and the
+/// apiserver sees none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_that_could_escape_the_apiserver_base_are_refused() {
+    let world = World::start().await;
+    // HTTP/1.1: the path goes out exactly as written.
+    let mut conn = world.hub_conn(false).await;
+    let escapes = [
+        "/clusters/edge/api/../../other/api/v1/namespaces",
+        "/clusters/edge/api/%2e%2e/%2E%2e/other/api/v1/namespaces",
+        "/clusters/edge/api/.%2e/other",
+        "/clusters/edge/api%2Fv1/namespaces",
+        "/clusters/edge/api%5cv1/namespaces",
+        "/clusters/edge//api/v1/namespaces",
+        "/clusters/edge/api/v1/namespaces/./default",
+        // A credential bound to one cluster needs no prefix: the same checks.
+        "/api/../../other/api/v1/namespaces",
+    ];
+    for path in escapes {
+        let (status, body) = status_json(conn.send(Method::GET, path, None, Bytes::new()).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["reason"], "BadRequest", "{path}: {body}");
+    }
+    // Names that are not cluster names.
+    for path in ["/clusters/", "/clusters//api/v1/namespaces"] {
+        let (status, body) = status_json(conn.send(Method::GET, path, None, Bytes::new()).await).await;
+        assert!(
+            status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND,
+            "{path}: {status} {body}"
+        );
+    }
+    let leaked: Vec<String> = world
+        .api
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| {
+            p.contains("other")
+                || p.contains("%2")
+                || p.contains("%5")
+                || p.contains("//")
+                || p.contains("/./")
+        })
+        .collect();
+    assert!(leaked.is_empty(), "reached the apiserver: {leaked:?}");
+}

@@ -84,9 +84,17 @@ impl Hostile {
 
     /// Parks one stream; the hub's frames and the agent's sender.
     async fn park(&self) -> Result<(mpsc::Sender<AgentFrame>, tonic::Streaming<HubFrame>), tonic::Status> {
+        self.park_in(&self.session).await
+    }
+
+    /// Parks one stream for session `session` (its own, or not).
+    async fn park_in(
+        &self,
+        session: &str,
+    ) -> Result<(mpsc::Sender<AgentFrame>, tonic::Streaming<HubFrame>), tonic::Status> {
         let (tx, rx) = mpsc::channel(8);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        request.metadata_mut().insert("ferry-session", self.session.parse().expect("metadata"));
+        request.metadata_mut().insert("ferry-session", session.parse().expect("metadata"));
         let inbound = TunnelClient::new(self.channel.clone())
             .max_encoding_message_size(16 << 20)
             .proxy(request)
@@ -274,4 +282,81 @@ async fn a_hostile_agent_is_bounded_and_its_neighbours_keep_working() {
     tokio::task::spawn_blocking(neighbour_works()).await.expect("neighbour");
     let grown = hub_rss_kib(&env).saturating_sub(rss_before);
     assert!(grown < 256 * 1024, "the hub grew by {grown} KiB");
+}
+
+async fn enroll_with(env: &Env, token: &str) -> Result<String, tonic::Status> {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::default().serialize_request(&key).expect("csr");
+    let channel = endpoint(env, None).connect().await.expect("connect");
+    let request = EnrollRequest {
+        bootstrap_token: token.to_owned(),
+        agent_id: uuid::Uuid::new_v4().to_string(),
+        csr_der: csr.der().to_vec().into(),
+    };
+    Ok(TunnelClient::new(channel).enroll(request).await?.into_inner().certificate_pem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tunnel_admits_agents_only_for_their_own_cluster_and_a_token_only_once() {
+    let mut env = tokio::task::spawn_blocking(|| Env::start(None)).await.expect("env");
+
+    // Sixteen agents enrolling at once with one token: one certificate.
+    let token = env.ferryctl_ok(&["register", "race", "-o", "token"]).trim().to_owned();
+    let mut racers = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (env_url, token) = (env.hub_url.clone(), token.clone());
+        let ca = std::fs::read_to_string(env.path("hub/ca.crt")).expect("ca");
+        racers.spawn(async move {
+            let tls =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("127.0.0.1");
+            let channel = Endpoint::from_shared(env_url)
+                .expect("url")
+                .tls_config(tls)
+                .expect("tls")
+                .connect()
+                .await
+                .expect("connect");
+            let key = rcgen::KeyPair::generate().expect("key");
+            let csr = rcgen::CertificateParams::default().serialize_request(&key).expect("csr");
+            let request = EnrollRequest {
+                bootstrap_token: token,
+                agent_id: uuid::Uuid::new_v4().to_string(),
+                csr_der: csr.der().to_vec().into(),
+            };
+            TunnelClient::new(channel).enroll(request).await.map(|_| ())
+        });
+    }
+    let results = racers.join_all().await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(refused.message().contains("already used"), "{refused:?}");
+    }
+    assert!(enroll_with(&env, &token).await.is_err(), "and not again later");
+
+    // A caller's certificate (the admin's) opens no agent session.
+    let admin = ferry_client_sdk::HubConfig::load(env.admin_kubeconfig()).expect("admin kubeconfig");
+    let ferry_client_sdk::HubCredential::ClientCert { cert_pem, key_pem } = &admin.credential else {
+        panic!("the admin kubeconfig holds a certificate");
+    };
+    let as_admin = endpoint(&env, Some(Identity::from_pem(cert_pem, key_pem.expose())))
+        .connect()
+        .await
+        .expect("connect");
+    let refused = control(as_admin).await.expect_err("no session for a caller");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    // Nor does no certificate at all.
+    let anonymous = endpoint(&env, None).connect().await.expect("connect");
+    assert_eq!(control(anonymous).await.expect_err("no session").code(), tonic::Code::Unauthenticated);
+
+    // An agent of another cluster cannot park streams in edge's session.
+    let line = env
+        .agent
+        .as_mut()
+        .expect("edge's agent")
+        .wait_line("ferry-agent connected: cluster=edge", READY_TIMEOUT);
+    let edge_session = line.rsplit("session=").next().expect("session id").trim().to_owned();
+    let evil = Hostile::enroll(&env).await;
+    let refused = evil.park_in(&edge_session).await.expect_err("not its session");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
 }
