@@ -553,7 +553,7 @@ const MANY: usize = 2400;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_finished_and_cancelled_requests_keep_the_agent_connected() {
-    let world = World::start().await;
+    let mut world = World::start().await;
     let conn = world.hub_conn(true).await;
     let configmaps = "/clusters/edge/api/v1/namespaces/default/configmaps";
     let mut failures = Vec::new();
@@ -595,6 +595,9 @@ async fn thousands_of_finished_and_cancelled_requests_keep_the_agent_connected()
     .await
     .expect("ferryctl");
     assert!(clusters.contains("\"connected\": true"), "{clusters}");
+    // Connected, and still on its first session: no reconnect hid a
+    // dropped connection.
+    assert_eq!(world.agent.count_lines("ferry-agent connected:"), 1, "{:?}", world.agent.seen);
 }
 
 /// Streams are reused for the next request once one finishes cleanly in
