@@ -316,3 +316,34 @@ fn a_hub_restart_keeps_clusters_grants_and_tokens_and_agents_come_back() {
     kubectl_ok(&kc, &["get", "configmaps"]);
     kubectl_ok(&token_kc, &["get", "configmaps"]);
 }
+
+#[test]
+fn an_agent_authenticating_to_its_apiserver_with_a_client_certificate_works() {
+    // kind and minikube give their admins client certificates, not tokens.
+    let env = Env::start(None);
+    let token = env.ferryctl_ok(&["register", "kind", "-o", "token"]);
+    let mut cmd = std::process::Command::new(bin("ferry-agent"));
+    cmd.arg("--hub")
+        .arg(&env.hub_url)
+        .arg("--hub-ca")
+        .arg(env.path("hub/ca.crt"))
+        .arg("--kubeconfig")
+        .arg(env.path("apiserver-cert.kubeconfig"))
+        .arg("--state-dir")
+        .arg(env.path("kind-agent"))
+        .env("FERRY_TOKEN", token.trim());
+    let mut agent = Proc::spawn("kind-agent", cmd);
+    agent.wait_line("ferry-agent connected: cluster=kind", READY_TIMEOUT);
+    env.ferryctl_ok(&["wait", "kind", "--for", "ready", "--timeout", "30s"]);
+    env.ferryctl_ok(&["grant", "--cluster", "kind", "--user", "alice"]);
+    let kc = env.path("alice-kind.kubeconfig");
+    std::fs::write(&kc, env.ferryctl_ok(&["kubeconfig", "kind", "--user", "alice"])).expect("write");
+    kubectl_ok(&kc, &["create", "configmap", "from-kind", "--from-literal=a=b"]);
+    let recorded = env.recorded();
+    let create = recorded
+        .iter()
+        .find(|r| r["method"] == "POST" && r["path"] == "/api/v1/namespaces/default/configmaps")
+        .expect("the create reached the apiserver");
+    assert_eq!(create["user"], "alice", "{create}");
+    assert_eq!(create["authenticatedUser"], "kubernetes-admin", "{create}");
+}

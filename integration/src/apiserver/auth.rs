@@ -66,6 +66,9 @@ pub(crate) enum Credential {
     Admin,
     /// A ServiceAccount token from the TokenRequest API.
     ServiceAccountToken,
+    /// A client certificate from the server's CA (CN = user, O = groups),
+    /// as kind and minikube give their admins.
+    ClientCert,
 }
 
 /// The authenticated caller of one request.
@@ -109,9 +112,14 @@ fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
 /// is 401.
 pub(crate) fn authenticate(
     headers: &HeaderMap,
+    client_cert: Option<&UserInfo>,
     admin_token: &str,
     service_account: impl FnOnce(&str) -> Option<UserInfo>,
 ) -> Result<(UserInfo, Credential), ApiError> {
+    // kube-apiserver tries the x509 authenticator before bearer tokens.
+    if let Some(user) = client_cert {
+        return Ok((user.clone(), Credential::ClientCert));
+    }
     match bearer(headers) {
         Some(token) if !token.is_empty() && token == admin_token => {
             Ok((UserInfo::admin(), Credential::Admin))
@@ -230,17 +238,18 @@ mod tests {
 
     #[test]
     fn only_known_tokens_authenticate() {
-        assert!(authenticate(&headers(&[]), "tok", none).is_err());
-        assert!(authenticate(&headers(&[("authorization", "Bearer nope")]), "tok", none).is_err());
-        assert!(authenticate(&headers(&[("authorization", "Basic tok")]), "tok", none).is_err());
+        assert!(authenticate(&headers(&[]), None, "tok", none).is_err());
+        assert!(authenticate(&headers(&[("authorization", "Bearer nope")]), None, "tok", none).is_err());
+        assert!(authenticate(&headers(&[("authorization", "Basic tok")]), None, "tok", none).is_err());
         let (user, cred) =
-            authenticate(&headers(&[("authorization", "Bearer tok")]), "tok", none).expect("admin");
+            authenticate(&headers(&[("authorization", "Bearer tok")]), None, "tok", none).expect("admin");
         assert_eq!((user.username.as_str(), cred), (ADMIN_USER, Credential::Admin));
         let sa = |t: &str| {
             (t == "sa")
                 .then(|| UserInfo { username: "system:serviceaccount:a:b".into(), ..UserInfo::default() })
         };
-        let (user, cred) = authenticate(&headers(&[("authorization", "Bearer sa")]), "tok", sa).expect("sa");
+        let (user, cred) =
+            authenticate(&headers(&[("authorization", "Bearer sa")]), None, "tok", sa).expect("sa");
         assert_eq!(
             (user.username.as_str(), cred),
             ("system:serviceaccount:a:b", Credential::ServiceAccountToken)

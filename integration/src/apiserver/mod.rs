@@ -126,7 +126,12 @@
 //!   `system:serviceaccount:NS:NAME`, uid the ServiceAccount's, groups
 //!   `system:serviceaccounts`, `system:serviceaccounts:NS`,
 //!   `system:authenticated`) until it expires or the ServiceAccount is
-//!   deleted. Anything else is `401 Unauthorized`.
+//!   deleted, or a client certificate from the server's own CA (CN = user,
+//!   O = groups, plus `system:authenticated`; checked first, as
+//!   kube-apiserver's x509 authenticator is;
+//!   [`TestApiserver::client_cert_kubeconfig_yaml`] and the binary's
+//!   `--cert-kubeconfig-out` give kind's `kubernetes-admin` in
+//!   `system:masters`). Anything else is `401 Unauthorized`.
 //! - Impersonation (`Impersonate-User`, repeated `Impersonate-Group`,
 //!   `Impersonate-Uid`, `Impersonate-Extra-<key>`) is checked as
 //!   kube-apiserver checks it: the requester needs `impersonate` on `users`

@@ -63,6 +63,11 @@ fn is_test_path(path: &str) -> bool {
 }
 
 /// Serves one request; never fails (failures are `Status` responses).
+/// The user a connection's verified client certificate names, put in every
+/// request's extensions.
+#[derive(Clone, Debug)]
+pub(crate) struct ClientCertUser(pub super::auth::UserInfo);
+
 pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody> {
     let (mut parts, body) = req.into_parts();
     let upgrade = Mutex::new(parts.extensions.remove::<OnUpgrade>());
@@ -123,8 +128,11 @@ async fn serve(
     guard: &Arc<RecordGuard>,
     upgrade: &Mutex<Option<OnUpgrade>>,
 ) -> Result<Response<ResponseBody>, ApiError> {
+    let client_cert = parts.extensions.get::<ClientCertUser>().map(|c| &c.0);
     let (requester, credential) =
-        authenticate(&parts.headers, state.admin_token.expose(), |t| state.service_account_user(t))?;
+        authenticate(&parts.headers, client_cert, state.admin_token.expose(), |t| {
+            state.service_account_user(t)
+        })?;
     guard.set_requester(&requester);
     let identity = match impersonation(&parts.headers)? {
         None => Identity::direct(requester, credential),

@@ -212,10 +212,20 @@ impl TestApiserverBuilder {
             let _ = state.store.create(key, obj, false);
         }
         let kubeconfig = kubeconfig(&url, &pki.ca_pem, ADMIN_USER, state.admin_token.expose())?;
-        let acceptor = TlsAcceptor::from(pki.server_config);
+        let (cert, key) = pki.client_cert(CERT_ADMIN_USER, &["system:masters"])?;
+        let cert_kubeconfig = kubeconfig_with(&url, &pki.ca_pem, CERT_ADMIN_USER, cert_user(&cert, &key))?;
+        let acceptor = TlsAcceptor::from(pki.server_config.clone());
         let task = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&state)));
         tracing::info!(%url, "test apiserver listening");
-        Ok(TestApiserver { state, addr: client_addr, url, ca_pem: pki.ca_pem, kubeconfig, task: Some(task) })
+        Ok(TestApiserver {
+            state,
+            addr: client_addr,
+            url,
+            ca_pem: pki.ca_pem,
+            kubeconfig,
+            cert_kubeconfig,
+            task: Some(task),
+        })
     }
 }
 
@@ -227,6 +237,7 @@ pub struct TestApiserver {
     url: String,
     ca_pem: String,
     kubeconfig: String,
+    cert_kubeconfig: String,
     task: Option<JoinHandle<()>>,
 }
 
@@ -271,6 +282,14 @@ impl TestApiserver {
     /// context's namespace `default`.
     pub fn kubeconfig_yaml(&self) -> String {
         self.kubeconfig.clone()
+    }
+
+    /// A kubeconfig like [`kubeconfig_yaml`](Self::kubeconfig_yaml) but
+    /// authenticating with a client certificate from the server's CA (user
+    /// [`CERT_ADMIN_USER`], group `system:masters`), as kind and minikube
+    /// set up their admins.
+    pub fn client_cert_kubeconfig_yaml(&self) -> String {
+        self.cert_kubeconfig.clone()
     }
 
     /// A kubeconfig like [`kubeconfig_yaml`](Self::kubeconfig_yaml) but with
@@ -338,13 +357,31 @@ impl Drop for TestApiserver {
     }
 }
 
+/// The user of [`TestApiserver::client_cert_kubeconfig_yaml`] (kind's name
+/// for its admin).
+pub const CERT_ADMIN_USER: &str = "kubernetes-admin";
+
+fn cert_user(cert_pem: &str, key_pem: &str) -> serde_json::Value {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    json!({ "client-certificate-data": b64(cert_pem), "client-key-data": b64(key_pem) })
+}
+
 fn kubeconfig(url: &str, ca_pem: &str, user: &str, token: &str) -> Result<String, StartError> {
+    kubeconfig_with(url, ca_pem, user, json!({ "token": token }))
+}
+
+fn kubeconfig_with(
+    url: &str,
+    ca_pem: &str,
+    user: &str,
+    credential: serde_json::Value,
+) -> Result<String, StartError> {
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let doc = json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{ "name": "test-apiserver", "cluster": { "server": url, "certificate-authority-data": ca } }],
-        "users": [{ "name": user, "user": { "token": token } }],
+        "users": [{ "name": user, "user": credential }],
         "contexts": [{
             "name": "test-apiserver",
             "context": { "cluster": "test-apiserver", "user": user, "namespace": "default" },
@@ -407,9 +444,19 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAccepto
         },
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let client = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| super::tls::client_cert_user(c))
+        .map(router::ClientCertUser);
     let svc_state = Arc::clone(&state);
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let state = Arc::clone(&svc_state);
+        if let Some(c) = &client {
+            req.extensions_mut().insert(c.clone());
+        }
         async move { Ok::<_, Infallible>(router::handle(state, req).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -20,6 +20,10 @@ struct Args {
     /// Where to write the kubeconfig (server URL, CA, admin token).
     #[arg(long)]
     kubeconfig_out: PathBuf,
+    /// Also write a kubeconfig that authenticates with a client certificate
+    /// (user kubernetes-admin, group system:masters), as kind does.
+    #[arg(long)]
+    cert_kubeconfig_out: Option<PathBuf>,
     /// RBAC rules for impersonated users and ServiceAccounts (JSON or YAML
     /// array); without it (or --strict-rbac) every resource request of an
     /// impersonated user is allowed (demo mode).
@@ -64,6 +68,10 @@ async fn main() -> anyhow::Result<()> {
     let api = builder.start().await.context("starting the test apiserver")?;
     std::fs::write(&args.kubeconfig_out, api.kubeconfig_yaml())
         .with_context(|| format!("writing {}", args.kubeconfig_out.display()))?;
+    if let Some(path) = &args.cert_kubeconfig_out {
+        std::fs::write(path, api.client_cert_kubeconfig_yaml())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "test-apiserver ready: {}", api.url()).context("printing the ready line")?;
     out.flush().context("flushing stdout")?;

@@ -177,7 +177,9 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(bin("test-apiserver"));
         cmd.args(["--listen", "127.0.0.1:0", "--kubeconfig-out"])
-            .arg(dir.path().join("apiserver.kubeconfig"));
+            .arg(dir.path().join("apiserver.kubeconfig"))
+            .arg("--cert-kubeconfig-out")
+            .arg(dir.path().join("apiserver-cert.kubeconfig"));
         if let Some(rules) = rbac {
             let f = dir.path().join("rbac.json");
             std::fs::write(&f, rules).expect("write rbac");
