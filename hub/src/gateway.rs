@@ -9,16 +9,15 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ferry::frame::{self, FrameError};
 use ferry::headers;
 use ferry::identity::Identity;
 use ferry::ids::RequestId;
-use ferry::limits::MAX_BODY_CHUNK;
 use ferry::proto::v1::{AgentFrame, End, ErrorCode, HubFrame, agent_frame, hub_frame};
 use ferry::status::KubeStatus;
 use futures_util::Stream;
@@ -28,8 +27,6 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::error::SendError;
 use tokio::task::JoinHandle;
 use tonic::Streaming;
@@ -374,9 +371,7 @@ async fn forward(
                 let _permit = permit;
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    r = pump_upgraded(on_upgrade, parked, idle_timeout) => if let Err(e) = r {
-                        debug!(error = %e, "upgraded connection ended with an error");
-                    }
+                    () = crate::upgraded::relay(on_upgrade, parked, idle_timeout) => {}
                 }
             }
             .in_current_span(),
@@ -453,96 +448,6 @@ fn error_frame(code: ErrorCode, message: &str) -> HubFrame {
             message: message.to_owned(),
         })),
     }
-}
-
-/// Copies bytes both ways between an upgraded caller connection and its
-/// tunnel stream, honouring half-close in each direction; gives up after
-/// `idle_timeout` without traffic, if set.
-async fn pump_upgraded(
-    on_upgrade: hyper::upgrade::OnUpgrade,
-    parked: Parked,
-    idle_timeout: Option<Duration>,
-) -> Result<(), BoxError> {
-    let upgraded = TokioIo::new(on_upgrade.await?);
-    let (mut rd, mut wr) = tokio::io::split(upgraded);
-    let Parked { tx, mut rx, .. } = parked;
-    let started = Instant::now();
-    let last_activity = AtomicU64::new(0);
-    let touch = || last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let idle = async {
-        let Some(limit) = idle_timeout else { return std::future::pending().await };
-        loop {
-            let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
-            let quiet = started.elapsed().saturating_sub(last);
-            if quiet >= limit {
-                return;
-            }
-            tokio::time::sleep(limit - quiet).await;
-        }
-    };
-    let up = async {
-        // Read straight into the frame's buffer: no copy per chunk.
-        let mut buf = BytesMut::new();
-        loop {
-            buf.reserve(MAX_BODY_CHUNK);
-            let n = tokio::select! {
-                n = rd.read_buf(&mut buf) => n?,
-                _ = tx.closed() => return Ok::<(), BoxError>(()),
-            };
-            touch();
-            if n == 0 {
-                let _ = tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End::default())) })).await;
-                return Ok(());
-            }
-            for chunk in frame::chunks(buf.split().freeze()) {
-                if tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) })).await.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-    };
-    let down = async {
-        loop {
-            match rx.message().await? {
-                Some(AgentFrame { frame: Some(agent_frame::Frame::Body(b)) }) => {
-                    touch();
-                    wr.write_all(&b).await?
-                }
-                Some(AgentFrame { frame: Some(agent_frame::Frame::End(_)) }) | None => {
-                    wr.shutdown().await?;
-                    return Ok::<(), BoxError>(());
-                }
-                Some(AgentFrame { frame: Some(agent_frame::Frame::Error(e)) }) => {
-                    return Err(
-                        format!("agent: {}", crate::tunnel::clean(&e.message, MAX_AGENT_MESSAGE)).into()
-                    );
-                }
-                Some(_) => return Err("agent broke the protocol on an upgraded stream".into()),
-            }
-        }
-    };
-    // A direction that ends cleanly is a half-close: wait for the other.
-    // A direction that fails (the caller vanished, the agent broke) ends
-    // both at once, so the agent cancels its apiserver connection.
-    let both = async {
-        tokio::pin!(up, down);
-        tokio::select! {
-            u = &mut up => match u {
-                Ok(()) => down.await,
-                Err(e) => Err(e),
-            },
-            d = &mut down => match d {
-                Ok(()) => up.await,
-                Err(e) => Err(e),
-            },
-        }
-    };
-    let result = tokio::select! {
-        r = both => r,
-        () = idle => Err(format!("closed after {idle_timeout:?} without traffic (--upgrade-idle-timeout)").into()),
-    };
-    close_stream(tx, rx, result.is_err()).await;
-    result
 }
 
 /// Ends the hub's side of a request stream in order: an error frame when

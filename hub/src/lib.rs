@@ -24,6 +24,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod tunnel;
+mod upgraded;
 
 pub use config::{HubConfig, Limits};
 pub use server::Hub;

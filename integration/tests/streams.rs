@@ -205,3 +205,252 @@ fn killing_kubectl_ends_its_connection_at_the_apiserver() {
         kill_mid_port_forward(&env, &kc, &f);
     }
 }
+
+/// Bytes the abrupt upstream sends after its `101`.
+const ABRUPT_BYTES: usize = 2 * 1024 * 1024;
+
+/// The caller of the abrupt upstream sends a few bytes after reading this
+/// many.
+const PING_EVERY: usize = 128 * 1024;
+
+/// The byte at `i` of what the abrupt upstream sends.
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// A TLS "apiserver" whose upgraded connections end abruptly: it answers
+/// `101`, writes [`ABRUPT_BYTES`] and ends its side with a TCP FIN but no
+/// TLS `close_notify` (what a server that drops its connection does).
+/// `/version` answers so the agent can report status; anything else is a
+/// 404.
+struct AbruptUpstream {
+    kubeconfig: String,
+    /// Fires when an upgraded connection has been written and ended.
+    dropped: tokio::sync::mpsc::Receiver<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AbruptUpstream {
+    async fn start() -> AbruptUpstream {
+        use base64::Engine as _;
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, ca_key).expect("ca");
+        let leaf_key = KeyPair::generate().expect("leaf key");
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("leaf params");
+        let cert = leaf.signed_by(&leaf_key, &ca).expect("leaf");
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .expect("server config");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: abrupt\n  cluster:\n    server: https://{addr}\n    \
+             certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    token: abrupt-token\n\
+             contexts:\n- name: abrupt\n  context:\n    cluster: abrupt\n    user: admin\ncurrent-context: abrupt\n",
+            base64::engine::general_purpose::STANDARD.encode(ca.pem())
+        );
+        let (dropped_tx, dropped) = tokio::sync::mpsc::channel(4);
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, dropped_tx) = (acceptor.clone(), dropped_tx.clone());
+                conns.spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match tls.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    if head.contains("\r\nupgrade:") {
+                        let switching =
+                            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n";
+                        let body: Vec<u8> = (0..ABRUPT_BYTES).map(pattern).collect();
+                        if tls.write_all(switching.as_bytes()).await.is_ok()
+                            && tls.write_all(&body).await.is_ok()
+                            && tls.flush().await.is_ok()
+                            // FIN under TLS, without close_notify.
+                            && tls.get_mut().0.shutdown().await.is_ok()
+                        {
+                            let _ = dropped_tx.send(()).await;
+                            // Reading on (to EOF) keeps what the caller still
+                            // sends from resetting the connection, which would
+                            // lose bytes here rather than in the tunnel.
+                            let mut sink = vec![0u8; 16 * 1024];
+                            while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {}
+                        }
+                        return;
+                    }
+                    let (status, body) = if head.starts_with("get /version ") {
+                        ("200 OK", r#"{"major":"1","minor":"33","gitVersion":"v1.33.0"}"#)
+                    } else {
+                        ("404 Not Found", "{}")
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(resp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        AbruptUpstream { kubeconfig, dropped, task }
+    }
+}
+
+impl Drop for AbruptUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Issue 14: an apiserver that ends an upgraded connection without TLS
+/// `close_notify` while the caller is behind in reading. The agent reports
+/// the broken connection after the bytes it read; the hub must still hand
+/// every one of them to the caller before it closes the caller's side. The
+/// caller reads through a small socket buffer, so the hub's own buffers are
+/// full when the agent's error arrives (before the fix, the hub dropped
+/// the connection with its unsent tail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apiserver_dropping_an_upgraded_connection_loses_no_bytes() {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut upstream = AbruptUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let api_kc = dir.path().join("abrupt.kubeconfig");
+    std::fs::write(&api_kc, &upstream.kubeconfig).expect("write kubeconfig");
+    let data = dir.path().join("hub");
+    let (hub, hub_url, agent, alice) = tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(bin("ferry-hub"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data);
+        let mut hub = Proc::spawn("ferry-hub", cmd);
+        let hub_url = url_in(&hub.wait_line("ferry-hub ready", READY_TIMEOUT));
+        let ferryctl = |args: &[&str]| {
+            let out = std::process::Command::new(bin("ferryctl"))
+                .arg("--kubeconfig")
+                .arg(data.join("admin.kubeconfig"))
+                .args(args)
+                .output()
+                .expect("ferryctl");
+            assert!(out.status.success(), "ferryctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).expect("utf8")
+        };
+        let token = ferryctl(&["register", "edge", "-o", "token"]);
+        let mut cmd = std::process::Command::new(bin("ferry-agent"));
+        cmd.arg("--hub").arg(&hub_url).arg("--hub-ca").arg(data.join("ca.crt"));
+        cmd.arg("--kubeconfig").arg(&api_kc).arg("--state-dir").arg(data.join("agent-state"));
+        cmd.arg("--token").arg(token.trim());
+        let mut agent = Proc::spawn("ferry-agent", cmd);
+        agent.wait_line("ferry-agent connected:", READY_TIMEOUT);
+        ferryctl(&["grant", "--cluster", "edge", "--user", "alice"]);
+        let alice = ferryctl(&["kubeconfig", "edge", "--user", "alice", "--group", "dev"]);
+        (hub, hub_url, agent, alice)
+    })
+    .await
+    .expect("start hub and agent");
+
+    // alice's credential and the hub CA, from her kubeconfig.
+    let kc: serde_yaml::Value = serde_yaml::from_str(&alice).expect("kubeconfig yaml");
+    let pem = |v: &serde_yaml::Value| {
+        base64::engine::general_purpose::STANDARD.decode(v.as_str().expect("base64 field")).expect("base64")
+    };
+    let ca = pem(&kc["clusters"][0]["cluster"]["certificate-authority-data"]);
+    let cert = pem(&kc["users"][0]["user"]["client-certificate-data"]);
+    let key = pem(&kc["users"][0]["user"]["client-key-data"]);
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.expect("ca pem")).expect("root");
+    }
+    let certs =
+        rustls_pki_types::CertificateDer::pem_slice_iter(&cert).map(|c| c.expect("cert pem")).collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&key).expect("key pem");
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(certs, key)
+    .expect("client config");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+
+    // A small receive buffer makes the caller the slow end of the chain.
+    let hub_addr: std::net::SocketAddr =
+        hub_url.trim_start_matches("https://").trim_end_matches('/').parse().expect("hub address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = socket.connect(hub_addr).await.expect("connect to the hub");
+    let server_name = rustls_pki_types::ServerName::IpAddress(hub_addr.ip().into());
+    let mut conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .expect("TLS to the hub");
+    let request = format!(
+        "GET /clusters/edge/api/v1/namespaces/default/pods/p/exec?command=cat&stdout=true HTTP/1.1\r\n\
+         Host: {hub_addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+         X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
+    );
+    conn.write_all(request.as_bytes()).await.expect("send the upgrade request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(conn.read(&mut byte).await.expect("read the response head"), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    // Nothing read until the apiserver has written everything and dropped
+    // the connection: the bytes now sit in the agent's and the hub's buffers.
+    tokio::time::timeout(READY_TIMEOUT, upstream.dropped.recv())
+        .await
+        .expect("the upstream wrote everything within the timeout")
+        .expect("the upstream is running");
+    // The caller keeps talking while it reads, as kubectl's WebSocket pings
+    // do: input that arrives after the hub stopped reading would make the
+    // kernel reset the connection and drop what is still queued for it.
+    let mut got = Vec::with_capacity(ABRUPT_BYTES);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut next_ping = 0;
+    let read = async {
+        loop {
+            if got.len() >= next_ping {
+                next_ping += PING_EVERY;
+                conn.write_all(b"ping").await?;
+            }
+            match conn.read(&mut buf).await? {
+                0 => return Ok::<(), std::io::Error>(()),
+                n => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let ended =
+        tokio::time::timeout(READY_TIMEOUT, read).await.expect("the caller's side ends within the timeout");
+    assert_eq!(got.len(), ABRUPT_BYTES, "every byte the apiserver sent reaches the caller (then {ended:?})");
+    let first_wrong = got.iter().enumerate().position(|(i, b)| *b != pattern(i));
+    assert_eq!(first_wrong, None, "the bytes arrive unchanged and in order");
+    // The hub flushed and shut its side down (close_notify, FIN) instead
+    // of dropping the connection.
+    ended.expect("the hub closes the caller's side in order");
+    drop((conn, hub, agent));
+}

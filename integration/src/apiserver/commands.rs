@@ -927,7 +927,7 @@ mod tests {
             for chunk in data.chunks(1000) {
                 tx.try_send(Bytes::copy_from_slice(chunk)).expect("queue");
             }
-            Input::Channel(rx)
+            Input::channel(rx)
         });
         let (out, err) = (Output::buffer(), Output::buffer());
         let stdio = Stdio { stdin, stdout: out.clone(), stderr: err.clone(), resize: None, tty: false };

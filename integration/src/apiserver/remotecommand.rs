@@ -4,6 +4,8 @@
 //! resize`), the command runs, stdout and stderr are half-closed, and the
 //! result is written on the error stream.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -182,8 +184,12 @@ pub(crate) async fn serve_spdy(
         None if opts.tty => stdout.clone(),
         None => Output::discard(),
     };
+    let stdin = streams.stdin.map(|s| Input::spdy(s.split().0));
+    let stdin_bytes = stdin.as_ref().map(Input::counter).unwrap_or_default();
+    let (stdout_bytes, stderr_bytes) =
+        (stdout.counter(), if opts.tty { Arc::default() } else { stderr.counter() });
     let stdio = Stdio {
-        stdin: streams.stdin.map(|s| Input::Spdy(s.split().0)),
+        stdin,
         stdout: stdout.clone(),
         stderr: stderr.clone(),
         resize: streams.resize.map(|s| Resizes::spdy(s.split().0)),
@@ -207,6 +213,15 @@ pub(crate) async fn serve_spdy(
         let _ = error_send.send(msg).await;
     }
     let _ = error_send.finish().await;
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    tracing::info!(
+        protocol = ?version,
+        stdin = load(&stdin_bytes),
+        stdout = load(&stdout_bytes),
+        stderr = load(&stderr_bytes),
+        exit_code = code,
+        "SPDY exec session ended"
+    );
     Ending::Exited(code)
 }
 

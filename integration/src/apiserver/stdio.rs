@@ -1,8 +1,10 @@
 //! A command's standard streams, whatever carries them (SPDY streams or
 //! WebSocket channels): input that ends at EOF, outputs with backpressure,
-//! and terminal resize events.
+//! and terminal resize events. Input and outputs count their bytes, so a
+//! session can log what it received and sent.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -26,7 +28,12 @@ pub(crate) struct TermSize {
 }
 
 /// A command's stdin.
-pub(crate) enum Input {
+pub(crate) struct Input {
+    source: Source,
+    received: Arc<AtomicU64>,
+}
+
+enum Source {
     /// A SPDY stream (consumed data is granted back to the client).
     Spdy(RecvHalf),
     /// Chunks demultiplexed from another transport; closed at EOF.
@@ -34,12 +41,29 @@ pub(crate) enum Input {
 }
 
 impl Input {
+    /// Input from a SPDY stream.
+    pub fn spdy(recv: RecvHalf) -> Self {
+        Self { source: Source::Spdy(recv), received: Arc::default() }
+    }
+
+    /// Input demultiplexed from another transport.
+    pub fn channel(rx: mpsc::Receiver<Bytes>) -> Self {
+        Self { source: Source::Channel(rx), received: Arc::default() }
+    }
+
+    /// Counts the bytes the command has read so far.
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.received)
+    }
+
     /// The next chunk, or `None` at EOF.
     pub async fn recv(&mut self) -> Option<Bytes> {
-        match self {
-            Self::Spdy(r) => r.recv().await,
-            Self::Channel(rx) => rx.recv().await,
-        }
+        let chunk = match &mut self.source {
+            Source::Spdy(r) => r.recv().await,
+            Source::Channel(rx) => rx.recv().await,
+        }?;
+        self.received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Some(chunk)
     }
 }
 
@@ -105,11 +129,18 @@ pub(crate) struct Output {
     sink: Arc<Mutex<Sink>>,
     /// Turn `\n` into `\r\n`, as a terminal's line discipline does.
     crlf: bool,
+    /// Bytes written (after any `\r\n` conversion), shared by clones.
+    written: Arc<AtomicU64>,
 }
 
 impl Output {
     fn new(sink: Sink) -> Self {
-        Self { sink: Arc::new(Mutex::new(sink)), crlf: false }
+        Self { sink: Arc::new(Mutex::new(sink)), crlf: false, written: Arc::default() }
+    }
+
+    /// Counts the bytes written so far (without keeping the output open).
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.written)
     }
 
     /// Output on a SPDY stream.
@@ -134,7 +165,7 @@ impl Output {
 
     /// The same output seen through a terminal (`\n` becomes `\r\n`).
     pub fn with_crlf(&self) -> Self {
-        Self { sink: Arc::clone(&self.sink), crlf: true }
+        Self { sink: Arc::clone(&self.sink), crlf: true, written: Arc::clone(&self.written) }
     }
 
     /// Output collected in memory (tests).
@@ -168,17 +199,17 @@ impl Output {
             }
             data = Bytes::from(v);
         }
+        let len = data.len() as u64;
         match &mut *self.sink.lock().await {
-            Sink::Spdy(s) => s.send(data).await.map_err(|_| Closed),
-            Sink::Channel(tx) => tx.send(data).await.map_err(|_| Closed),
-            Sink::File(fs, path) => fs.lock().append(path, &data).map_err(|_| Closed),
-            Sink::Discard => Ok(()),
+            Sink::Spdy(s) => s.send(data).await.map_err(|_| Closed)?,
+            Sink::Channel(tx) => tx.send(data).await.map_err(|_| Closed)?,
+            Sink::File(fs, path) => fs.lock().append(path, &data).map_err(|_| Closed)?,
+            Sink::Discard => return Ok(()),
             #[cfg(test)]
-            Sink::Buffer(b) => {
-                b.extend_from_slice(&data);
-                Ok(())
-            }
+            Sink::Buffer(b) => b.extend_from_slice(&data),
         }
+        self.written.fetch_add(len, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Ends the output (FIN on SPDY; on a channel, the sender is dropped).

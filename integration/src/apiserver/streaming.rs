@@ -31,8 +31,13 @@ use super::status::ApiError;
 use super::store::ObjectKey;
 use super::websocket::{self, CHANNEL_PROTOCOLS, SPDY_TUNNEL_PROTOCOL};
 
-/// How long a finished session waits for the client to close its side.
-const CLOSE_LINGER: Duration = Duration::from_secs(5);
+/// How long a finished session waits for the client to close its side
+/// (and then for its socket to close in order). The client closes once it
+/// has read everything, and a slow reader may still have megabytes to go
+/// (buffered in sockets, and in a tunnel's hops): closing first would cut
+/// its output short. Sessions end as soon as the client closes; this only
+/// bounds one that never does.
+const CLOSE_LINGER: Duration = Duration::from_secs(60);
 /// The SPDY port-forward protocol.
 const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 /// The kubelet's header naming the protocol versions it accepts.
@@ -353,7 +358,7 @@ where
         }
         (Transport::Tunnel, Work::PortForward { pod, target }) => {
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-            let (pipe, pump) = websocket::tunnel(ws);
+            let (pipe, pump) = websocket::tunnel(ws, CLOSE_LINGER);
             let (r, w) = tokio::io::split(pipe);
             let mut conn = SpdyConn::start(r, w);
             let serve = async {

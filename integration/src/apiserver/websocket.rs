@@ -8,12 +8,15 @@
 //!   tunnelled in binary messages, as one byte stream.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -56,6 +59,34 @@ const OUTPUT_QUEUE: usize = 1;
 const TUNNEL_BUFFER: usize = 256 * 1024;
 /// Largest chunk of tunnelled bytes per message.
 const TUNNEL_CHUNK: usize = 32 * 1024;
+/// Scratch space for what a client still sends while its socket closes.
+const DRAIN_CHUNK: usize = 16 * 1024;
+/// How long a socket whose client already sent its close frame is read
+/// for its end (its TCP close, or a tunnel's TLS `close_notify`) before it
+/// is dropped: a client may also wait for the server to close first.
+const CLOSED_DRAIN: Duration = Duration::from_secs(1);
+/// The payload of the ping an exec session sends before anything else.
+///
+/// kubectl 1.30 to 1.33 starts its WebSocket reader before it has created
+/// its streams, and drops a message for a stream it has not created yet
+/// ("Unknown stream id 1, discarding message"; client-go issue 131189,
+/// fixed in 1.34). With a command that writes at once (`cat FILE`, the
+/// `tar cf -` of `kubectl cp`) a loaded machine loses output that way, with
+/// or without a tunnel in between. So a session sends nothing until the
+/// client has shown its streams exist: its first message (stdin, the
+/// stdin close, a resize), which kubectl only sends once it has created
+/// them; or, for a client that sends nothing (stdout only), the pong to
+/// this ping (its reader is running) and then [`STREAM_CREATION_GRACE`].
+pub(crate) const READY_PING: &[u8] = b"test-apiserver: streams ready?";
+/// After the pong, how long a v5 session that has heard nothing else from
+/// the client waits before its first message. kubectl creates its streams
+/// in microseconds once it runs, but on a loaded machine that goroutine can
+/// wait several scheduler slices; this covers those waits, as a kubelet's
+/// process start would.
+const STREAM_CREATION_GRACE: Duration = Duration::from_millis(50);
+/// How long a session waits for any of that before sending anyway (a
+/// client that neither sends nor answers pings).
+const PONG_WAIT: Duration = Duration::from_secs(2);
 
 /// The first protocol the client offers (in its order) that `supported`
 /// has, the way kube-apiserver's WebSocket handshake picks one.
@@ -112,11 +143,20 @@ pub(crate) struct Session {
     /// The streams the client asked for.
     pub opts: Options,
     /// How long to wait for the client's close frame at the end.
-    pub linger: std::time::Duration,
+    pub linger: Duration,
 }
 
-/// Runs an exec or attach session on an upgraded WebSocket connection; the
-/// socket is closed (normally, code 1000) once the result is sent.
+/// Runs an exec or attach session on an upgraded WebSocket connection.
+///
+/// Ordering, as the kubelet keeps it and kubectl relies on: the exit status
+/// goes out after all of the command's output; then a close frame (code
+/// 1000). The server then waits (up to the session's linger) for the
+/// client's close frame, which comes once the client has read everything,
+/// and only then closes the socket in order (TLS `close_notify`, FIN, and
+/// reading to EOF), so neither the TLS layer nor TCP can cut the end off.
+///
+/// Nothing is sent before the client has shown that its streams exist (see
+/// [`READY_PING`]).
 pub(crate) async fn serve_exec<S>(
     ws: WebSocketStream<S>,
     session: Session,
@@ -132,6 +172,8 @@ where
     let (out_tx, mut out_rx) = mpsc::channel::<(u8, Bytes)>(OUTGOING_QUEUE);
     let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
     let (resize_tx, resize_rx) = mpsc::channel::<TermSize>(STDIN_QUEUE);
+    let (pong_tx, pong_rx) = oneshot::channel::<()>();
+    let (spoke_tx, spoke_rx) = oneshot::channel::<()>();
     // Per-channel outputs funnel into the one writer.
     let output = |channel: u8| {
         let (tx, mut rx) = mpsc::channel::<Bytes>(OUTPUT_QUEUE);
@@ -174,8 +216,12 @@ where
             }
         )
     };
+    let stdin = opts.stdin.then(|| Input::channel(stdin_rx));
+    let stdin_bytes = stdin.as_ref().map(Input::counter).unwrap_or_default();
+    let (stdout_bytes, stderr_bytes) =
+        (stdout.counter(), if opts.tty { Arc::default() } else { stderr.counter() });
     let stdio = Stdio {
-        stdin: opts.stdin.then(|| Input::Channel(stdin_rx)),
+        stdin,
         stdout,
         stderr,
         resize: opts.tty.then(|| super::stdio::Resizes::Channel(resize_rx)),
@@ -193,14 +239,38 @@ where
     let status_tx = out_tx.clone();
     drop(out_tx);
     let run = async {
-        let code = commands::run(program, stdio, container).await;
+        // The status only once the forwarders have passed every byte of
+        // output on (they end when the command has dropped its outputs).
+        let (code, _) = tokio::join!(commands::run(program, stdio, container), forward);
         if let Some(msg) = exit_message(version, code, argv) {
             let _ = status_tx.send((ERROR, msg)).await;
         }
         drop(status_tx);
         code
     };
+    let grace = if version >= Version::V5 { STREAM_CREATION_GRACE } else { Duration::ZERO };
+    let streams_ready = async {
+        let pong_then_grace = async {
+            if pong_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let spoke = async {
+            if spoke_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = spoke => {}
+            () = pong_then_grace => {}
+        }
+    };
     let write = async {
+        sink.send(Message::Ping(Bytes::from_static(READY_PING))).await.ok()?;
+        // A client that neither sends nor answers pings: go on regardless.
+        let _ = tokio::time::timeout(PONG_WAIT, streams_ready).await;
         sink.send(encode(ready, &[], base64)).await.ok()?;
         while let Some((channel, data)) = out_rx.recv().await {
             sink.send(encode(channel, &data, base64)).await.ok()?;
@@ -210,9 +280,17 @@ where
     // Reads until the client closes or goes away; `true` for a close frame.
     let read = async {
         let mut stdin_tx = Some(stdin_tx);
+        let mut pong_tx = Some(pong_tx);
+        let mut spoke_tx = Some(spoke_tx);
         while let Some(msg) = source.next().await {
             let msg = match msg {
                 Ok(Message::Close(_)) => return true,
+                Ok(Message::Pong(p)) if p.as_ref() == READY_PING => {
+                    if let Some(tx) = pong_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    continue;
+                }
                 Ok(m) => m,
                 Err(e) => {
                     tracing::debug!(error = %e, "WebSocket read failed");
@@ -220,6 +298,9 @@ where
                 }
             };
             let Some((channel, data)) = decode(msg, base64) else { continue };
+            if let Some(tx) = spoke_tx.take() {
+                let _ = tx.send(());
+            }
             match channel {
                 STDIN => {
                     if let Some(tx) = &stdin_tx
@@ -239,23 +320,59 @@ where
         }
         false
     };
-    tokio::pin!(read);
-    let work = async { tokio::join!(run, write, forward) };
-    let code = tokio::select! {
-        biased;
-        (code, _, _) = work => code,
-        _ = &mut read => return Ending::ClientGone,
+    let (code, client_closed) = {
+        tokio::pin!(read);
+        let work = async { tokio::join!(run, write) };
+        let code = tokio::select! {
+            biased;
+            (code, _) = work => code,
+            _ = &mut read => return Ending::ClientGone,
+        };
+        // The client's close frame comes once it has read everything.
+        (code, tokio::time::timeout(linger, &mut read).await.unwrap_or(false))
     };
-    // Wait (a little) for the client's close frame, as a polite server does.
-    let _ = tokio::time::timeout(linger, &mut read).await;
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    tracing::info!(
+        protocol = ?version,
+        stdin = load(&stdin_bytes),
+        stdout = load(&stdout_bytes),
+        stderr = load(&stderr_bytes),
+        exit_code = code,
+        client_closed,
+        "WebSocket exec session ended"
+    );
+    if let Ok(ws) = sink.reunite(source) {
+        // A client that has not closed yet may still send (pings): read it
+        // to its end. One that has closed sends nothing more and may wait
+        // for the server to close first.
+        close_socket(ws, linger, if client_closed { CLOSED_DRAIN } else { linger }).await;
+    }
     Ending::Exited(code)
+}
+
+/// Ends a WebSocket connection whose close handshake is over (or timed
+/// out): shuts the write half down (TLS `close_notify`, then FIN; within
+/// `linger`) and reads to EOF (within `drain`) before dropping it.
+/// Dropping a socket with unread input makes the kernel reset the
+/// connection, which discards whatever is still queued towards the client.
+async fn close_socket<S>(mut ws: WebSocketStream<S>, linger: Duration, drain: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let io = ws.get_mut();
+    if !matches!(tokio::time::timeout(linger, io.shutdown()).await, Ok(Ok(()))) {
+        return;
+    }
+    let mut scratch = vec![0u8; DRAIN_CHUNK];
+    let to_end = async { while matches!(io.read(&mut scratch).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(drain, to_end).await;
 }
 
 /// Tunnels a byte stream through a WebSocket (one binary message per
 /// chunk): returns this side's end of the pipe and the pump that must run
 /// alongside whatever uses the pipe. The pump ends when both directions
-/// have ended.
-pub(crate) fn tunnel<S>(ws: WebSocketStream<S>) -> (DuplexStream, impl Future<Output = ()>)
+/// have ended, after closing the socket in order (within `linger`).
+pub(crate) fn tunnel<S>(ws: WebSocketStream<S>, linger: Duration) -> (DuplexStream, impl Future<Output = ()>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -296,6 +413,10 @@ where
             let _ = sink.send(normal_close()).await;
         };
         tokio::join!(inbound, outbound);
+        if let Ok(ws) = sink.reunite(source) {
+            // The client has closed (or gone): little more to read.
+            close_socket(ws, linger, CLOSED_DRAIN).await;
+        }
     };
     (theirs, pump)
 }

@@ -7,9 +7,14 @@
 //! processes), and measures each scenario over the direct path (client →
 //! backend) and the tunnel path (client → hub → agent → backend) in the same
 //! run. Prints a Markdown table; `--json` writes the same rows.
+//!
+//! Scenario 9 ([`integrity`]) is of another kind: real `kubectl` exec, cp
+//! and port-forward sessions against the test apiserver behind a second
+//! agent, under load, counting runs whose bytes came back wrong.
 
 mod backend;
 mod client;
+mod integrity;
 mod procs;
 mod report;
 mod scenarios;
@@ -51,9 +56,13 @@ struct Args {
     /// Run only these scenarios (comma-separated numbers, 0 = gzip check).
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
-    /// Keep the working directory (logs, data dirs) after the run.
+    /// Keep the working directory (logs, data dirs) after the run (it is
+    /// kept anyway when an integrity run failed).
     #[arg(long)]
     keep: bool,
+    /// Seed of scenario 9's random plan (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 /// The processes and clients of one run.
@@ -70,6 +79,10 @@ struct Env {
     tunnel: Target,
     /// CPU and peak RSS of hub processes already stopped (scenario 8 restarts it).
     retired_hub: procs::ProcStats,
+    /// Seed of scenario 9's plan.
+    seed: u64,
+    /// An integrity run failed: its evidence is in the working directory.
+    integrity_failed: bool,
 }
 
 impl Env {
@@ -98,7 +111,7 @@ impl Env {
     }
 }
 
-async fn setup(profile: Profile, bins: Binaries, dir: PathBuf) -> anyhow::Result<Env> {
+async fn setup(profile: Profile, bins: Binaries, dir: PathBuf, seed: u64) -> anyhow::Result<Env> {
     let backend = Backend::start(profile.list_bytes).await?;
     let backend_kubeconfig = dir.join("backend.kubeconfig");
     std::fs::write(&backend_kubeconfig, backend.kubeconfig())?;
@@ -137,7 +150,26 @@ async fn setup(profile: Profile, bins: Binaries, dir: PathBuf) -> anyhow::Result
         direct,
         tunnel,
         retired_hub: procs::ProcStats::default(),
+        seed,
+        integrity_failed: false,
     })
+}
+
+/// Scenario 9: upgraded-stream integrity, against a test apiserver behind a
+/// second agent of the same hub.
+async fn integrity(env: &mut Env) -> anyhow::Result<Vec<Row>> {
+    let setup = integrity::Setup {
+        bins: &env.bins,
+        admin: env.data_dir.join("admin.kubeconfig"),
+        hub_url: &env.hub_url,
+        hub_ca: env.data_dir.join("ca.crt"),
+        dir: &env.dir,
+        plan: env.profile.integrity,
+        seed: env.seed,
+    };
+    let (rows, failed) = integrity::run(setup).await?;
+    env.integrity_failed |= failed;
+    Ok(rows)
 }
 
 /// The soft limit on open files (`/proc/self/limits`).
@@ -265,6 +297,7 @@ fn title(n: u32) -> (&'static str, Goal) {
         5 => ("5. watches", Goal::ValueAtLeast(1.0)),
         6 => ("6. stalled reader", Goal::RatioAtMost(1.2)),
         7 => ("7. fresh TLS connection per GET", Goal::RatioAtMost(1.5)),
+        9 => ("9. upgraded-stream integrity", Goal::ValueAtMost(0.0)),
         _ => ("8. idle agents", Goal::ValueAtMost(100.0)),
     }
 }
@@ -280,6 +313,7 @@ async fn run_scenario(env: &mut Env, n: u32) -> anyhow::Result<Vec<Row>> {
         5 => scenarios::many_watches(&ctx).await,
         6 => scenarios::head_of_line(&ctx).await,
         7 => scenarios::fresh_connections(&ctx).await,
+        9 => integrity(env).await,
         _ => many_agents(env).await,
     }
 }
@@ -290,7 +324,10 @@ async fn run(args: &Args, started: Instant) -> anyhow::Result<Report> {
     let dir = std::env::temp_dir().join(format!("ferry-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     eprintln!("bench: working directory {}", dir.display());
-    let mut env = setup(profile, bins, dir.clone())
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
+    });
+    let mut env = setup(profile, bins, dir.clone(), seed)
         .await
         .with_context(|| format!("setting up (logs in {})", dir.display()))?;
     eprintln!(
@@ -301,7 +338,7 @@ async fn run(args: &Args, started: Instant) -> anyhow::Result<Report> {
         env.backend.addr
     );
 
-    let order = [0, 1, 7, 2, 3, 6, 4, 5, 8];
+    let order = [0, 1, 7, 2, 3, 6, 4, 5, 9, 8];
     let mut rows = Vec::new();
     let mut usage = Vec::new();
     for n in order {
@@ -341,12 +378,14 @@ async fn run(args: &Args, started: Instant) -> anyhow::Result<Report> {
     }
     let hub = env.hub_stats();
     let agent = procs::stats(env.agent.pid).unwrap_or_default();
-    let Env { hub: hub_proc, agent: agent_proc, .. } = env;
+    let Env { hub: hub_proc, agent: agent_proc, integrity_failed, .. } = env;
     let _ = agent_proc.stop().await;
     if let Some(h) = hub_proc {
         let _ = h.stop().await;
     }
-    if !args.keep {
+    if integrity_failed {
+        eprintln!("bench: integrity runs failed; kept {} (see integrity-failures/)", dir.display());
+    } else if !args.keep {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(Report {

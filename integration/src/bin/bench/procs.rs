@@ -26,21 +26,22 @@ pub struct Binaries {
     pub agent: PathBuf,
     /// `ferryctl`.
     pub ferryctl: PathBuf,
+    /// `test-apiserver` (scenario 9), from the same directory or else next
+    /// to this executable.
+    pub test_apiserver: PathBuf,
 }
 
 impl Binaries {
     /// Looks in `dir`, else next to this executable (`target/release`).
     pub fn locate(dir: Option<PathBuf>) -> anyhow::Result<Self> {
-        let dir = match dir {
-            Some(d) => d,
-            None => {
-                std::env::current_exe()?.parent().context("executable without a directory")?.to_path_buf()
-            }
-        };
+        let own = std::env::current_exe()?.parent().context("executable without a directory")?.to_path_buf();
+        let dir = dir.unwrap_or_else(|| own.clone());
+        let test_apiserver = Some(dir.join("test-apiserver")).filter(|p| p.is_file());
         let bins = Self {
             hub: dir.join("ferry-hub"),
             agent: dir.join("ferry-agent"),
             ferryctl: dir.join("ferryctl"),
+            test_apiserver: test_apiserver.unwrap_or_else(|| own.join("test-apiserver")),
         };
         for b in [&bins.hub, &bins.agent, &bins.ferryctl] {
             if !b.is_file() {
@@ -159,6 +160,22 @@ pub async fn start_agent(
         .arg(state_dir);
     let (mut proc, _lines) = Proc::spawn(cmd, log, "ferry-agent connected")?;
     proc.wait_ready(0).await.with_context(|| format!("agent did not connect; see {}", log.display()))?;
+    Ok(proc)
+}
+
+/// Starts `test-apiserver` (writing its kubeconfig to `kubeconfig_out`) and
+/// waits for its ready line.
+pub async fn start_test_apiserver(
+    bins: &Binaries,
+    kubeconfig_out: &Path,
+    log: &Path,
+) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(&bins.test_apiserver);
+    cmd.arg("--listen").arg("127.0.0.1:0").arg("--kubeconfig-out").arg(kubeconfig_out).env("NO_COLOR", "1");
+    let (mut proc, _lines) = Proc::spawn(cmd, log, "test-apiserver ready: ")?;
+    proc.wait_ready(0)
+        .await
+        .with_context(|| format!("test-apiserver did not start; see {}", log.display()))?;
     Ok(proc)
 }
 

@@ -64,6 +64,8 @@ pub struct Profile {
     pub watches: usize,
     /// Simulated agents in scenario 8.
     pub agents: usize,
+    /// Runs of scenario 9 (upgraded-stream integrity).
+    pub integrity: crate::integrity::Plan,
 }
 
 impl Profile {
@@ -81,6 +83,12 @@ impl Profile {
             stream_reps: 2,
             watches: 10_000,
             agents: 10_000,
+            integrity: crate::integrity::Plan {
+                tunnel_runs: 300,
+                direct_runs: 100,
+                big_runs: 8,
+                stall_runs: 8,
+            },
         }
     }
 
@@ -98,6 +106,12 @@ impl Profile {
             stream_reps: 2,
             watches: 1_000,
             agents: 1_000,
+            integrity: crate::integrity::Plan {
+                tunnel_runs: 24,
+                direct_runs: 12,
+                big_runs: 1,
+                stall_runs: 1,
+            },
         }
     }
 }
