@@ -207,14 +207,19 @@ impl Tunnel for TunnelService {
         if let Approval::Denied { .. } = record.approval {
             return Err(denied(&record.name));
         }
-        // Sign first (the serial goes into the same store update that
-        // consumes the token); an unrecorded certificate opens nothing.
+        let hash = Secret::new(req.bootstrap_token.as_str()).hash();
+        // Nothing is signed for a token the cluster never issued.
+        if !record.bootstrap_tokens.iter().any(|t| hashes_equal(&t.hash, &hash)) {
+            return Err(invalid());
+        }
+        // Sign before the store update that consumes the token (the serial
+        // goes into that same update); an unrecorded certificate opens
+        // nothing.
         let issued = self
             .state
             .ca
             .agent_cert(&req.csr_der, id, &record.name, self.state.limits.agent_cert_ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let hash = Secret::new(req.bootstrap_token.as_str()).hash();
         let now = unix_now();
         let retry_window = ENROLL_RETRY_WINDOW.as_secs();
         let mut check = TokenCheck::Unknown;
