@@ -4,11 +4,14 @@
 //! nothing, so a bad flag fails before any connection is attempted.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use ferry::ids::AgentId;
 use ferry::secret::Secret;
 use http::Uri;
+
+use crate::status::MIN_STATUS_INTERVAL;
 
 /// Default directory holding the agent's credential, cluster name and id.
 pub const DEFAULT_STATE_DIR: &str = "./ferry-agent-state";
@@ -59,6 +62,24 @@ pub struct Args {
     /// Kubernetes probes); off by default.
     #[arg(long = "health-listen", env = "FERRY_HEALTH_LISTEN", value_name = "ADDR")]
     pub health_listen: Option<std::net::SocketAddr>,
+    /// How often to report the cluster's status to the hub (version,
+    /// `/readyz`, `/livez`, nodes), e.g. `10s`.
+    #[arg(
+        long = "status-interval",
+        env = "FERRY_STATUS_INTERVAL",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_status_interval
+    )]
+    pub status_interval: Duration,
+}
+
+fn parse_status_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| e.to_string())?;
+    if d < MIN_STATUS_INTERVAL {
+        return Err(format!("must be at least {MIN_STATUS_INTERVAL:?}"));
+    }
+    Ok(d)
 }
 
 /// A Secret in the local cluster.
@@ -165,6 +186,8 @@ pub struct AgentConfig {
     pub agent_id: Option<AgentId>,
     /// Address of the health endpoint, if any.
     pub health_listen: Option<std::net::SocketAddr>,
+    /// How often the cluster's status is taken and reported.
+    pub status_interval: Duration,
 }
 
 impl Args {
@@ -190,6 +213,7 @@ impl Args {
             credential_secret: self.credential_secret,
             agent_id: self.agent_id,
             health_listen: self.health_listen,
+            status_interval: self.status_interval,
         })
     }
 }
@@ -315,6 +339,7 @@ mod tests {
             credential_secret: None,
             agent_id: None,
             health_listen: None,
+            status_interval: Duration::from_secs(10),
         };
         assert!(matches!(args.into_config(), Err(ConfigError::HubCaNotPem(_))));
     }

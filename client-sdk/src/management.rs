@@ -61,7 +61,7 @@ impl ClusterPhase {
         }
     }
 
-    fn from_proto(p: i32) -> Self {
+    pub(crate) fn from_proto(p: i32) -> Self {
         match pb::ClusterPhase::try_from(p) {
             Ok(pb::ClusterPhase::Pending) => ClusterPhase::Pending,
             Ok(pb::ClusterPhase::Ready) => ClusterPhase::Ready,
@@ -106,8 +106,111 @@ impl ApprovalMode {
     }
 }
 
+/// Whether one of the apiserver's health endpoints passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HealthState {
+    /// Not checked (or no agent has reported).
+    #[default]
+    Unknown,
+    /// Passing.
+    Ok,
+    /// Failing.
+    Failed,
+}
+
+impl HealthState {
+    /// `Unknown`, `Ok` or `Failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Unknown => "Unknown",
+            HealthState::Ok => "Ok",
+            HealthState::Failed => "Failed",
+        }
+    }
+}
+
+/// An apiserver health endpoint (`/readyz`, `/livez`) as an agent found it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Passing or not.
+    pub state: HealthState,
+    /// For a failing one: what failed (e.g. `[-]etcd failed: reason withheld`).
+    pub detail: String,
+}
+
+impl From<Option<pb::HealthCheck>> for HealthCheck {
+    fn from(c: Option<pb::HealthCheck>) -> Self {
+        let c = c.unwrap_or_default();
+        let state = match pb::HealthState::try_from(c.state) {
+            Ok(pb::HealthState::Ok) => HealthState::Ok,
+            Ok(pb::HealthState::Failed) => HealthState::Failed,
+            _ => HealthState::Unknown,
+        };
+        HealthCheck { state, detail: c.detail }
+    }
+}
+
+/// Nodes of a cluster by their `Ready` condition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeCounts {
+    /// Ready nodes.
+    pub ready: u32,
+    /// Nodes not Ready.
+    pub not_ready: u32,
+}
+
+/// CPU and memory summed over a cluster's nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// CPU in millicores.
+    pub cpu_millis: u64,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+}
+
+impl From<pb::Resources> for Resources {
+    fn from(r: pb::Resources) -> Self {
+        Resources { cpu_millis: r.cpu_millis, memory_bytes: r.memory_bytes }
+    }
+}
+
+/// One connected agent replica of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentReplica {
+    /// The agent instance's id (in a pod, its uid).
+    pub agent_id: String,
+    /// Its software version.
+    pub agent_version: String,
+    /// Its session id.
+    pub session_id: String,
+    /// When its session started (hub clock).
+    pub connected_at: Option<SystemTime>,
+    /// When the hub last heard from it (hub clock).
+    pub last_heartbeat: Option<SystemTime>,
+    /// Round trip of its last answered heartbeat, as it measured it.
+    pub heartbeat_rtt: Option<Duration>,
+    /// When it took its last status report (agent clock).
+    pub reported_at: Option<SystemTime>,
+    /// Whether it reached its apiserver then.
+    pub apiserver_reachable: bool,
+    /// Why not, when it did not.
+    pub apiserver_error: String,
+}
+
+/// One phase change of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PhaseTransition {
+    /// The phase entered.
+    pub phase: ClusterPhase,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: Option<SystemTime>,
+}
+
 /// A registered cluster as the hub reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Cluster {
     /// The name it was registered under.
     pub name: String,
@@ -124,6 +227,8 @@ pub struct Cluster {
     /// The child cluster's Kubernetes version (e.g. `v1.31.2`), `None` until
     /// an agent has reported it.
     pub kubernetes_version: Option<String>,
+    /// The apiserver's platform (e.g. `linux/amd64`), if known.
+    pub platform: Option<String>,
     /// When it was registered, `None` if the hub did not say.
     pub created_at: Option<SystemTime>,
     /// Its approval mode.
@@ -132,10 +237,34 @@ pub struct Cluster {
     pub labels: BTreeMap<String, String>,
     /// Last time an agent was heard from, `None` if never.
     pub last_seen: Option<SystemTime>,
+    /// Node counts, `None` when unknown.
+    pub nodes: Option<NodeCounts>,
+    /// Summed node capacity, `None` when unknown.
+    pub capacity: Option<Resources>,
+    /// Summed node allocatable resources, `None` when unknown.
+    pub allocatable: Option<Resources>,
+    /// The apiserver's `/readyz`.
+    pub readyz: HealthCheck,
+    /// The apiserver's `/livez`.
+    pub livez: HealthCheck,
+    /// Permissions the agents lack in the cluster.
+    pub missing_permissions: Vec<String>,
+    /// The connected agents (from `get` and `list`; empty in watch events).
+    pub replicas: Vec<AgentReplica>,
+    /// The last phase changes, oldest first.
+    pub history: Vec<PhaseTransition>,
+    /// When the cluster entered its phase, if known.
+    pub phase_since: Option<SystemTime>,
+    /// The hub's revision of the cluster's last stored change.
+    pub revision: u64,
 }
 
 fn unix(secs: u64) -> Option<SystemTime> {
     (secs > 0).then(|| UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn unix_ms(ms: u64) -> Option<SystemTime> {
+    (ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 impl TryFrom<pb::Cluster> for Cluster {
@@ -153,6 +282,7 @@ impl TryFrom<pb::Cluster> for Cluster {
             connected: c.connected,
             agents: c.agents,
             kubernetes_version: Some(c.kubernetes_version).filter(|v| !v.is_empty()),
+            platform: Some(c.platform).filter(|v| !v.is_empty()),
             created_at: unix(c.created_at_unix),
             approval: if c.approval == pb::ApprovalMode::Manual as i32 {
                 ApprovalMode::Manual
@@ -161,6 +291,39 @@ impl TryFrom<pb::Cluster> for Cluster {
             },
             labels: c.labels.into_iter().collect(),
             last_seen: unix(c.last_seen_unix),
+            nodes: c.nodes.map(|n| NodeCounts { ready: n.ready, not_ready: n.not_ready }),
+            capacity: c.capacity.map(Into::into),
+            allocatable: c.allocatable.map(Into::into),
+            readyz: c.readyz.into(),
+            livez: c.livez.into(),
+            missing_permissions: c.missing_permissions,
+            replicas: c
+                .replicas
+                .into_iter()
+                .map(|r| AgentReplica {
+                    agent_id: r.agent_id,
+                    agent_version: r.agent_version,
+                    session_id: r.session_id,
+                    connected_at: unix(r.connected_at_unix),
+                    last_heartbeat: unix_ms(r.last_heartbeat_unix_ms),
+                    heartbeat_rtt: (r.heartbeat_rtt_micros > 0)
+                        .then(|| Duration::from_micros(r.heartbeat_rtt_micros)),
+                    reported_at: unix_ms(r.reported_at_unix_ms),
+                    apiserver_reachable: r.apiserver_reachable,
+                    apiserver_error: r.apiserver_error,
+                })
+                .collect(),
+            history: c
+                .history
+                .into_iter()
+                .map(|h| PhaseTransition {
+                    phase: ClusterPhase::from_proto(h.phase),
+                    reason: h.reason,
+                    at: unix(h.at_unix),
+                })
+                .collect(),
+            phase_since: unix(c.phase_since_unix),
+            revision: c.revision,
         })
     }
 }
@@ -463,12 +626,22 @@ impl ManagementClient {
         self.run(CALL_TIMEOUT, async move { c.get(request).await }).await?.try_into()
     }
 
-    /// Clusters the caller may see, by name.
+    /// Clusters the caller may see, by name (every page).
     pub async fn list_clusters(&self) -> Result<Vec<Cluster>, ManagementError> {
-        let mut c = self.clusters.clone();
-        let response =
-            self.run(CALL_TIMEOUT, async move { c.list(pb::ListClustersRequest {}).await }).await?;
-        response.clusters.into_iter().map(Cluster::try_from).collect()
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let mut c = self.clusters.clone();
+            let request = pb::ListClustersRequest { page_token, ..Default::default() };
+            let response = self.run(CALL_TIMEOUT, async move { c.list(request).await }).await?;
+            for cluster in response.clusters {
+                out.push(Cluster::try_from(cluster)?);
+            }
+            if response.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            page_token = response.next_page_token;
+        }
     }
 
     /// Lets traffic reach a cluster registered with manual approval (or a

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::management::{Cluster, Grant, GrantSubject, TokenInfo};
+use crate::management::{Cluster, Grant, GrantSubject, HealthCheck, Resources, TokenInfo};
 
 /// Column headers of the clusters table, in order.
 pub const CLUSTER_COLUMNS: [&str; 5] = ["NAME", "PHASE", "AGENTS", "VERSION", "AGE"];
@@ -32,37 +32,74 @@ pub fn clusters_table(clusters: &[Cluster], now: SystemTime) -> String {
     align(&rows)
 }
 
+/// One cluster as a JSON object: `name`, `id`, `phase` (`Pending`,
+/// `Ready`, `NotReady`, `Offline`, `Denied`), `reason`, `connected`,
+/// `agents`, `kubernetesVersion` and `platform` (string or null),
+/// `approval` (`auto`/`manual`), `labels`, `createdAtUnix`, `lastSeenUnix`
+/// and `phaseSinceUnix` (seconds or null), `nodes` (`{ready, notReady}` or
+/// null), `capacity` and `allocatable` (`{cpuMillis, memoryBytes}` or
+/// null), `readyz` and `livez` (`{state, detail}`), `missingPermissions`,
+/// `replicas` (`[{agentId, agentVersion, sessionId, connectedAtUnix,
+/// lastHeartbeatUnixMs, heartbeatRttMicros, reportedAtUnixMs,
+/// apiserverReachable, apiserverError}]`), `history` (`[{phase, reason,
+/// atUnix}]`, oldest first) and `revision`.
+pub fn cluster_value(c: &Cluster) -> serde_json::Value {
+    let resources = |r: Option<Resources>| {
+        r.map(|r| serde_json::json!({"cpuMillis": r.cpu_millis, "memoryBytes": r.memory_bytes}))
+    };
+    let check = |h: &HealthCheck| serde_json::json!({"state": h.state.as_str(), "detail": h.detail});
+    serde_json::json!({
+        "name": c.name,
+        "id": c.id.to_string(),
+        "phase": c.phase.as_str(),
+        "reason": c.reason,
+        "connected": c.connected,
+        "agents": c.agents,
+        "kubernetesVersion": c.kubernetes_version,
+        "platform": c.platform,
+        "approval": c.approval.as_str(),
+        "labels": c.labels,
+        "createdAtUnix": unix_secs(c.created_at),
+        "lastSeenUnix": unix_secs(c.last_seen),
+        "phaseSinceUnix": unix_secs(c.phase_since),
+        "nodes": c.nodes.map(|n| serde_json::json!({"ready": n.ready, "notReady": n.not_ready})),
+        "capacity": resources(c.capacity),
+        "allocatable": resources(c.allocatable),
+        "readyz": check(&c.readyz),
+        "livez": check(&c.livez),
+        "missingPermissions": c.missing_permissions,
+        "replicas": c.replicas.iter().map(|r| serde_json::json!({
+            "agentId": r.agent_id,
+            "agentVersion": r.agent_version,
+            "sessionId": r.session_id,
+            "connectedAtUnix": unix_secs(r.connected_at),
+            "lastHeartbeatUnixMs": unix_millis(r.last_heartbeat),
+            "heartbeatRttMicros": r.heartbeat_rtt.map(|d| d.as_micros() as u64),
+            "reportedAtUnixMs": unix_millis(r.reported_at),
+            "apiserverReachable": r.apiserver_reachable,
+            "apiserverError": r.apiserver_error,
+        })).collect::<Vec<_>>(),
+        "history": c.history.iter().map(|h| serde_json::json!({
+            "phase": h.phase.as_str(), "reason": h.reason, "atUnix": unix_secs(h.at),
+        })).collect::<Vec<_>>(),
+        "revision": c.revision,
+    })
+}
+
 /// Renders clusters as a pretty-printed JSON array (sorted by name) of
-/// objects with `name`, `id`, `phase` (`Pending`, `Ready`, `NotReady`,
-/// `Offline`, `Denied`), `reason`, `connected`, `agents`,
-/// `kubernetesVersion` (string or null), `approval` (`auto`/`manual`),
-/// `labels`, `createdAtUnix` and `lastSeenUnix` (seconds or null), ending
-/// in a newline.
+/// [`cluster_value`] objects, ending in a newline.
 pub fn clusters_json(clusters: &[Cluster]) -> String {
     let mut sorted: Vec<&Cluster> = clusters.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let items: Vec<serde_json::Value> = sorted
-        .into_iter()
-        .map(|c| {
-            serde_json::json!({
-                "name": c.name,
-                "id": c.id.to_string(),
-                "phase": c.phase.as_str(),
-                "reason": c.reason,
-                "connected": c.connected,
-                "agents": c.agents,
-                "kubernetesVersion": c.kubernetes_version,
-                "approval": c.approval.as_str(),
-                "labels": c.labels,
-                "createdAtUnix": unix_secs(c.created_at),
-                "lastSeenUnix": unix_secs(c.last_seen),
-            })
-        })
-        .collect();
+    let items: Vec<serde_json::Value> = sorted.into_iter().map(cluster_value).collect();
     // Serialising a `Value` cannot fail; fall back to an empty array anyway.
     let mut out = serde_json::to_string_pretty(&items).unwrap_or_else(|_| "[]".to_owned());
     out.push('\n');
     out
+}
+
+fn unix_millis(t: Option<SystemTime>) -> Option<u64> {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64)
 }
 
 fn unix_secs(t: Option<SystemTime>) -> Option<u64> {
@@ -243,10 +280,21 @@ mod tests {
             connected,
             agents,
             kubernetes_version: version.map(str::to_owned),
+            platform: None,
             created_at: age.map(|a| now() - Duration::from_secs(a)),
             approval: ApprovalMode::Auto,
             labels: Default::default(),
             last_seen: None,
+            nodes: None,
+            capacity: None,
+            allocatable: None,
+            readyz: Default::default(),
+            livez: Default::default(),
+            missing_permissions: Vec::new(),
+            replicas: Vec::new(),
+            history: Vec::new(),
+            phase_since: None,
+            revision: 0,
         }
     }
 
@@ -284,10 +332,21 @@ prod-eu-west   Offline   0        <unknown>   3d
                 "connected": true,
                 "agents": 1,
                 "kubernetesVersion": "v1.30.0",
+                "platform": null,
                 "approval": "auto",
                 "labels": {},
                 "createdAtUnix": 1_800_000_000u64 - 10,
                 "lastSeenUnix": null,
+                "phaseSinceUnix": null,
+                "nodes": null,
+                "capacity": null,
+                "allocatable": null,
+                "readyz": {"state": "Unknown", "detail": ""},
+                "livez": {"state": "Unknown", "detail": ""},
+                "missingPermissions": [],
+                "replicas": [],
+                "history": [],
+                "revision": 0,
             }])
         );
         assert_eq!(clusters_json(&[]), "[]\n");

@@ -24,6 +24,12 @@ pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(30 * 24 * 3600)
 pub const MAX_CREDENTIAL_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Longest lifetime a caller may ask for a bootstrap token.
 pub const MAX_BOOTSTRAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Shortest heartbeat interval the hub may ask of agents (agents refuse
+/// less than 100 ms; tests use one second).
+pub const MIN_HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// Longest heartbeat interval: agents are declared Offline after three, and
+/// NAT and firewall idle timeouts are often a few minutes.
+pub const MAX_HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Agent image put in `agent.yaml` unless `--agent-image` says otherwise.
 pub const DEFAULT_AGENT_IMAGE: &str = concat!("ghcr.io/ferry-dev/ferry-agent:", env!("CARGO_PKG_VERSION"));
 
@@ -43,6 +49,9 @@ pub struct HubConfig {
     pub agent_image: String,
     /// How caller identities are mapped for child clusters.
     pub identity_policy: IdentityPolicy,
+    /// A plain-text address serving only `grpc.health.v1` and `/healthz`
+    /// (for Kubernetes probes); `None`: none.
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// Bounds on what callers and agents can make the hub hold.
@@ -101,6 +110,7 @@ impl HubConfig {
             limits: Limits::default(),
             agent_image: DEFAULT_AGENT_IMAGE.to_owned(),
             identity_policy: IdentityPolicy::default(),
+            health_listen: None,
         }
     }
 }

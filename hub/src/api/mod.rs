@@ -1,5 +1,6 @@
-//! The management API: `ferry.v1.Clusters` ([`clusters`]) and
-//! `ferry.v1.Access` ([`access`]), served on the hub's one address.
+//! The management API: `ferry.v1.Clusters` ([`clusters`], with [`watch`],
+//! [`selector`] and [`view`]) and `ferry.v1.Access` ([`access`]), served on
+//! the hub's one address.
 //!
 //! Every call is authenticated (client certificate or bearer token) and
 //! authorized here: credentials bound to one cluster (those in issued
@@ -8,6 +9,9 @@
 
 pub mod access;
 pub mod clusters;
+pub mod selector;
+pub mod view;
+pub mod watch;
 
 use std::time::Duration;
 
