@@ -1,5 +1,6 @@
-//! Typed client for the hub's management API: `ferry.v1.Clusters` and
-//! `ferry.v1.Access`.
+//! [`Hub`]: the typed client of the hub's management API
+//! (`ferry.v1.Clusters` and `ferry.v1.Access`), and the types its calls
+//! take and return.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -328,7 +329,31 @@ impl TryFrom<pb::Cluster> for Cluster {
     }
 }
 
-/// Options of [`ManagementClient::register_cluster`].
+/// What [`Hub::list_clusters_with`] lists.
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    /// A Kubernetes label selector (`env=prod,tier in (a,b),!deprecated`);
+    /// `None`: every cluster.
+    pub label_selector: Option<String>,
+    /// Clusters per page; `None`: the hub's default (500; at most 1000).
+    pub page_size: Option<u32>,
+    /// The previous page's [`ClusterPage::next_page_token`].
+    pub page_token: Option<String>,
+}
+
+/// One page of clusters.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterPage {
+    /// Clusters, by name.
+    pub clusters: Vec<Cluster>,
+    /// Pass as [`ListOptions::page_token`] for the next page; `None` on the
+    /// last.
+    pub next_page_token: Option<String>,
+    /// The hub's revision when the page was read.
+    pub revision: u64,
+}
+
+/// Options of [`Hub::register_cluster_with`].
 #[derive(Clone, Debug, Default)]
 pub struct RegisterOptions {
     /// How long the bootstrap token stays usable; `None`: the hub default
@@ -369,7 +394,7 @@ pub enum CredentialKind {
     Token,
 }
 
-/// What [`ManagementClient::issue_kubeconfig_with`] issues.
+/// What [`Hub::issue_kubeconfig_with`] issues.
 #[derive(Clone, Debug, Default)]
 pub struct KubeconfigRequest {
     /// The cluster.
@@ -518,28 +543,45 @@ impl Interceptor for BearerAuth {
     }
 }
 
-type Transport = InterceptedService<Channel, BearerAuth>;
+pub(crate) type Transport = InterceptedService<Channel, BearerAuth>;
 
-/// A connection to the hub's management API, authenticated with the
-/// caller's client certificate or bearer token. Cheap to clone; clones
-/// share the connection.
+/// A connection to a Ferry hub, authenticated with the caller's client
+/// certificate or bearer token: every management call, cluster watches
+/// ([`Hub::watch_clusters`]) and `kube::Client`s that reach a child cluster
+/// through the hub ([`Hub::kube_client`]). Cheap to clone; clones share the
+/// connection.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use ferry_client_sdk::{Hub, HubConfig};
+///
+/// let hub = Hub::connect(&HubConfig::load("ferry-data/admin.kubeconfig")?).await?;
+/// for cluster in hub.list_clusters().await? {
+///     println!("{} {}", cluster.name, cluster.phase);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
-pub struct ManagementClient {
+pub struct Hub {
     clusters: ClustersClient<Transport>,
     access: AccessClient<Transport>,
     hub: String,
-    /// Kept to diagnose transport failures (see `diagnose`); `None` for
-    /// clients built on someone else's channel.
+    /// Kept to diagnose transport failures (see `diagnose`) and to build
+    /// kube clients; `None` for clients built on someone else's channel.
     config: Option<Arc<HubConfig>>,
 }
 
-impl fmt::Debug for ManagementClient {
+/// The former name of [`Hub`].
+pub type ManagementClient = Hub;
+
+impl fmt::Debug for Hub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ManagementClient").field("hub", &self.hub).finish_non_exhaustive()
+        f.debug_struct("Hub").field("hub", &self.hub).finish_non_exhaustive()
     }
 }
 
-impl ManagementClient {
+impl Hub {
     /// Connects to the hub described by `config` over TLS, trusting only the
     /// hub CA and presenting the caller's credential.
     ///
@@ -642,6 +684,58 @@ impl ManagementClient {
             }
             page_token = response.next_page_token;
         }
+    }
+
+    /// One page of clusters the caller may see, by name, filtered by
+    /// `options`; follow [`ClusterPage::next_page_token`] for the next.
+    pub async fn list_clusters_with(&self, options: &ListOptions) -> Result<ClusterPage, ManagementError> {
+        let request = pb::ListClustersRequest {
+            label_selector: options.label_selector.clone().unwrap_or_default(),
+            page_size: options.page_size.unwrap_or(0),
+            page_token: options.page_token.clone().unwrap_or_default(),
+        };
+        let mut c = self.clusters.clone();
+        let response = self.run(CALL_TIMEOUT, async move { c.list(request).await }).await?;
+        Ok(ClusterPage {
+            clusters: response.clusters.into_iter().map(Cluster::try_from).collect::<Result<_, _>>()?,
+            next_page_token: Some(response.next_page_token).filter(|t| !t.is_empty()),
+            revision: response.revision,
+        })
+    }
+
+    /// Every cluster matching `label_selector` (all pages), with the
+    /// revision of the first page: watch from it to follow every change
+    /// after the list.
+    pub async fn list_all_clusters(
+        &self,
+        label_selector: Option<&str>,
+    ) -> Result<ClusterPage, ManagementError> {
+        let mut options =
+            ListOptions { label_selector: label_selector.map(str::to_owned), ..Default::default() };
+        let mut all = self.list_clusters_with(&options).await?;
+        while let Some(token) = all.next_page_token.take() {
+            options.page_token = Some(token);
+            let page = self.list_clusters_with(&options).await?;
+            all.clusters.extend(page.clusters);
+            all.next_page_token = page.next_page_token;
+        }
+        Ok(all)
+    }
+
+    /// Sets and removes labels of cluster `name` (admins).
+    pub async fn update_labels(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<Cluster, ManagementError> {
+        let request = pb::UpdateLabelsRequest {
+            name: name.to_owned(),
+            set: set.clone().into_iter().collect(),
+            remove: remove.to_vec(),
+        };
+        let mut c = self.clusters.clone();
+        self.run(CALL_TIMEOUT, async move { c.update_labels(request).await }).await?.try_into()
     }
 
     /// Lets traffic reach a cluster registered with manual approval (or a
@@ -861,6 +955,30 @@ impl ManagementClient {
         Ok(response.grants.into_iter().map(Into::into).collect())
     }
 
+    /// The configuration this hub was connected with (`None` for clients
+    /// built with [`Hub::from_channel`]).
+    pub fn config(&self) -> Option<&HubConfig> {
+        self.config.as_deref()
+    }
+
+    /// The hub's URL, as errors name it.
+    pub fn url(&self) -> &str {
+        &self.hub
+    }
+
+    pub(crate) fn clusters_client(&self) -> ClustersClient<Transport> {
+        self.clusters.clone()
+    }
+
+    /// Maps a failed call's status once, as every call does.
+    pub(crate) async fn error(&self, status: &tonic::Status) -> ManagementError {
+        let mut err = ManagementError::from_status(status, &self.hub);
+        if std::error::Error::source(status).is_some() {
+            err = explain_transport_failure(err, self.config.as_deref(), &self.hub).await;
+        }
+        err
+    }
+
     /// Runs one call bounded by `deadline`, mapping failures once.
     async fn run<T>(
         &self,
@@ -870,10 +988,7 @@ impl ManagementClient {
         match tokio::time::timeout(deadline, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => {
-                let mut err = ManagementError::from_status(&status, &self.hub);
-                if std::error::Error::source(&status).is_some() {
-                    err = explain_transport_failure(err, self.config.as_deref(), &self.hub).await;
-                }
+                let err = self.error(&status).await;
                 tracing::debug!(code = ?status.code(), error = %err, "management call failed");
                 Err(err)
             }

@@ -22,7 +22,7 @@ use tracing::info;
 use super::selector::Selector;
 use super::view::live as view;
 use super::watch::{self, EventStream, MAX_WATCHES};
-use super::{admin, caller, lifetime, store_error, valid_cluster_name};
+use super::{admin, caller, lifetime, store_error, unknown_cluster, valid_cluster_name};
 use crate::access;
 use crate::auth::Authenticated;
 use crate::config::MAX_BOOTSTRAP_TTL;
@@ -58,12 +58,7 @@ impl ClustersService {
     }
 
     async fn record(&self, name: &str) -> Result<ClusterRecord, Status> {
-        self.state
-            .store
-            .cluster(name)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| Status::not_found(format!("cluster {name:?} is not registered")))
+        self.state.store.cluster(name).await.map_err(store_error)?.ok_or_else(|| unknown_cluster(name))
     }
 
     /// A cluster the caller may see: admins see all, users those they hold
@@ -88,7 +83,7 @@ impl ClustersService {
             })
             .await
             .map_err(|e| match e {
-                StoreError::NotFound => Status::not_found(format!("cluster {name:?} is not registered")),
+                StoreError::NotFound => unknown_cluster(name),
                 e => store_error(e),
             })?;
         if let Some(live) = self.state.registry.get(name) {
@@ -341,9 +336,7 @@ impl Clusters for ClustersService {
             })
             .await
             .map_err(|e| match e {
-                StoreError::NotFound => {
-                    Status::not_found(format!("cluster {:?} is not registered", req.name))
-                }
+                StoreError::NotFound => unknown_cluster(&req.name),
                 e => store_error(e),
             })?;
         info!(cluster = %record.name, by = %who.identity.user, labels = ?record.labels, "labels updated");
@@ -425,7 +418,7 @@ impl Clusters for ClustersService {
             .delete_cluster(&name)
             .await
             .map_err(store_error)?
-            .ok_or_else(|| Status::not_found(format!("cluster {name:?} is not registered")))?;
+            .ok_or_else(|| unknown_cluster(&name))?;
         let before = view(&self.state, &record);
         let ended =
             record.cluster_id().map(|id| self.state.registry.disconnect(&name, id, true)).unwrap_or(0);

@@ -31,6 +31,13 @@ pub fn valid_cluster_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// NOT_FOUND for a cluster that is not registered, with what to do next.
+pub(crate) fn unknown_cluster(name: &str) -> Status {
+    Status::not_found(format!(
+        "cluster {name:?} is not registered; `ferryctl clusters` lists the clusters you may see"
+    ))
+}
+
 pub(crate) fn store_error(e: StoreError) -> Status {
     match e {
         StoreError::NotFound => Status::not_found("not found"),
@@ -73,7 +80,7 @@ pub(crate) async fn admin<T>(state: &HubState, req: &Request<T>) -> Result<Authe
         Ok(caller)
     } else {
         Err(Status::permission_denied(format!(
-            "user {:?} is not a hub administrator (group {ADMIN_GROUP:?})",
+            "user {:?} is not a hub administrator (group {ADMIN_GROUP:?}); this call needs an admin credential, such as DATA_DIR/admin.kubeconfig on the hub",
             caller.identity.user
         )))
     }
