@@ -192,8 +192,10 @@ where
     };
     let status_tx = out_tx.clone();
     drop(out_tx);
+    // As the kubelet does, the status follows the last output: clients such
+    // as kube-rs stop reading at the status.
     let run = async {
-        let code = commands::run(program, stdio, container).await;
+        let (code, _) = tokio::join!(commands::run(program, stdio, container), forward);
         if let Some(msg) = exit_message(version, code, argv) {
             let _ = status_tx.send((ERROR, msg)).await;
         }
@@ -240,10 +242,10 @@ where
         false
     };
     tokio::pin!(read);
-    let work = async { tokio::join!(run, write, forward) };
+    let work = async { tokio::join!(run, write) };
     let code = tokio::select! {
         biased;
-        (code, _, _) = work => code,
+        (code, _) = work => code,
         _ = &mut read => return Ending::ClientGone,
     };
     // Wait (a little) for the client's close frame, as a polite server does.
