@@ -28,6 +28,8 @@
 //!   reconnects and resumes by itself.
 //! - [`Hub::kube_client`] and [`kube_client`] ([`kube`]): a `kube::Client`
 //!   whose requests travel through the hub to a child cluster.
+//! - [`Hub::proxy`] and [`Hub::proxy_upgrade`] ([`proxy`]): raw HTTP
+//!   requests and upgraded connections over the hub's gRPC `Proxy` call.
 //! - [`duration`] and [`output`]: what the `ferryctl` binary needs to parse
 //!   its arguments and print results; public so other tools print the same.
 
@@ -40,6 +42,7 @@ pub mod kube;
 pub mod kubeconfig;
 pub mod management;
 pub mod output;
+pub mod proxy;
 pub mod watch;
 
 pub use self::kube::{KubeClientError, kube_client};
@@ -50,4 +53,5 @@ pub use management::{
     HealthCheck, HealthState, Hub, IssuedKubeconfig, KubeconfigRequest, ListOptions, ManagementClient,
     NewToken, NodeCounts, PhaseTransition, RegisterOptions, Registration, Resources, TokenInfo, WhoAmI,
 };
+pub use proxy::{ProxiedResponse, ProxiedUpgrade, Upgraded};
 pub use watch::{ClusterEvent, WatchOptions};

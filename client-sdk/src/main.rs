@@ -130,6 +130,27 @@ enum Command {
         #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
         changes: Vec<String>,
     },
+    /// Send one HTTP request to a cluster's apiserver over the hub's gRPC
+    /// Proxy call and print the response body as it arrives (a watch
+    /// streams until interrupted).
+    Request {
+        /// Cluster name.
+        cluster: String,
+        /// Path and query on the apiserver, e.g. /api/v1/namespaces.
+        path: String,
+        /// HTTP method.
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        /// A request header, 'Name: value'; repeat for several.
+        #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The request body: text, @FILE, or @- for stdin.
+        #[arg(short = 'd', long, value_name = "DATA")]
+        data: Option<String>,
+        /// Print the status line and headers before the body.
+        #[arg(short = 'i', long)]
+        include: bool,
+    },
     /// Print a shell completion script, e.g. `source <(ferryctl completion bash)`.
     Completion {
         /// The shell.
@@ -455,6 +476,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cluster = client.get_cluster(&name).await?;
             let grants = client.list_grants(Some(&name)).await?;
             emit(&output::describe_cluster(&cluster, &grants, now))
+        }
+        Command::Request { cluster, path, method, headers, data, include } => {
+            let body = match data.as_deref() {
+                None => Vec::new(),
+                Some("@-") => {
+                    let mut all = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut all)?;
+                    all
+                }
+                Some(d) => match d.strip_prefix('@') {
+                    Some(file) => std::fs::read(file).map_err(|e| anyhow!("reading {file}: {e}"))?,
+                    None => d.as_bytes().to_vec(),
+                },
+            };
+            let mut request = http::Request::builder().method(method.as_str()).uri(path.as_str());
+            for h in &headers {
+                let (name, value) =
+                    h.split_once(':').ok_or_else(|| anyhow!("header {h:?} is not 'Name: value'"))?;
+                request = request.header(name.trim(), value.trim());
+            }
+            let request =
+                request.body(bytes::Bytes::from(body)).map_err(|e| anyhow!("invalid request: {e}"))?;
+            let mut response = client.proxy(&cluster, request).await?;
+            if include {
+                let mut head = format!("HTTP {}\n", response.status);
+                for (name, value) in &response.headers {
+                    head.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())));
+                }
+                head.push('\n');
+                emit(&head)?;
+            }
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = response.chunk().await? {
+                match out.write_all(&chunk).and_then(|()| out.flush()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    r => r?,
+                }
+            }
+            if !response.status.is_success() {
+                bail!("the apiserver of cluster {cluster} answered {}", response.status);
+            }
+            Ok(())
         }
         Command::Label { name, changes } => {
             let (set, remove) = parse_label_changes(&changes)?;

@@ -566,6 +566,7 @@ pub(crate) type Transport = InterceptedService<Channel, BearerAuth>;
 pub struct Hub {
     clusters: ClustersClient<Transport>,
     access: AccessClient<Transport>,
+    transport: Transport,
     hub: String,
     /// Kept to diagnose transport failures (see `diagnose`) and to build
     /// kube clients; `None` for clients built on someone else's channel.
@@ -611,7 +612,8 @@ impl Hub {
     fn build(channel: Channel, auth: BearerAuth, hub: String, config: Option<Arc<HubConfig>>) -> Self {
         Self {
             clusters: ClustersClient::with_interceptor(channel.clone(), auth.clone()),
-            access: AccessClient::with_interceptor(channel, auth),
+            access: AccessClient::with_interceptor(channel.clone(), auth.clone()),
+            transport: InterceptedService::new(channel, auth),
             hub,
             config,
         }
@@ -968,6 +970,11 @@ impl Hub {
 
     pub(crate) fn clusters_client(&self) -> ClustersClient<Transport> {
         self.clusters.clone()
+    }
+
+    /// The authenticated connection, for the other services' clients.
+    pub(crate) fn transport(&self) -> Transport {
+        self.transport.clone()
     }
 
     /// Maps a failed call's status once, as every call does.

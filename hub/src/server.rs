@@ -17,6 +17,7 @@ use ferry::identity::Identity;
 use ferry::limits::MAX_FRAME_SIZE;
 use ferry::proto::v1::access_server::AccessServer;
 use ferry::proto::v1::clusters_server::ClustersServer;
+use ferry::proto::v1::proxy_server::ProxyServer;
 use ferry::proto::v1::tunnel_server::TunnelServer;
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -35,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::access::AccessService;
 use crate::api::clusters::ClustersService;
+use crate::api::proxy::ProxyService;
 use crate::auth::{self, ADMIN_GROUP, ADMIN_USER, Peer};
 use crate::config::HubConfig;
 use crate::files;
@@ -225,6 +227,7 @@ impl Hub {
         health.set_serving::<TunnelServer<TunnelService>>().await;
         health.set_serving::<ClustersServer<ClustersService>>().await;
         health.set_serving::<AccessServer<AccessService>>().await;
+        health.set_serving::<ProxyServer<ProxyService>>().await;
         let mut routes = Routes::new(
             TunnelServer::new(TunnelService::new(state.clone()))
                 .max_decoding_message_size(MAX_FRAME_SIZE)
@@ -236,6 +239,11 @@ impl Hub {
         )
         .add_service(
             AccessServer::new(AccessService::new(state.clone())).max_decoding_message_size(MAX_FRAME_SIZE),
+        )
+        .add_service(
+            ProxyServer::new(ProxyService::new(state.clone()))
+                .max_decoding_message_size(MAX_FRAME_SIZE)
+                .max_encoding_message_size(MAX_FRAME_SIZE),
         )
         .add_service(health_service.clone());
         let reflection = || {

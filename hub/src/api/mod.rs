@@ -1,6 +1,6 @@
 //! The management API: `ferry.v1.Clusters` ([`clusters`], with [`watch`],
-//! [`selector`] and [`view`]) and `ferry.v1.Access` ([`access`]), served on
-//! the hub's one address.
+//! [`selector`] and [`view`]), `ferry.v1.Access` ([`access`]) and
+//! `ferry.v1.Proxy` ([`proxy`]), served on the hub's one address.
 //!
 //! Every call is authenticated (client certificate or bearer token) and
 //! authorized here: credentials bound to one cluster (those in issued
@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod clusters;
+pub mod proxy;
 pub mod selector;
 pub mod view;
 pub mod watch;
