@@ -161,3 +161,58 @@ fn history_and_last_known_status_survive_a_hub_restart() {
     assert_eq!(after["nodes"], before["nodes"]);
     assert_eq!(after["lastSeenUnix"], before["lastSeenUnix"]);
 }
+
+#[test]
+fn a_watch_resumes_across_a_hub_crash_without_missing_a_change() {
+    use ferry_client_sdk::{ClusterEvent, Hub, HubConfig, WatchOptions};
+    use futures_util::StreamExt;
+
+    let mut env = Env::start_with(None, &["--heartbeat-interval", "1s"]);
+    wait_for(&env, "ready", "30s");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let hub = rt
+        .block_on(Hub::connect(&HubConfig::load(env.admin_kubeconfig()).expect("admin kubeconfig")))
+        .expect("connect");
+    let mut events = Box::pin(hub.watch_clusters(WatchOptions::default()));
+    let mut next = || {
+        let event = rt.block_on(async { tokio::time::timeout(READY_TIMEOUT, events.next()).await });
+        event.expect("an event in time").expect("stream open").expect("event")
+    };
+    let ClusterEvent::Added { cluster, .. } = next() else { panic!("ADDED first") };
+    assert_eq!(cluster.phase, ferry_client_sdk::ClusterPhase::Ready);
+    let ClusterEvent::Bookmark { revision: before } = next() else { panic!("then a bookmark") };
+
+    // SIGKILL, then the same address and data: the agent reconnects, the
+    // stream reconnects and resumes by itself.
+    env.restart_hub();
+    env.ferryctl_ok(&["label", "edge", "after=crash"]);
+    let labelled = |e: &ClusterEvent| {
+        e.cluster().is_some_and(|c| c.labels.get("after").map(String::as_str) == Some("crash"))
+    };
+    let ready =
+        |e: &ClusterEvent| e.cluster().is_some_and(|c| c.phase == ferry_client_sdk::ClusterPhase::Ready);
+    let mut after = Vec::new();
+    while !(after.iter().any(labelled) && after.iter().any(ready)) {
+        match next() {
+            ClusterEvent::Bookmark { .. } => {}
+            e => after.push(e),
+        }
+    }
+    assert!(after.windows(2).all(|w| w[0].revision() < w[1].revision()), "{after:?}");
+    assert!(after[0].revision() > before);
+
+    // A client that connects only now, with the revision it had before the
+    // crash, is told exactly the same.
+    let mut replay =
+        Box::pin(hub.watch_clusters(WatchOptions { revision: Some(before), ..Default::default() }));
+    let mut replayed = Vec::new();
+    while replayed.len() < after.len() {
+        let e = rt.block_on(async { tokio::time::timeout(READY_TIMEOUT, replay.next()).await });
+        match e.expect("in time").expect("open").expect("event") {
+            ClusterEvent::Bookmark { .. } => {}
+            e => replayed.push(e),
+        }
+    }
+    assert_eq!(replayed, after);
+}
