@@ -11,6 +11,11 @@ use crate::store::{
     ApprovalMode, Capacity, Check, CheckState, ClusterRecord, NodeCount, ObservedStatus, Phase,
 };
 
+/// Replicas listed per cluster (`agents` counts them all): a cluster's
+/// answer stays far below gRPC's 4 MiB message limit, even in a `List` page
+/// of clusters running many agents each.
+pub const MAX_REPLICAS_SHOWN: usize = 64;
+
 /// The API's phase for a stored one.
 pub fn phase(p: Phase) -> pb::ClusterPhase {
     match p {
@@ -61,6 +66,7 @@ fn replicas(summary: &LiveSummary) -> Vec<pb::AgentReplica> {
     summary
         .replicas
         .iter()
+        .take(MAX_REPLICAS_SHOWN)
         .map(|r| {
             let report = r.report.clone().unwrap_or_else(AgentReport::default);
             pb::AgentReplica {
