@@ -7,7 +7,8 @@
 //!
 //! - [`auth`]: who is calling (certificates, bearer tokens); [`access`]:
 //!   grants and impersonation; [`pki`]: the hub CA and what it signs.
-//! - [`store`]: durable state; [`registry`]: live sessions and streams;
+//! - [`store`]: durable state (embedded, or [`etcd`] for several
+//!   replicas); [`registry`]: live sessions and streams;
 //!   [`status`]: phases, and recording them as they change.
 //! - [`manifest`]: `agent.yaml`; [`kubeconfig`]: issued kubeconfigs.
 
@@ -15,6 +16,7 @@ pub mod access;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod etcd;
 pub mod files;
 pub mod gateway;
 pub mod kubeconfig;

@@ -6,10 +6,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferry::identity::IdentityPolicy;
+use ferry::secret::Secret;
+use ferry_hub::config::StoreConfig;
 use ferry_hub::config::{
     DEFAULT_AGENT_IMAGE, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MAX_AGENT_SESSIONS,
     DEFAULT_MAX_STREAMS_PER_CALLER, MAX_HEARTBEAT_INTERVAL, MIN_AGENT_CERT_TTL, MIN_HEARTBEAT_INTERVAL,
 };
+use ferry_hub::etcd::{EtcdConfig, EtcdTls};
 use ferry_hub::{Hub, HubConfig};
 
 #[derive(Parser)]
@@ -25,11 +28,58 @@ enum Command {
     Serve(ServeArgs),
 }
 
+/// Where etcd is (`--store etcd://...`) and how to reach it.
+#[derive(clap::Args)]
+struct EtcdArgs {
+    /// Key prefix in etcd (hubs sharing one etcd keep apart by prefix).
+    #[arg(long, env = "FERRY_ETCD_PREFIX", default_value = ferry_hub::etcd::DEFAULT_PREFIX)]
+    etcd_prefix: String,
+    /// CA bundle (PEM) trusted for etcd's certificates; etcd is then
+    /// reached over TLS.
+    #[arg(long, env = "FERRY_ETCD_CA", value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd, with --etcd-key.
+    #[arg(long, env = "FERRY_ETCD_CERT", value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    #[arg(long, env = "FERRY_ETCD_KEY", value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The etcd configuration for store URL `url` (`etcd://host:port,...`).
+    fn config(&self, url: &str) -> anyhow::Result<EtcdConfig> {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let tls = match (&self.etcd_ca, &self.etcd_cert, &self.etcd_key) {
+            (None, None, None) => None,
+            (None, _, _) => anyhow::bail!("--etcd-cert and --etcd-key need --etcd-ca (TLS towards etcd)"),
+            (Some(ca), cert, key) => {
+                let client = match (cert, key) {
+                    (Some(c), Some(k)) => {
+                        let cert = String::from_utf8(read(c)?).context("--etcd-cert is not PEM text")?;
+                        let key = String::from_utf8(read(k)?).context("--etcd-key is not PEM text")?;
+                        Some((cert, Secret::new(key)))
+                    }
+                    _ => None,
+                };
+                Some(EtcdTls { ca_pem: read(ca)?, client })
+            }
+        };
+        Ok(EtcdConfig::from_url(url, &self.etcd_prefix, tls)?)
+    }
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// Directory for the CA, the embedded store and admin.kubeconfig.
     #[arg(long, env = "FERRY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// Where durable state lives: the data dir (default), or
+    /// `etcd://host:port[,host:port...]` for several hub replicas.
+    #[arg(long, env = "FERRY_STORE", value_name = "URL")]
+    store: Option<String>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "FERRY_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
@@ -94,6 +144,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let Command::Serve(args) = Cli::parse().command;
     let mut config = HubConfig::new(args.data_dir.clone(), args.listen);
+    if let Some(url) = &args.store {
+        config.store = StoreConfig::Etcd(args.etcd.config(url)?);
+    }
     config.advertise_url = args.advertise_url;
     config.health_listen = args.health_listen;
     config.limits.max_request_body = args.max_request_body;

@@ -38,13 +38,14 @@ use crate::api::access::AccessService;
 use crate::api::clusters::ClustersService;
 use crate::api::proxy::ProxyService;
 use crate::auth::{self, ADMIN_GROUP, ADMIN_USER, Peer};
-use crate::config::HubConfig;
+use crate::config::{HubConfig, StoreConfig};
+use crate::etcd::EtcdStore;
 use crate::files;
 use crate::gateway::{self, BoxError, HubBody};
 use crate::kubeconfig::{Credential, KubeconfigSpec, render};
 use crate::pki::{ADMIN_CERT_LIFETIME, Ca, CertScope, PeerCert, PkiError, parse_peer_cert};
 use crate::state::HubState;
-use crate::store::{FileStore, StoreError};
+use crate::store::{FileStore, Store, StoreError};
 use crate::tunnel::TunnelService;
 
 /// Time a client has to finish the TLS handshake.
@@ -141,7 +142,10 @@ impl Hub {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         }
         let ca = Ca::load_or_create(&dir)?;
-        let store = FileStore::open(&dir)?;
+        let store: Arc<dyn Store> = match &config.store {
+            StoreConfig::Embedded => Arc::new(FileStore::open(&dir)?),
+            StoreConfig::Etcd(etcd) => Arc::new(EtcdStore::open(etcd).await?),
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -184,7 +188,7 @@ impl Hub {
         write_admin_kubeconfig(&admin_kubeconfig, &ca, &admin, &advertise_url).map_err(io)?;
 
         let state = Arc::new(HubState {
-            store: Arc::new(store),
+            store,
             registry: Default::default(),
             ca,
             advertise_url,
