@@ -11,6 +11,7 @@
 //!   replicas); [`registry`]: live sessions and streams;
 //!   [`status`]: phases, and recording them as they change.
 //! - [`manifest`]: `agent.yaml`; [`kubeconfig`]: issued kubeconfigs.
+//! - [`migrate`]: `ferry-hub migrate`, the embedded store into etcd.
 
 pub mod access;
 pub mod api;
@@ -21,6 +22,7 @@ pub mod files;
 pub mod gateway;
 pub mod kubeconfig;
 pub mod manifest;
+pub mod migrate;
 pub mod pki;
 pub mod registry;
 pub mod server;

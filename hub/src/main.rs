@@ -25,7 +25,42 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub (gRPC for agents and management, HTTPS for kubectl).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Copy an embedded store (a stopped hub's data dir) into etcd, for
+    /// running several replicas.
+    Migrate(MigrateArgs),
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// The data dir of the hub to migrate (stop that hub first).
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// The etcd to copy into: `etcd://host:port[,host:port...]`.
+    #[arg(long, value_name = "URL")]
+    to: String,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let to = args.etcd.config(&args.to)?;
+    let done = ferry_hub::migrate::migrate(&args.from, &to).await.context("migrating")?;
+    println!(
+        "migrated {} clusters, {} tokens and {} grants from {} to {} (prefix {})",
+        done.clusters,
+        done.tokens,
+        done.grants,
+        args.from.display(),
+        args.to,
+        to.prefix
+    );
+    println!(
+        "next: copy {0}/ca.crt and {0}/ca.key into every replica's --data-dir, then start the replicas with --store {1}",
+        args.from.display(),
+        args.to
+    );
+    Ok(())
 }
 
 /// Where etcd is (`--store etcd://...`) and how to reach it.
@@ -142,7 +177,10 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let Command::Serve(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Migrate(args) => return migrate(args).await,
+    };
     let mut config = HubConfig::new(args.data_dir.clone(), args.listen);
     if let Some(url) = &args.store {
         config.store = StoreConfig::Etcd(args.etcd.config(url)?);
