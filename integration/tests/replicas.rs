@@ -1,0 +1,151 @@
+//! Several hub replicas on one etcd (issue 13): real etcd, real hubs sharing
+//! one CA, a real agent given every replica's URL, the real kubectl.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use common::*;
+use ferry_integration::etcd::Etcd;
+
+/// A hub replica: its process, URL and data dir.
+struct Replica {
+    hub: Proc,
+    url: String,
+    data: PathBuf,
+}
+
+impl Replica {
+    fn admin_kubeconfig(&self) -> PathBuf {
+        self.data.join("admin.kubeconfig")
+    }
+
+    /// Runs ferryctl against this replica, failing the test on an error.
+    fn ferryctl_ok(&self, args: &[&str]) -> String {
+        let out = Command::new(bin("ferryctl"))
+            .arg("--kubeconfig")
+            .arg(self.admin_kubeconfig())
+            .args(args)
+            .output()
+            .expect("run ferryctl");
+        assert!(out.status.success(), "ferryctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    /// A kubeconfig for `user` on cluster `edge`, issued by this replica
+    /// (so its server is this replica).
+    fn user_kubeconfig(&self, dir: &Path, user: &str) -> PathBuf {
+        self.ferryctl_ok(&["grant", "--cluster", "edge", "--user", user]);
+        let yaml = self.ferryctl_ok(&["kubeconfig", "edge", "--user", user]);
+        let path = dir.join(format!("{user}.kubeconfig"));
+        std::fs::write(&path, yaml).expect("write kubeconfig");
+        path
+    }
+}
+
+/// Two replicas on one etcd, an apiserver, and the temp dir they live in.
+struct Replicas {
+    dir: tempfile::TempDir,
+    etcd: Etcd,
+    _apiserver: Proc,
+    replicas: Vec<Replica>,
+}
+
+impl Replicas {
+    /// Starts etcd, a test apiserver and `n` replicas; the first makes the
+    /// hub CA and the others get a copy of it, as an operator would do.
+    fn start(n: usize) -> Replicas {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etcd = Etcd::start();
+        let mut cmd = Command::new(bin("test-apiserver"));
+        cmd.args(["--listen", "127.0.0.1:0", "--kubeconfig-out"])
+            .arg(dir.path().join("apiserver.kubeconfig"));
+        let mut apiserver = Proc::spawn("test-apiserver", cmd);
+        apiserver.wait_line("test-apiserver ready", READY_TIMEOUT);
+        let mut replicas: Vec<Replica> = Vec::new();
+        for i in 0..n {
+            let data = dir.path().join(format!("hub-{i}"));
+            if let Some(first) = replicas.first() {
+                std::fs::create_dir_all(&data).expect("data dir");
+                for f in ["ca.crt", "ca.key"] {
+                    std::fs::copy(first.data.join(f), data.join(f)).expect("copy the hub CA");
+                }
+            }
+            let store = ["--store".to_owned(), etcd.store_url()];
+            let (hub, url) = start_hub(&data, "127.0.0.1:0", &store);
+            replicas.push(Replica { hub, url, data });
+        }
+        Replicas { dir, etcd, _apiserver: apiserver, replicas }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Registers `edge` on replica 0 and starts its agent with `hubs`
+    /// (comma-separated URLs); waits until it is connected.
+    fn start_agent(&self, hubs: &str) -> Proc {
+        let token = self.replicas[0].ferryctl_ok(&["register", "edge", "-o", "token"]);
+        let mut cmd = Command::new(bin("ferry-agent"));
+        cmd.arg("--hub")
+            .arg(hubs)
+            .arg("--hub-ca")
+            .arg(self.replicas[0].data.join("ca.crt"))
+            .arg("--kubeconfig")
+            .arg(self.path("apiserver.kubeconfig"))
+            .arg("--state-dir")
+            .arg(self.path("agent-state"))
+            .env("FERRY_TOKEN", token.trim())
+            .env_remove("FERRY_TOKEN_FILE");
+        let mut agent = Proc::spawn("ferry-agent", cmd);
+        agent.wait_line("ferry-agent connected:", READY_TIMEOUT);
+        agent
+    }
+}
+
+#[test]
+fn the_agent_moves_to_the_surviving_replica_and_kubectl_follows() {
+    let mut world = Replicas::start(2);
+    let (a, b) = (&world.replicas[0], &world.replicas[1]);
+    assert_ne!(a.url, b.url);
+    let mut agent = world.start_agent(&format!("{},{}", a.url, b.url));
+
+    // The agent enrolled and connected through A (the first URL); a
+    // kubeconfig issued by A reaches the cluster.
+    let through_a = a.user_kubeconfig(world.dir.path(), "alice");
+    let ns = kubectl_ok(&through_a, &["get", "namespaces"]);
+    assert!(ns.contains("kube-system"), "{ns}");
+    // B shares the store: the grant made on A lets B issue bob's
+    // kubeconfig for the same cluster at once.
+    let bob_dir = world.path("bob");
+    std::fs::create_dir_all(&bob_dir).expect("dir");
+    let through_b = b.user_kubeconfig(&bob_dir, "bob");
+    assert!(
+        std::fs::read_to_string(&through_b).expect("read").contains(&b.url),
+        "B's kubeconfig points at B"
+    );
+
+    // SIGKILL A: the agent dials B, and kubectl through B reaches the
+    // cluster.
+    let killed = Instant::now();
+    world.replicas[0].hub.kill();
+    agent.wait_nth_line("ferry-agent connected:", 2, READY_TIMEOUT);
+    let reconnected = killed.elapsed();
+    let ns = kubectl_ok(&through_b, &["get", "namespaces"]);
+    assert!(ns.contains("kube-system"), "{ns}");
+    let served = killed.elapsed();
+    eprintln!(
+        "failover: agent on the surviving replica {:.2} s after SIGKILL, first kubectl answered at {:.2} s",
+        reconnected.as_secs_f64(),
+        served.as_secs_f64()
+    );
+    let out = kubectl_ok(&through_b, &["create", "configmap", "after-failover", "--from-literal=k=v"]);
+    assert!(out.contains("configmap/after-failover created"), "{out}");
+
+    // Nothing in the store was lost: B lists the cluster and both grants.
+    let grants = world.replicas[1].ferryctl_ok(&["grants"]);
+    assert!(grants.contains("alice") && grants.contains("bob"), "{grants}");
+    assert!(world.etcd.health().contains("true"), "etcd stayed healthy");
+}
