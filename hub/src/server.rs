@@ -142,9 +142,13 @@ impl Hub {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         }
         let ca = Ca::load_or_create(&dir)?;
-        let store: Arc<dyn Store> = match &config.store {
-            StoreConfig::Embedded => Arc::new(FileStore::open(&dir)?),
-            StoreConfig::Etcd(etcd) => Arc::new(EtcdStore::open(etcd).await?),
+        let (store, etcd): (Arc<dyn Store>, _) = match &config.store {
+            StoreConfig::Embedded => (Arc::new(FileStore::open(&dir)?), None),
+            StoreConfig::Etcd(etcd) => {
+                let store = EtcdStore::open(etcd).await?;
+                let at = (store.client().clone(), store.keys().clone());
+                (Arc::new(store), Some(at))
+            }
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -187,11 +191,18 @@ impl Hub {
             Identity { user: ADMIN_USER.into(), groups: vec![ADMIN_GROUP.into()], ..Default::default() };
         write_admin_kubeconfig(&admin_kubeconfig, &ca, &admin, &advertise_url).map_err(io)?;
 
+        let replicas = match etcd {
+            Some((client, keys)) => {
+                Some(Arc::new(crate::etcd::replicas::start(client, keys, &advertise_url).await))
+            }
+            None => None,
+        };
         let state = Arc::new(HubState {
             store,
             registry: Default::default(),
             ca,
             advertise_url,
+            replicas,
             limits: config.limits,
             agent_image: config.agent_image,
             identity_policy: config.identity_policy,
@@ -233,6 +244,7 @@ impl Hub {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Hub { state, listener, health_listener, tls, .. } = self;
         state.tasks.spawn(crate::status::run_recorder(state.clone()));
+        state.tasks.spawn(crate::etcd::replicas::publish_sessions(state.clone()));
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TunnelServer<TunnelService>>().await;
         health.set_serving::<ClustersServer<ClustersService>>().await;

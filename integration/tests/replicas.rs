@@ -149,3 +149,32 @@ fn the_agent_moves_to_the_surviving_replica_and_kubectl_follows() {
     assert!(grants.contains("alice") && grants.contains("bob"), "{grants}");
     assert!(world.etcd.health().contains("true"), "etcd stayed healthy");
 }
+
+#[test]
+fn a_registration_on_one_replica_reaches_a_watch_on_another_and_agent_yaml_names_every_replica() {
+    let world = Replicas::start(2);
+    let (a, b) = (&world.replicas[0], &world.replicas[1]);
+    let mut cmd = Command::new(bin("ferryctl"));
+    cmd.arg("--kubeconfig").arg(b.admin_kubeconfig()).args(["clusters", "--watch"]);
+    let mut watch = Proc::spawn("ferryctl clusters --watch (replica B)", cmd);
+    // The header comes once the initial list is in: the watch is live.
+    watch.wait_line("NAME", READY_TIMEOUT);
+
+    let asked = Instant::now();
+    let manifest = a.ferryctl_ok(&["register", "core"]);
+    let row = watch.wait_line("core", READY_TIMEOUT);
+    eprintln!(
+        "registered on A, seen by a watch on B {:.3} s after ferryctl started",
+        asked.elapsed().as_secs_f64()
+    );
+    assert!(row.contains("Pending") || row.contains("Offline"), "{row}");
+
+    // The manifest from A lets the agent fail over to B: both replicas
+    // register under their leases, A's URL first.
+    assert!(
+        manifest.contains(&format!("{},{}", a.url, b.url)),
+        "agent.yaml names both replicas:\n{manifest}"
+    );
+    let from_b = b.ferryctl_ok(&["register", "far"]);
+    assert!(from_b.contains(&format!("{},{}", b.url, a.url)), "B's agent.yaml names B first:\n{from_b}");
+}

@@ -328,14 +328,19 @@ impl EtcdClient {
     pub async fn lease_keep_alive(&self, id: i64) -> Result<KeepAlive, EtcdError> {
         let (i, channel) = self.pick();
         let (tx, rx) = mpsc::channel(STREAM_REQUESTS);
-        let opened = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            LeaseClient::new(channel).lease_keep_alive(ReceiverStream::new(rx)),
-        )
+        // etcd answers (headers included) only once it has a request: send
+        // the first renewal with the call, and take its answer here.
+        let _ = tx.try_send(LeaseKeepAliveRequest { id });
+        let opened = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let mut stream =
+                LeaseClient::new(channel).lease_keep_alive(ReceiverStream::new(rx)).await?.into_inner();
+            stream.message().await?;
+            Ok::<_, Status>(stream)
+        })
         .await
         .map_err(|_| Status::deadline_exceeded("etcd did not open the keep-alive in time"));
         match opened.and_then(|r| r) {
-            Ok(r) => Ok(KeepAlive { id, requests: tx, stream: r.into_inner() }),
+            Ok(stream) => Ok(KeepAlive { id, requests: tx, stream }),
             Err(status) => {
                 self.failed(i);
                 Err(EtcdError::call("lease keep-alive", status))

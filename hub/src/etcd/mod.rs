@@ -5,9 +5,12 @@
 //!   gRPC client (`proto/etcd/`, compiled by protox: no `protoc`).
 //! - [`keys`]: where everything lives under the key prefix.
 //! - [`store`]: [`EtcdStore`], the [`Store`](crate::store::Store) on etcd.
+//! - [`replicas`]: the replica registry (who is up, which agents each
+//!   holds), under leases.
 
 pub mod client;
 pub mod keys;
+pub mod replicas;
 pub mod store;
 
 /// Generated etcd v3 API (the subset in `hub/proto/etcd/`).
