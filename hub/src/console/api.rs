@@ -47,9 +47,11 @@ pub struct ApiRequest<'a> {
 }
 
 impl ApiRequest<'_> {
-    fn parse<T: for<'de> Deserialize<'de>>(&self) -> Result<T, Reply> {
+    /// The body as JSON; a boxed 400 answer when it is not (boxed: an
+    /// answer is large, and the error path is the rare one).
+    fn parse<T: for<'de> Deserialize<'de>>(&self) -> Result<T, Box<Reply>> {
         serde_json::from_slice(self.body)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+            .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"))))
     }
 
     pub(crate) fn query_param(&self, name: &str) -> Option<String> {
@@ -275,7 +277,7 @@ impl Console {
     async fn sign_in(&self, peer: &Peer, headers: &HeaderMap, req: &ApiRequest<'_>) -> Reply {
         let body: SignIn = match req.parse() {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let (caller, credential) = match (body.token, body.certificate) {
             (Some(token), false) => {
@@ -409,7 +411,10 @@ impl Console {
                     "approve" => self.clusters.approve(self.grpc(s, named)).await,
                     "deny" => self.clusters.deny(self.grpc(s, named)).await,
                     _ => {
-                        return error(StatusCode::NOT_FOUND, format!("no action {action:?}: approve or deny"));
+                        return error(
+                            StatusCode::NOT_FOUND,
+                            format!("no action {action:?}: approve or deny"),
+                        );
                     }
                 };
                 result.map_or_else(refused, |r| reply_json(StatusCode::OK, &cluster_json(&r.into_inner())))
@@ -427,7 +432,7 @@ impl Console {
             (&Method::POST, ["grants"]) => {
                 let b: GrantBody = match req.parse() {
                     Ok(b) => b,
-                    Err(r) => return r,
+                    Err(r) => return *r,
                 };
                 let msg = pb::GrantRequest {
                     cluster: b.cluster,
@@ -465,7 +470,7 @@ impl Console {
             (&Method::POST, ["tokens"]) => {
                 let b: TokenBody = match req.parse() {
                     Ok(b) => b,
-                    Err(r) => return r,
+                    Err(r) => return *r,
                 };
                 let msg = pb::CreateTokenRequest {
                     user: b.user,
@@ -490,7 +495,7 @@ impl Console {
             (&Method::POST, ["kubeconfig"]) => {
                 let b: KubeconfigBody = match req.parse() {
                     Ok(b) => b,
-                    Err(r) => return r,
+                    Err(r) => return *r,
                 };
                 let kind = match b.auth.as_str() {
                     "" | "cert" => pb::CredentialKind::Cert,
@@ -519,7 +524,7 @@ impl Console {
     async fn register(&self, s: &Session, req: &ApiRequest<'_>) -> Reply {
         let b: RegisterBody = match req.parse() {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let approval = match b.approval.as_str() {
             "" => pb::ApprovalMode::Unspecified,

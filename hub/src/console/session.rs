@@ -209,7 +209,7 @@ mod tests {
         assert!(sessions.get(id.expose(), now).is_some());
         assert!(sessions.get(s.csrf.expose(), now).is_none(), "the CSRF token is not a session id");
         assert!(sessions.get("", now).is_none());
-        assert!(s.csrf_matches(&s.csrf.expose().to_owned()));
+        assert!(s.csrf_matches(s.csrf.expose()));
         assert!(!s.csrf_matches("nope"));
         assert!(format!("{s:?}").contains("MASKED") && !format!("{s:?}").contains(s.csrf.expose()));
         assert!(sessions.remove(id.expose()));
