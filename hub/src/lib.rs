@@ -10,11 +10,13 @@
 //! - [`store`]: durable state; [`registry`]: live sessions and streams;
 //!   [`status`]: phases, and recording them as they change.
 //! - [`manifest`]: `agent.yaml`; [`kubeconfig`]: issued kubeconfigs.
+//! - [`console`]: the web console under `/ui/`, on the management API.
 
 pub mod access;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod files;
 pub mod gateway;
 pub mod kubeconfig;
