@@ -12,11 +12,13 @@
 //!   [`status`]: phases, and recording them as they change.
 //! - [`manifest`]: `agent.yaml`; [`kubeconfig`]: issued kubeconfigs.
 //! - [`migrate`]: `ferry-hub migrate`, the embedded store into etcd.
+//! - [`console`]: the web console under `/ui/`, on the management API.
 
 pub mod access;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod etcd;
 pub mod files;
 pub mod gateway;
