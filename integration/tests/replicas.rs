@@ -127,6 +127,10 @@ fn the_agent_moves_to_the_surviving_replica_and_kubectl_follows() {
         "B's kubeconfig points at B"
     );
 
+    // The status A records is what B shows, and B, which holds no agent
+    // of edge, leaves it alone.
+    b.ferryctl_ok(&["wait", "edge", "--for", "ready", "--timeout", "60s"]);
+
     // SIGKILL A: the agent dials B, and kubectl through B reaches the
     // cluster.
     let killed = Instant::now();
@@ -143,6 +147,7 @@ fn the_agent_moves_to_the_surviving_replica_and_kubectl_follows() {
     );
     let out = kubectl_ok(&through_b, &["create", "configmap", "after-failover", "--from-literal=k=v"]);
     assert!(out.contains("configmap/after-failover created"), "{out}");
+    world.replicas[1].ferryctl_ok(&["wait", "edge", "--for", "ready", "--timeout", "60s"]);
 
     // Nothing in the store was lost: B lists the cluster and both grants.
     let grants = world.replicas[1].ferryctl_ok(&["grants"]);
