@@ -183,3 +183,15 @@ fn a_registration_on_one_replica_reaches_a_watch_on_another_and_agent_yaml_names
     let from_b = b.ferryctl_ok(&["register", "far"]);
     assert!(from_b.contains(&format!("{},{}", b.url, a.url)), "B's agent.yaml names B first:\n{from_b}");
 }
+
+#[test]
+fn an_agent_whose_first_hub_is_down_enrolls_and_connects_through_the_next() {
+    let world = Replicas::start(1);
+    // A loopback port nothing listens on: bound, then released.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let started = Instant::now();
+    let _agent = world.start_agent(&format!("https://{dead},{}", world.replicas[0].url));
+    eprintln!("enrolled and connected past a dead first URL in {:.2} s", started.elapsed().as_secs_f64());
+    let kc = world.replicas[0].user_kubeconfig(world.dir.path(), "alice");
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+}
