@@ -11,7 +11,8 @@
 //!   replicas); [`registry`]: live sessions and streams;
 //!   [`status`]: phases, and recording them as they change.
 //! - [`manifest`]: `agent.yaml`; [`kubeconfig`]: issued kubeconfigs.
-//! - [`migrate`]: `ferry-hub migrate`, the embedded store into etcd.
+//! - [`migrate`]: `ferry-hub migrate`, the embedded store into etcd;
+//!   [`peer`]: forwarding between hub replicas.
 //! - [`console`]: the web console under `/ui/`, on the management API.
 
 pub mod access;
@@ -25,6 +26,7 @@ pub mod gateway;
 pub mod kubeconfig;
 pub mod manifest;
 pub mod migrate;
+pub mod peer;
 pub mod pki;
 pub mod registry;
 pub mod server;

@@ -197,12 +197,20 @@ impl Hub {
             }
             None => None,
         };
+        let forwarder = match &replicas {
+            Some(set) => {
+                let cert = ca.replica_cert(&set.me().id, crate::peer::REPLICA_CERT_TTL)?;
+                Some(crate::peer::Forwarder::new(ca.cert_pem(), &cert.cert_pem, cert.key_pem.expose()))
+            }
+            None => None,
+        };
         let state = Arc::new(HubState {
             store,
             registry: Default::default(),
             ca,
             advertise_url,
             replicas,
+            forwarder,
             limits: config.limits,
             agent_image: config.agent_image,
             identity_policy: config.identity_policy,
@@ -265,6 +273,7 @@ impl Hub {
                 .max_decoding_message_size(MAX_FRAME_SIZE)
                 .max_encoding_message_size(MAX_FRAME_SIZE),
         )
+        .add_service(crate::peer::server(state.clone()))
         .add_service(health_service.clone());
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -316,6 +325,7 @@ impl Hub {
                     Some(der) => match parse_peer_cert(der) {
                         Ok(PeerCert::User(caller)) => Peer::User(caller),
                         Ok(PeerCert::Agent(agent)) => Peer::Agent(agent),
+                        Ok(PeerCert::Replica(id)) => Peer::Replica(id),
                         Err(reason) => Peer::Invalid(reason),
                     },
                 };

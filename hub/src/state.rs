@@ -24,6 +24,9 @@ pub struct HubState {
     pub advertise_url: String,
     /// The other hub replicas (`--store etcd://`), `None` for a single hub.
     pub replicas: Option<Arc<crate::etcd::replicas::ReplicaSet>>,
+    /// Forwards requests to the replica holding a cluster's agents (with
+    /// `replicas`).
+    pub forwarder: Option<crate::peer::Forwarder>,
     /// Named limits.
     pub limits: Limits,
     /// The agent image `agent.yaml` runs.

@@ -195,3 +195,63 @@ fn an_agent_whose_first_hub_is_down_enrolls_and_connects_through_the_next() {
     let kc = world.replicas[0].user_kubeconfig(world.dir.path(), "alice");
     assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
 }
+
+#[test]
+fn kubectl_through_a_replica_without_the_agent_is_forwarded_to_the_one_holding_it() {
+    let world = Replicas::start(2);
+    let (a, b) = (&world.replicas[0], &world.replicas[1]);
+    // The agent knows only A: every request through B is forwarded.
+    let _agent = world.start_agent(&a.url);
+    let kc = b.user_kubeconfig(world.dir.path(), "alice");
+
+    let started = Instant::now();
+    let ns = kubectl_ok(&kc, &["get", "namespaces"]);
+    assert!(ns.contains("kube-system"), "{ns}");
+    eprintln!("first forwarded kubectl get answered in {:.3} s", started.elapsed().as_secs_f64());
+    kubectl_ok(&kc, &["create", "configmap", "before"]);
+
+    // A watch streams through B and A as events happen.
+    let mut watch = kubectl_spawn(&kc, &["get", "configmaps", "-w", "-o", "name"]);
+    watch.wait_line("configmap/before", READY_TIMEOUT);
+    kubectl_ok(&kc, &["create", "configmap", "during"]);
+    watch.wait_line("configmap/during", READY_TIMEOUT);
+    watch.kill();
+
+    // An upgraded connection (exec) is forwarded too.
+    kubectl_ok(&kc, &["run", "box", "--image=busybox", "--restart=Never"]);
+    let out = kubectl_ok(&kc, &["exec", "box", "--", "echo", "through", "two", "hubs"]);
+    assert_eq!(out, "through two hubs\n");
+    let out = kubectl(&kc, &["exec", "box", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Sequential forwarded requests.
+    let started = Instant::now();
+    for i in 0..10 {
+        kubectl_ok(&kc, &["get", "configmap", "before", "-o", "name"]);
+        let _ = i;
+    }
+    eprintln!("10 forwarded kubectl gets in {:.2} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn when_the_holding_replica_dies_forwarding_follows_the_agent_to_its_new_replica() {
+    let mut world = Replicas::start(3);
+    let urls = format!("{},{}", world.replicas[0].url, world.replicas[2].url);
+    let mut agent = world.start_agent(&urls);
+    // Through B, forwarded to A (where the agent is).
+    let kc = world.replicas[1].user_kubeconfig(world.dir.path(), "alice");
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+
+    // SIGKILL A: the agent moves to C, and B's routing follows it (A's
+    // registration is still there until its lease expires; B skips it).
+    let killed = Instant::now();
+    world.replicas[0].hub.kill();
+    agent.wait_nth_line("ferry-agent connected:", 2, READY_TIMEOUT);
+    let reconnected = killed.elapsed();
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+    eprintln!(
+        "forwarding failover: agent on C {:.2} s after SIGKILL of A, kubectl through B answered (via C) at {:.2} s",
+        reconnected.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+}
