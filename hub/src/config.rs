@@ -66,6 +66,10 @@ pub struct HubConfig {
     /// Base URL agents and kubectl use; defaults to `https://` + the bound
     /// address.
     pub advertise_url: Option<String>,
+    /// Where other hub replicas reach this one to forward requests
+    /// (`--store etcd://` only); defaults to the advertise URL. Needed when
+    /// replicas share one advertised load-balancer address.
+    pub peer_url: Option<String>,
     /// Named limits.
     pub limits: Limits,
     /// The agent image `agent.yaml` runs (users mirror it).
@@ -138,6 +142,7 @@ impl HubConfig {
             store: StoreConfig::Embedded,
             listen,
             advertise_url: None,
+            peer_url: None,
             limits: Limits::default(),
             agent_image: DEFAULT_AGENT_IMAGE.to_owned(),
             identity_policy: IdentityPolicy::default(),

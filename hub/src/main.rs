@@ -121,6 +121,11 @@ struct ServeArgs {
     /// Base URL agents and kubectl use (default: https:// + bound address).
     #[arg(long, env = "FERRY_ADVERTISE_URL")]
     advertise_url: Option<String>,
+    /// With --store etcd://: where the other replicas reach this one
+    /// (default: the advertise URL; set it when replicas share one
+    /// load-balancer URL).
+    #[arg(long, env = "FERRY_PEER_URL", value_name = "URL")]
+    peer_url: Option<String>,
     /// Largest request body forwarded to a cluster, in bytes.
     #[arg(long, default_value_t = ferry::limits::DEFAULT_MAX_REQUEST_BODY)]
     max_request_body: u64,
@@ -186,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
         config.store = StoreConfig::Etcd(args.etcd.config(url)?);
     }
     config.advertise_url = args.advertise_url;
+    config.peer_url = args.peer_url;
     config.health_listen = args.health_listen;
     config.limits.max_request_body = args.max_request_body;
     config.limits.max_streams_per_cluster = args.max_streams_per_cluster;

@@ -163,10 +163,13 @@ impl Hub {
         };
         let advertise_url = config.advertise_url.clone().unwrap_or_else(|| format!("https://{local_addr}"));
         let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-        if let Ok(u) = advertise_url.parse::<http::Uri>()
-            && let Some(h) = u.host()
-        {
-            hosts.push(h.trim_start_matches('[').trim_end_matches(']').to_owned());
+        // Peers verify the peer URL's host (--peer-url) too.
+        for url in std::iter::once(&advertise_url).chain(config.peer_url.as_ref()) {
+            if let Ok(u) = url.parse::<http::Uri>()
+                && let Some(h) = u.host()
+            {
+                hosts.push(h.trim_start_matches('[').trim_end_matches(']').to_owned());
+            }
         }
         if !config.listen.ip().is_unspecified() {
             hosts.push(config.listen.ip().to_string());
@@ -193,7 +196,8 @@ impl Hub {
 
         let replicas = match etcd {
             Some((client, keys)) => {
-                Some(Arc::new(crate::etcd::replicas::start(client, keys, &advertise_url).await))
+                let peer_url = config.peer_url.as_deref().unwrap_or(&advertise_url);
+                Some(Arc::new(crate::etcd::replicas::start(client, keys, &advertise_url, peer_url).await))
             }
             None => None,
         };

@@ -396,12 +396,12 @@ fn apply_delete(keys: &Keys, view: &mut Replicas, key: &[u8]) {
 }
 
 /// This hub's registration, with a fresh replica id; other replicas reach
-/// it at its advertised URL.
+/// it at `peer_url`.
 /// Waits (up to [`REPLICA_TTL`]) until it is written, so a replica that
 /// says it is ready is known to the others.
-pub async fn start(client: EtcdClient, keys: Keys, advertise_url: &str) -> ReplicaSet {
+pub async fn start(client: EtcdClient, keys: Keys, advertise_url: &str, peer_url: &str) -> ReplicaSet {
     let id = uuid::Uuid::new_v4().to_string();
-    let me = ReplicaInfo { id, url: advertise_url.to_owned(), peer_url: advertise_url.to_owned() };
+    let me = ReplicaInfo { id, url: advertise_url.to_owned(), peer_url: peer_url.to_owned() };
     let set = ReplicaSet::start(client, keys, me, REPLICA_TTL);
     if !set.wait_registered(REPLICA_TTL).await {
         warn!("this replica is not registered in etcd yet; it keeps trying in the background");
