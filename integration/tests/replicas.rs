@@ -267,3 +267,59 @@ fn when_the_holding_replica_dies_forwarding_follows_the_agent_to_its_new_replica
         killed.elapsed().as_secs_f64()
     );
 }
+
+/// What `/ferry.peer.v1.Peer/Forward` on `url` answers a caller presenting
+/// `identity` (none: no client certificate).
+fn forward_as(url: &str, ca: &str, identity: Option<tonic::transport::Identity>) -> tonic::Code {
+    use ferry::proto::v1::{AgentFrame, HubFrame};
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("127.0.0.1");
+        if let Some(id) = identity {
+            tls = tls.identity(id);
+        }
+        let endpoint = Endpoint::from_shared(url.to_owned()).expect("url").tls_config(tls).expect("tls");
+        let channel = endpoint.connect().await.expect("connect");
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.expect("ready");
+        let mut request = tonic::Request::new(tokio_stream::iter(Vec::<HubFrame>::new()));
+        request
+            .metadata_mut()
+            .insert("ferry-cluster", tonic::metadata::AsciiMetadataValue::from_static("edge"));
+        let path = http::uri::PathAndQuery::from_static("/ferry.peer.v1.Peer/Forward");
+        let codec = ferry::codec::FerryCodec::<HubFrame, AgentFrame>::default();
+        match grpc.streaming(request, path, codec).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        }
+    })
+}
+
+#[test]
+fn only_hub_replicas_may_forward() {
+    use base64::Engine;
+    let world = Replicas::start(1);
+    let a = &world.replicas[0];
+    let _agent = world.start_agent(&a.url);
+    let ca = std::fs::read_to_string(a.data.join("ca.crt")).expect("ca");
+
+    // The admin's client certificate (a caller), the agent's, and none.
+    let kubeconfig: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(a.admin_kubeconfig()).expect("read")).expect("yaml");
+    let field = |name: &str| {
+        let b64 = kubeconfig["users"][0]["user"][name].as_str().expect("kubeconfig credential");
+        base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")
+    };
+    let admin =
+        tonic::transport::Identity::from_pem(field("client-certificate-data"), field("client-key-data"));
+    let state = world.path("agent-state");
+    let agent = tonic::transport::Identity::from_pem(
+        std::fs::read(state.join("tls.crt")).expect("agent cert"),
+        std::fs::read(state.join("tls.key")).expect("agent key"),
+    );
+    for (who, identity) in [("the admin", Some(admin)), ("an agent", Some(agent)), ("anonymous", None)] {
+        assert_eq!(forward_as(&a.url, &ca, identity), tonic::Code::PermissionDenied, "{who} may not forward");
+    }
+}
