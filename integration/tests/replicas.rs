@@ -323,3 +323,20 @@ fn only_hub_replicas_may_forward() {
         assert_eq!(forward_as(&a.url, &ca, identity), tonic::Code::PermissionDenied, "{who} may not forward");
     }
 }
+
+#[test]
+fn an_etcd_restart_keeps_forwarded_requests_flowing_and_writes_resume() {
+    let mut world = Replicas::start(2);
+    let _agent = world.start_agent(&world.replicas[0].url.clone());
+    let kc = world.replicas[1].user_kubeconfig(world.dir.path(), "alice");
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+
+    world.etcd.restart();
+    // Through B, forwarded to A, on what each replica already knows.
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+    // Writes go to etcd again (a write returns once committed).
+    let b = &world.replicas[1];
+    b.ferryctl_ok(&["grant", "--cluster", "edge", "--user", "carol"]);
+    let grants = b.ferryctl_ok(&["grants"]);
+    assert!(grants.contains("carol"), "{grants}");
+}
