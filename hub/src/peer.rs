@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use ferry::limits::{FRAME_CHANNEL_CAPACITY, MAX_FRAME_SIZE};
-use ferry::proto::v1::{AgentFrame, HubFrame, agent_frame};
+use ferry::proto::v1::{AgentFrame, HubFrame, agent_frame, hub_frame};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -206,12 +206,15 @@ impl proto::peer_server::Peer for PeerService {
         let Parked { tx, mut rx, .. } = parked;
         tx.send(Ok(head)).await.map_err(|_| Status::unavailable("the agent stream closed"))?;
 
-        // Caller to agent, frame by frame.
+        // Caller to agent, frame by frame, up to the caller's `End` (or
+        // error, or the call ending).
         let up_tx = tx.clone();
-        let up = tokio::spawn(
+        let mut up = tokio::spawn(
             async move {
                 while let Ok(Some(frame)) = incoming.message().await {
-                    if up_tx.send(Ok(frame)).await.is_err() {
+                    let last =
+                        matches!(frame.frame, Some(hub_frame::Frame::End(_) | hub_frame::Frame::Error(_)));
+                    if up_tx.send(Ok(frame)).await.is_err() || last {
                         break;
                     }
                 }
@@ -225,6 +228,7 @@ impl proto::peer_server::Peer for PeerService {
             async move {
                 let _permit = permit;
                 let mut cancelled = true;
+                let mut agent_ended = false;
                 loop {
                     let next = tokio::select! {
                         r = rx.message() => r,
@@ -236,11 +240,12 @@ impl proto::peer_server::Peer for PeerService {
                                 frame.frame,
                                 Some(agent_frame::Frame::End(_) | agent_frame::Frame::Error(_))
                             );
+                            let end = matches!(frame.frame, Some(agent_frame::Frame::End(_)));
                             if out_tx.send(Ok(frame)).await.is_err() {
                                 break;
                             }
                             if last {
-                                cancelled = false;
+                                (cancelled, agent_ended) = (false, end);
                                 break;
                             }
                         }
@@ -253,6 +258,15 @@ impl proto::peer_server::Peer for PeerService {
                             cancelled = false;
                             break;
                         }
+                    }
+                }
+                // The agent's `End` is a half-close (an upgraded connection
+                // may still carry the caller's bytes): the call stays open
+                // until the caller's side ends too, or the caller leaves.
+                if agent_ended {
+                    tokio::select! {
+                        _ = &mut up => {}
+                        () = out_tx.closed() => {}
                     }
                 }
                 drop(out_tx);

@@ -223,6 +223,11 @@ fn kubectl_through_a_replica_without_the_agent_is_forwarded_to_the_one_holding_i
     assert_eq!(out, "through two hubs\n");
     let out = kubectl(&kc, &["exec", "box", "--", "sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // `kubectl cp` streams a tar into exec's stdin and half-closes it.
+    let local = world.path("note.txt");
+    std::fs::write(&local, "forwarded bytes\n").expect("write");
+    kubectl_ok(&kc, &["cp", local.to_str().expect("utf8"), "box:/tmp/note.txt"]);
+    assert_eq!(kubectl_ok(&kc, &["exec", "box", "--", "cat", "/tmp/note.txt"]), "forwarded bytes\n");
 
     // Sequential requests, forwarded (B) and direct (A), as kubectl sees
     // them (its own start included).
