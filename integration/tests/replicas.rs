@@ -37,9 +37,14 @@ impl Replica {
     /// A kubeconfig for `user` on cluster `edge`, issued by this replica
     /// (so its server is this replica).
     fn user_kubeconfig(&self, dir: &Path, user: &str) -> PathBuf {
-        self.ferryctl_ok(&["grant", "--cluster", "edge", "--user", user]);
-        let yaml = self.ferryctl_ok(&["kubeconfig", "edge", "--user", user]);
-        let path = dir.join(format!("{user}.kubeconfig"));
+        self.kubeconfig_for(dir, "edge", user)
+    }
+
+    /// A kubeconfig for `user` on `cluster`, issued by this replica.
+    fn kubeconfig_for(&self, dir: &Path, cluster: &str, user: &str) -> PathBuf {
+        self.ferryctl_ok(&["grant", "--cluster", cluster, "--user", user]);
+        let yaml = self.ferryctl_ok(&["kubeconfig", cluster, "--user", user]);
+        let path = dir.join(format!("{user}-{cluster}.kubeconfig"));
         std::fs::write(&path, yaml).expect("write kubeconfig");
         path
     }
@@ -87,7 +92,12 @@ impl Replicas {
     /// Registers `edge` on replica 0 and starts its agent with `hubs`
     /// (comma-separated URLs); waits until it is connected.
     fn start_agent(&self, hubs: &str) -> Proc {
-        let token = self.replicas[0].ferryctl_ok(&["register", "edge", "-o", "token"]);
+        self.start_agent_for("edge", hubs)
+    }
+
+    /// Registers `cluster` on replica 0 and starts its agent with `hubs`.
+    fn start_agent_for(&self, cluster: &str, hubs: &str) -> Proc {
+        let token = self.replicas[0].ferryctl_ok(&["register", cluster, "-o", "token"]);
         let mut cmd = Command::new(bin("ferry-agent"));
         cmd.arg("--hub")
             .arg(hubs)
@@ -96,7 +106,7 @@ impl Replicas {
             .arg("--kubeconfig")
             .arg(self.path("apiserver.kubeconfig"))
             .arg("--state-dir")
-            .arg(self.path("agent-state"))
+            .arg(self.path(&format!("agent-state-{cluster}")))
             .env("FERRY_TOKEN", token.trim())
             .env_remove("FERRY_TOKEN_FILE");
         let mut agent = Proc::spawn("ferry-agent", cmd);
@@ -319,7 +329,7 @@ fn only_hub_replicas_may_forward() {
     };
     let admin =
         tonic::transport::Identity::from_pem(field("client-certificate-data"), field("client-key-data"));
-    let state = world.path("agent-state");
+    let state = world.path("agent-state-edge");
     let agent = tonic::transport::Identity::from_pem(
         std::fs::read(state.join("tls.crt")).expect("agent cert"),
         std::fs::read(state.join("tls.key")).expect("agent key"),
@@ -344,4 +354,21 @@ fn an_etcd_restart_keeps_forwarded_requests_flowing_and_writes_resume() {
     b.ferryctl_ok(&["grant", "--cluster", "edge", "--user", "carol"]);
     let grants = b.ferryctl_ok(&["grants"]);
     assert!(grants.contains("carol"), "{grants}");
+}
+
+#[test]
+fn three_replicas_with_agents_on_different_ones_serve_every_cluster_through_any_replica() {
+    let world = Replicas::start(3);
+    let r = &world.replicas;
+    let _edge = world.start_agent_for("edge", &r[0].url);
+    let _core = world.start_agent_for("core", &r[2].url);
+    for (i, replica) in r.iter().enumerate() {
+        let dir = world.path(&format!("through-{i}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for cluster in ["edge", "core"] {
+            let kc = replica.kubeconfig_for(&dir, cluster, "alice");
+            let ns = kubectl_ok(&kc, &["get", "namespaces"]);
+            assert!(ns.contains("kube-system"), "{cluster} through replica {i}: {ns}");
+        }
+    }
 }
