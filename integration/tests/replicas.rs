@@ -372,3 +372,56 @@ fn three_replicas_with_agents_on_different_ones_serve_every_cluster_through_any_
         }
     }
 }
+
+#[test]
+fn a_watch_forwarded_to_a_replica_that_dies_goes_on_through_another() {
+    use std::io::BufRead;
+    let mut world = Replicas::start(3);
+    let urls = format!("{},{}", world.replicas[0].url, world.replicas[2].url);
+    let mut agent = world.start_agent(&urls);
+    let kc = world.replicas[1].user_kubeconfig(world.dir.path(), "alice");
+    kubectl_ok(&kc, &["create", "configmap", "before"]);
+
+    // A watch through B, forwarded to A.
+    let mut child = Command::new(kubectl_bin())
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["get", "configmaps", "-w", "-o", "name"])
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    assert_eq!(lines.recv_timeout(READY_TIMEOUT).expect("first event"), "configmap/before");
+
+    // SIGKILL A: the agent moves to C; kubectl's watch, cut mid-stream,
+    // is started again by kubectl through B, which forwards it to C.
+    let killed = Instant::now();
+    world.replicas[0].hub.kill();
+    agent.wait_nth_line("ferry-agent connected:", 2, READY_TIMEOUT);
+    kubectl_ok(&kc, &["create", "configmap", "after"]);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line == "configmap/after" => break,
+            Ok(_) => {}
+            Err(e) => panic!(
+                "the watch did not go on after the SIGKILL of A: {e:?} (kubectl {:?})",
+                child.try_wait()
+            ),
+        }
+    }
+    eprintln!(
+        "watch through B went on through C; the event made after the SIGKILL of A arrived {:.2} s after it",
+        killed.elapsed().as_secs_f64()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
