@@ -14,8 +14,8 @@ pub mod ids;
 pub mod limits;
 pub mod metadata;
 pub mod path;
-pub mod request_info;
 pub mod proto;
+pub mod request_info;
 pub mod secret;
 pub mod status;
 

@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
 use crate::gateway::{BoxError, close_stream};
+use crate::observe::{Meter, Relayed};
 use crate::registry::Parked;
 
 /// How long the hub keeps reading a caller that has not closed its side
@@ -110,7 +111,12 @@ impl Ended {
 
 /// Relays an upgraded connection until both directions have ended (or one
 /// fails), then closes the request stream in order and logs the session.
-pub(crate) async fn relay(on_upgrade: OnUpgrade, parked: Parked, idle_timeout: Option<Duration>) {
+pub(crate) async fn relay(
+    on_upgrade: OnUpgrade,
+    parked: Parked,
+    idle_timeout: Option<Duration>,
+    meter: &Meter,
+) -> Relayed {
     let started = Instant::now();
     let Parked { tx, mut rx, .. } = parked;
     let upgraded = match on_upgrade.await {
@@ -118,7 +124,10 @@ pub(crate) async fn relay(on_upgrade: OnUpgrade, parked: Parked, idle_timeout: O
         Err(e) => {
             info!(error = %e, "upgraded connection never started: the caller's upgrade failed");
             close_stream(tx, rx, true).await;
-            return;
+            return Relayed {
+                failure: Some(format!("the caller's upgrade failed: {e}")),
+                ..Default::default()
+            };
         }
     };
     let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
@@ -154,10 +163,12 @@ pub(crate) async fn relay(on_upgrade: OnUpgrade, parked: Parked, idle_timeout: O
             }
             for chunk in frame::chunks(buf.split().freeze()) {
                 let len = chunk.len();
-                if tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) })).await.is_err() {
+                let body = Ok(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) });
+                if meter.flow.send(&tx, body).await.is_err() {
                     return Ok(CallerSide::TunnelClosed);
                 }
                 Traffic::add(&traffic.caller_to_agent, len);
+                meter.to_cluster.inc_by(len as u64);
             }
         }
     };
@@ -176,6 +187,7 @@ pub(crate) async fn relay(on_upgrade: OnUpgrade, parked: Parked, idle_timeout: O
                     touch();
                     wr.write_all(&b).await.map_err(|e| Failure::Caller(e.into()))?;
                     Traffic::add(&traffic.agent_to_caller, b.len());
+                    meter.to_caller.inc_by(b.len() as u64);
                 }
                 agent_frame::Frame::End(_) => break Ok(()),
                 agent_frame::Frame::Error(e) => {
@@ -248,6 +260,7 @@ pub(crate) async fn relay(on_upgrade: OnUpgrade, parked: Parked, idle_timeout: O
             "upgraded connection closed early"
         ),
     }
+    Relayed { to_cluster: up_bytes, to_caller: down_bytes, failure: ended.failure.map(|f| f.to_string()) }
 }
 
 /// Reads and discards what the caller still sends until it closes (or

@@ -87,6 +87,47 @@ pub(crate) async fn admin<T>(state: &HubState, req: &Request<T>) -> Result<Authe
     }
 }
 
+/// Who made a management call, for its audit event.
+pub(crate) struct Actor {
+    user: String,
+    groups: Vec<String>,
+    auth_method: &'static str,
+    client: String,
+}
+
+impl Actor {
+    /// The caller `who` of `req`.
+    pub(crate) fn of<T>(req: &Request<T>, who: &Authenticated) -> Actor {
+        let client = req.extensions().get::<crate::gateway::ClientAddr>().map(|a| a.0.ip().to_string());
+        Actor {
+            user: who.identity.user.clone(),
+            groups: who.identity.groups.clone(),
+            auth_method: who.method.as_str(),
+            client: client.unwrap_or_default(),
+        }
+    }
+}
+
+/// Records a management change in the audit log: `action` on `cluster`
+/// (may be empty), to `target` (a user, group, token id; never a secret).
+pub(crate) fn audit(state: &HubState, actor: &Actor, action: &str, cluster: &str, target: String) {
+    if !state.audit.enabled() {
+        return;
+    }
+    let mut event = crate::audit::AuditEvent::new(crate::audit::kind::MANAGEMENT);
+    event.user = actor.user.clone();
+    event.groups = actor.groups.clone();
+    event.auth_method = actor.auth_method.to_owned();
+    event.client_address = actor.client.clone();
+    event.via = "grpc".into();
+    event.action = action.to_owned();
+    event.cluster = cluster.to_owned();
+    event.target = target;
+    event.code = Some(200);
+    event.outcome = "completed".into();
+    state.audit.record(event);
+}
+
 /// A lifetime from a request: `0` means `default`; more than `max` is
 /// refused.
 pub(crate) fn lifetime(
