@@ -17,6 +17,7 @@ use std::time::Duration;
 use ferry::identity::Identity;
 use ferry::limits::MAX_FRAME_SIZE;
 use ferry::proto::v1::access_server::AccessServer;
+use ferry::proto::v1::audit_server::AuditServer;
 use ferry::proto::v1::clusters_server::ClustersServer;
 use ferry::proto::v1::proxy_server::ProxyServer;
 use ferry::proto::v1::tunnel_server::TunnelServer;
@@ -36,6 +37,7 @@ use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 use crate::api::access::AccessService;
+use crate::api::audit::AuditService;
 use crate::api::clusters::ClustersService;
 use crate::api::proxy::ProxyService;
 use crate::audit::{AuditLog, Sink};
@@ -296,6 +298,7 @@ impl Hub {
         health.set_serving::<ClustersServer<ClustersService>>().await;
         health.set_serving::<AccessServer<AccessService>>().await;
         health.set_serving::<ProxyServer<ProxyService>>().await;
+        health.set_serving::<AuditServer<AuditService>>().await;
         let mut routes = Routes::new(
             TunnelServer::new(TunnelService::new(state.clone()))
                 .max_decoding_message_size(MAX_FRAME_SIZE)
@@ -313,6 +316,7 @@ impl Hub {
                 .max_decoding_message_size(MAX_FRAME_SIZE)
                 .max_encoding_message_size(MAX_FRAME_SIZE),
         )
+        .add_service(AuditServer::new(AuditService::new(state.clone())))
         .add_service(health_service.clone());
         let reflection = || {
             tonic_reflection::server::Builder::configure()

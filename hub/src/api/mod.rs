@@ -1,6 +1,7 @@
 //! The management API: `ferry.v1.Clusters` ([`clusters`], with [`watch`],
 //! [`selector`] and [`view`]), `ferry.v1.Access` ([`access`]) and
-//! `ferry.v1.Proxy` ([`proxy`]), served on the hub's one address.
+//! `ferry.v1.Proxy` ([`proxy`]) and `ferry.v1.Audit` ([`audit`]), served on
+//! the hub's one address.
 //!
 //! Every call is authenticated (client certificate or bearer token) and
 //! authorized here: credentials bound to one cluster (those in issued
@@ -8,6 +9,7 @@
 //! [`ADMIN_GROUP`](crate::auth::ADMIN_GROUP).
 
 pub mod access;
+pub mod audit;
 pub mod clusters;
 pub mod proxy;
 pub mod selector;
