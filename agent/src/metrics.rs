@@ -9,6 +9,7 @@
 //! operations and one counter lookup per request.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -164,6 +165,31 @@ impl Default for AgentMetrics {
     }
 }
 
+/// One request in `ferry_agent_apiserver_requests_total`, counted once:
+/// when the apiserver's response head goes to the hub (so the count is in
+/// before the caller has its answer), or at the end for a request that
+/// never got one.
+pub(crate) struct RequestCount<'a> {
+    metrics: &'a AgentMetrics,
+    verb: &'static str,
+    counted: AtomicBool,
+}
+
+impl RequestCount<'_> {
+    /// The apiserver's head with `status` was sent on.
+    pub(crate) fn answered(&self, status: u16) {
+        self.ended(Answer::Status(status));
+    }
+
+    /// The request ended as `answer` (ignored when already counted).
+    pub(crate) fn ended(&self, answer: Answer) {
+        if !self.counted.swap(true, Ordering::Relaxed) {
+            let labels = RequestLabels { verb: Fixed(self.verb), code: Fixed(answer_label(answer)) };
+            self.metrics.requests.get_or_create(&labels).inc();
+        }
+    }
+}
+
 /// Keeps a gauge up while it lives.
 pub(crate) struct Up(Gauge);
 
@@ -238,10 +264,9 @@ impl AgentMetrics {
         self.apiserver_head.observe(elapsed.as_secs_f64());
     }
 
-    /// A request ended.
-    pub(crate) fn request_done(&self, verb: &str, answer: Answer) {
-        let labels = RequestLabels { verb: Fixed(verb_label(verb)), code: Fixed(answer_label(answer)) };
-        self.requests.get_or_create(&labels).inc();
+    /// One request's entry in `ferry_agent_apiserver_requests_total`.
+    pub(crate) fn request<'a>(&'a self, verb: &str) -> RequestCount<'a> {
+        RequestCount { metrics: self, verb: verb_label(verb), counted: AtomicBool::new(false) }
     }
 
     /// A hub session was established; the guard clears `connected`.
@@ -305,9 +330,11 @@ mod tests {
     #[test]
     fn labels_come_from_fixed_sets_and_both_formats_encode() {
         let m = AgentMetrics::default();
-        m.request_done("list", Answer::Status(200));
-        m.request_done("brew", Answer::Status(700));
-        m.request_done("watch", Answer::Cancelled);
+        let list = m.request("list");
+        list.answered(200);
+        list.ended(Answer::Error);
+        m.request("brew").ended(Answer::Status(700));
+        m.request("watch").ended(Answer::Cancelled);
         m.session_failed(&SessionError::Closed);
         {
             let _open = m.request_open();
@@ -315,6 +342,7 @@ mod tests {
         }
         let text = m.encode(false);
         assert!(text.contains(r#"ferry_agent_apiserver_requests_total{verb="list",code="2xx"} 1"#), "{text}");
+        assert!(!text.contains(r#"verb="list",code="error""#), "a request is counted once: {text}");
         assert!(
             text.contains(r#"ferry_agent_apiserver_requests_total{verb="other",code="error"} 1"#),
             "{text}"

@@ -32,7 +32,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::error::report;
 use crate::impersonation;
-use crate::metrics::{AgentMetrics, Answer};
+use crate::metrics::{AgentMetrics, Answer, RequestCount};
 use crate::pool::ParkSlot;
 use crate::upgrade;
 use crate::upstream::{Upstream, UpstreamBody, UpstreamError, empty_body};
@@ -193,7 +193,7 @@ pub(crate) async fn serve(
     );
     let _open = ctx.metrics.request_open();
     let pq = &proxied.path_and_query;
-    let verb = RequestInfo::parse(&proxied.method, pq.path(), pq.query()).verb.into_owned();
+    let count = ctx.metrics.request(&RequestInfo::parse(&proxied.method, pq.path(), pq.query()).verb);
     async move {
         let mut stream = stream;
         let refused = ctx.system_identities.check(&proxied.identity).err().or_else(|| {
@@ -224,11 +224,11 @@ pub(crate) async fn serve(
         }
         let upgrade = proxied.upgrade;
         let outcome = if upgrade {
-            upgrade::serve(&mut stream, &proxied, &ctx.upstream, abort, &ctx.metrics).await
+            upgrade::serve(&mut stream, &proxied, &ctx.upstream, abort, &ctx.metrics, &count).await
         } else {
-            serve_http(&mut stream, &proxied, &ctx.upstream, abort, keep, &ctx.metrics).await
+            serve_http(&mut stream, &proxied, &ctx.upstream, abort, keep, &ctx.metrics, &count).await
         };
-        ctx.metrics.request_done(&verb, match &outcome {
+        count.ended(match &outcome {
             Outcome::Completed { status, .. } => Answer::Status(status.as_u16()),
             Outcome::Failed => Answer::Error,
             Outcome::Cancelled(_) | Outcome::HubGone | Outcome::Aborted => Answer::Cancelled,
@@ -284,6 +284,7 @@ async fn serve_http(
     abort: &CancellationToken,
     keep: Keep<'_>,
     metrics: &AgentMetrics,
+    count: &RequestCount<'_>,
 ) -> Outcome {
     let RequestStream { out, inbound } = stream;
     // An immediate End means no body at all, so a GET goes out without one
@@ -316,7 +317,7 @@ async fn serve_http(
             Ok((response, _slot)) => {
                 metrics.apiserver_head(sent.elapsed());
                 let offer = || if hub_ended.load(Ordering::Acquire) { keep() } else { None };
-                forward_response(response, out, offer).await
+                forward_response(response, out, offer, count).await
             }
             Err(e) => upstream_failed(e, out).await,
         }
@@ -429,10 +430,12 @@ pub(crate) async fn forward_response(
     response: Response<Incoming>,
     out: &mpsc::Sender<AgentFrame>,
     keep: impl FnOnce() -> Option<ParkSlot>,
+    count: &RequestCount<'_>,
 ) -> Outcome {
     let status = response.status();
     let head =
         AgentFrame { frame: Some(agent_frame::Frame::Head(response_head(status, response.headers()))) };
+    count.answered(status.as_u16());
     if out.send(head).await.is_err() {
         return Outcome::HubGone;
     }

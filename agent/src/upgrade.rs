@@ -28,7 +28,7 @@ use tonic::Streaming;
 use tracing::{info, warn};
 
 use crate::error::report;
-use crate::metrics::AgentMetrics;
+use crate::metrics::{AgentMetrics, RequestCount};
 use crate::proxy::{
     Gone, HubEvent, Outcome, RequestStream, body_frame, end_frame, forward_response, next_event, send_error,
     upstream_failed, watch_hub,
@@ -42,6 +42,7 @@ pub(crate) async fn serve(
     upstream: &Upstream,
     abort: &CancellationToken,
     metrics: &AgentMetrics,
+    count: &RequestCount<'_>,
 ) -> Outcome {
     let RequestStream { out, inbound } = stream;
     let out = &*out;
@@ -86,13 +87,14 @@ pub(crate) async fn serve(
         return tokio::select! {
             biased;
             () = abort.cancelled() => Outcome::Aborted,
-            outcome = forward_response(response, out, || None) => outcome,
+            outcome = forward_response(response, out, || None, count) => outcome,
             gone = watch_hub(inbound, None, &hub_ended, out) => Outcome::Cancelled(gone),
         };
     }
 
     let head =
         AgentFrame { frame: Some(agent_frame::Frame::Head(response_head(status, response.headers()))) };
+    count.answered(status.as_u16());
     if out.send(head).await.is_err() {
         return Outcome::HubGone;
     }
