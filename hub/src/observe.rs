@@ -228,12 +228,11 @@ impl RequestRecord {
         self.outcome = outcome;
     }
 
-    /// The cluster answered 101: counts the request and emits
-    /// `session.start`; the record now stands for the session, and
-    /// dropping it emits `session.end`.
+    /// The cluster answered 101 (after [`RequestRecord::head`]): counts the
+    /// request and emits `session.start`; the record now stands for the
+    /// session, and dropping it emits `session.end`.
     pub fn session_started(&mut self) {
         self.code = 101;
-        self.metrics.response_head(&self.cluster, self.started.elapsed());
         self.count();
         self.session = Some(self.metrics.upgraded_open(&self.cluster));
         if self.audit.enabled() {
@@ -367,6 +366,11 @@ impl Body for ObservedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.record.sent(data.len());
+                }
+                // hyper stops polling a body that says it has ended (a
+                // `Full` body, a known length), so its `None` never comes.
+                if this.inner.is_end_stream() {
+                    this.record.end(Outcome::Completed);
                 }
             }
             Poll::Ready(Some(Err(e))) => this.record.end(Outcome::Failed(e.to_string())),

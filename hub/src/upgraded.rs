@@ -98,6 +98,8 @@ impl fmt::Display for Failure {
 struct Ended {
     /// The caller half-closed, so all it sent reached the agent.
     caller_eof: bool,
+    /// The agent ended its side in order before anything failed.
+    cluster_ended: bool,
     failure: Option<Failure>,
 }
 
@@ -212,21 +214,24 @@ pub(crate) async fn relay(
         tokio::pin!(up, down);
         tokio::select! {
             u = &mut up => match u {
-                Ok(side) => Ended { caller_eof: side == CallerSide::Eof, failure: down.await.err() },
-                Err(f) => Ended { caller_eof: false, failure: Some(f) },
+                Ok(side) => {
+                    let down = down.await;
+                    Ended { caller_eof: side == CallerSide::Eof, cluster_ended: down.is_ok(), failure: down.err() }
+                }
+                Err(f) => Ended { caller_eof: false, cluster_ended: false, failure: Some(f) },
             },
             d = &mut down => match d {
                 Ok(()) => match up.await {
-                    Ok(side) => Ended { caller_eof: side == CallerSide::Eof, failure: None },
-                    Err(f) => Ended { caller_eof: false, failure: Some(f) },
+                    Ok(side) => Ended { caller_eof: side == CallerSide::Eof, cluster_ended: true, failure: None },
+                    Err(f) => Ended { caller_eof: false, cluster_ended: true, failure: Some(f) },
                 },
-                Err(f) => Ended { caller_eof: false, failure: Some(f) },
+                Err(f) => Ended { caller_eof: false, cluster_ended: false, failure: Some(f) },
             },
         }
     };
     let ended = tokio::select! {
         e = both => e,
-        limit = idle => Ended { caller_eof: false, failure: Some(Failure::Idle(limit)) },
+        limit = idle => Ended { caller_eof: false, cluster_ended: false, failure: Some(Failure::Idle(limit)) },
     };
 
     let cancelled = ended.failure.is_some();
@@ -260,7 +265,14 @@ pub(crate) async fn relay(
             "upgraded connection closed early"
         ),
     }
-    Relayed { to_cluster: up_bytes, to_caller: down_bytes, failure: ended.failure.map(|f| f.to_string()) }
+    // For the audit log, a session the cluster ended in order is complete
+    // even if the caller then reset its connection rather than closing it
+    // (kubectl's SPDY client does): the caller had every byte.
+    let failure = match ended.failure {
+        Some(Failure::Caller(_)) if ended.cluster_ended => None,
+        f => f.map(|f| f.to_string()),
+    };
+    Relayed { to_cluster: up_bytes, to_caller: down_bytes, failure }
 }
 
 /// Reads and discards what the caller still sends until it closes (or
