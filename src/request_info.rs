@@ -326,7 +326,7 @@ fn decode_form(s: &str) -> Cow<'_, str> {
 }
 
 fn percent_decode(s: &str, plus_is_space: bool) -> Cow<'_, str> {
-    if !s.contains('%') && !(plus_is_space && s.contains('+')) {
+    if !(s.contains('%') || (plus_is_space && s.contains('+'))) {
         return Cow::Borrowed(s);
     }
     let bytes = s.as_bytes();
