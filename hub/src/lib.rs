@@ -12,12 +12,14 @@
 //! - [`manifest`]: `agent.yaml`; [`kubeconfig`]: issued kubeconfigs.
 //! - [`metrics`]: Prometheus metrics; [`audit`]: the audit log;
 //!   [`observe`]: one request as both see it; [`health`]: `/readyz`.
+//! - [`console`]: the web console under `/ui/`, on the management API.
 
 pub mod access;
 pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod files;
 pub mod gateway;
 pub mod health;

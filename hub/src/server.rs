@@ -299,18 +299,16 @@ impl Hub {
         health.set_serving::<AccessServer<AccessService>>().await;
         health.set_serving::<ProxyServer<ProxyService>>().await;
         health.set_serving::<AuditServer<AuditService>>().await;
+        // One instance of each management service, shared by gRPC and the
+        // console (so limits such as concurrent watches are the same).
+        let (clusters, access) = (ClustersService::new(state.clone()), AccessService::new(state.clone()));
         let mut routes = Routes::new(
             TunnelServer::new(TunnelService::new(state.clone()))
                 .max_decoding_message_size(MAX_FRAME_SIZE)
                 .max_encoding_message_size(MAX_FRAME_SIZE),
         )
-        .add_service(
-            ClustersServer::new(ClustersService::new(state.clone()))
-                .max_decoding_message_size(MAX_FRAME_SIZE),
-        )
-        .add_service(
-            AccessServer::new(AccessService::new(state.clone())).max_decoding_message_size(MAX_FRAME_SIZE),
-        )
+        .add_service(ClustersServer::new(clusters.clone()).max_decoding_message_size(MAX_FRAME_SIZE))
+        .add_service(AccessServer::new(access.clone()).max_decoding_message_size(MAX_FRAME_SIZE))
         .add_service(
             ProxyServer::new(ProxyService::new(state.clone()))
                 .max_decoding_message_size(MAX_FRAME_SIZE)
@@ -333,6 +331,7 @@ impl Hub {
             let health_routes = Routes::new(health_service);
             state.tasks.spawn(serve_health(listener, health_routes, state.clone()));
         }
+        let console = Arc::new(crate::console::Console::new(state.clone(), clusters.clone(), access.clone()));
         let http = Arc::new(Protocols { agents: http_builder(true), callers: http_builder(false) });
         tokio::pin!(shutdown);
         state.serving.store(true, Ordering::Release);
@@ -349,6 +348,7 @@ impl Hub {
             };
             let _ = tcp.set_nodelay(true);
             let (tls, routes, http, state2) = (tls.clone(), routes.clone(), http.clone(), state.clone());
+            let console = console.clone();
             let cancel = state.shutdown.clone();
             state.tasks.spawn(async move {
                 let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
@@ -379,6 +379,7 @@ impl Hub {
                 };
                 let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     let (routes, state, principal) = (routes.clone(), state2.clone(), principal.clone());
+                    let console = console.clone();
                     async move {
                         let grpc = req
                             .headers()
@@ -396,6 +397,8 @@ impl Hub {
                                 Ok(r) => r.map(|b| b.map_err(BoxError::from).boxed_unsync()),
                                 Err(never) => match never {},
                             }
+                        } else if crate::console::serves(req.uri().path()) {
+                            console.handle(principal, req).await
                         } else {
                             gateway::handle(state, principal, peer, req).await
                         };
