@@ -126,6 +126,12 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterPhaseLabels {
+    cluster: Arc<str>,
+    phase: Fixed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     decision: Fixed,
 }
@@ -220,6 +226,7 @@ pub struct HubMetrics {
     in_flight: Family<ClusterLabels, Gauge>,
     parked: Family<ClusterLabels, Gauge>,
     phases: Family<PhaseLabels, Gauge>,
+    cluster_phase: Family<ClusterPhaseLabels, Gauge>,
     /// One scrape at a time refreshes the scrape-time gauges and encodes.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -436,6 +443,12 @@ impl HubMetrics {
             "Registered clusters by phase (pending, ready, not_ready, offline, denied)",
             phases.clone(),
         );
+        let cluster_phase = Family::<ClusterPhaseLabels, Gauge>::default();
+        registry.register(
+            "cluster_phase",
+            "1 for each registered cluster's current phase, 0 for the others (past the cluster label cap: how many clusters under _other are in that phase)",
+            cluster_phase.clone(),
+        );
         let build = Family::<VersionLabels, Gauge>::default();
         build.get_or_create(&VersionLabels { version: Fixed(ferry::FERRY_VERSION) }).set(1);
         registry.register("build_info", "The hub's version (value 1)", build);
@@ -471,6 +484,7 @@ impl HubMetrics {
             in_flight,
             parked,
             phases,
+            cluster_phase,
             scrape: tokio::sync::Mutex::new(()),
         }
     }
@@ -613,17 +627,26 @@ impl HubMetrics {
         }
         match tokio::time::timeout(SCRAPE_STORE_TIMEOUT, state.store.clusters()).await {
             Ok(Ok(records)) => {
-                let mut counts: HashMap<&'static str, i64> =
-                    ["pending", "ready", "not_ready", "offline", "denied"]
-                        .into_iter()
-                        .map(|p| (p, 0))
-                        .collect();
+                let mut counts: HashMap<&'static str, i64> = PHASES.into_iter().map(|p| (p, 0)).collect();
+                let mut per_cluster: HashMap<(Arc<str>, &'static str), i64> = HashMap::new();
                 for r in &records {
-                    let phase = r.status.current().map_or(Phase::Offline, |c| c.phase);
-                    *counts.entry(phase_label(phase)).or_default() += 1;
+                    let phase = phase_label(r.status.current().map_or(Phase::Offline, |c| c.phase));
+                    *counts.entry(phase).or_default() += 1;
+                    let label = self.cluster(&r.name).label.clone();
+                    for p in PHASES {
+                        per_cluster.entry((label.clone(), p)).or_default();
+                    }
+                    *per_cluster.entry((label, phase)).or_default() += 1;
                 }
                 for (phase, n) in counts {
                     self.phases.get_or_create(&PhaseLabels { phase: Fixed(phase) }).set(n);
+                }
+                // Deleted clusters leave the family at the next scrape.
+                self.cluster_phase.clear();
+                for ((cluster, phase), n) in per_cluster {
+                    self.cluster_phase
+                        .get_or_create(&ClusterPhaseLabels { cluster, phase: Fixed(phase) })
+                        .set(n);
                 }
             }
             Ok(Err(e)) => warn!(error = %e, "metrics: cannot read the clusters' phases"),
@@ -666,6 +689,9 @@ fn cluster_handles(
         label,
     }
 }
+
+/// Every `phase` label value.
+const PHASES: [&str; 5] = ["pending", "ready", "not_ready", "offline", "denied"];
 
 fn phase_label(phase: Phase) -> &'static str {
     match phase {

@@ -358,6 +358,8 @@ fn kubectl_calls_show_in_metrics_and_the_audit_log_one_for_one() {
     assert_eq!(value(&hub, "ferry_hub_agents", &edge), Some(1.0));
     assert_eq!(value(&hub, "ferry_hub_clusters", &[("phase", "ready")]), Some(1.0));
     assert_eq!(value(&hub, "ferry_hub_clusters", &[("phase", "offline")]), Some(0.0));
+    let phase = |p: &str| value(&hub, "ferry_hub_cluster_phase", &[("cluster", "edge"), ("phase", p)]);
+    assert_eq!((phase("ready"), phase("offline"), phase("pending")), (Some(1.0), Some(0.0), Some(0.0)));
     assert_eq!(value(&hub, "ferry_hub_open_requests", &edge), Some(0.0));
     assert!(value(&hub, "ferry_hub_parked_streams", &edge).expect("parked") >= 1.0);
     assert_eq!(value(&hub, "ferry_hub_upgraded_sessions", &edge), Some(0.0), "the exec ended");
