@@ -629,7 +629,8 @@ fn audit_json(env: &Env, args: &[&str]) -> Vec<serde_json::Value> {
 
 #[test]
 fn management_changes_are_audited_and_ferryctl_audit_filters_and_follows() {
-    let env = Env::start_logging(&[], &[], "info");
+    let mut env = Env::start_logging(&["--metrics-listen", "127.0.0.1:0"], &[], "info");
+    let hub_metrics = metrics_url(&mut env.hub, "ferry-hub metrics: ");
 
     // A follower of cluster `lab` from now on, started before the changes.
     let mut cmd = Command::new(bin("ferryctl"));
@@ -725,6 +726,18 @@ fn management_changes_are_audited_and_ferryctl_audit_filters_and_follows() {
     {
         assert!(!text.contains(secret.as_str()), "the {what} is in the audit log");
     }
+
+    // The metrics count the same changes.
+    let hub = scrape(&hub_metrics);
+    assert_eq!(value(&hub, "ferry_hub_registrations_total", &[]), Some(2.0), "edge and lab");
+    let decided = |d: &str| value(&hub, "ferry_hub_approval_decisions_total", &[("decision", d)]);
+    assert_eq!((decided("approve"), decided("deny")), (Some(1.0), Some(1.0)));
+    assert_eq!(
+        value(&hub, "ferry_hub_cluster_phase", &[("cluster", "lab"), ("phase", "denied")]),
+        None,
+        "deleted"
+    );
+    assert_eq!(value(&hub, "ferry_hub_clusters", &[("phase", "denied")]), Some(0.0));
 
     // The follower saw lab's changes as they happened, and nothing else.
     follower.wait_nth_line("\"kind\"", expected.len() - 1, READY_TIMEOUT);
