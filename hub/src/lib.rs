@@ -11,21 +11,28 @@
 //!   replicas); [`registry`]: live sessions and streams;
 //!   [`status`]: phases, and recording them as they change.
 //! - [`manifest`]: `agent.yaml`; [`kubeconfig`]: issued kubeconfigs.
+//! - [`metrics`]: Prometheus metrics; [`audit`]: the audit log;
+//!   [`observe`]: one request as both see it; [`health`]: `/readyz`.
 //! - [`migrate`]: `ferry-hub migrate`, the embedded store into etcd;
 //!   [`peer`]: forwarding between hub replicas.
 //! - [`console`]: the web console under `/ui/`, on the management API.
 
 pub mod access;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod console;
 pub mod etcd;
 pub mod files;
 pub mod gateway;
+pub mod health;
 pub mod kubeconfig;
 pub mod manifest;
+pub mod metered_store;
+pub mod metrics;
 pub mod migrate;
+pub mod observe;
 pub mod peer;
 pub mod pki;
 pub mod registry;

@@ -478,6 +478,11 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_grant(&self, cluster: &str, subject: &Subject)
     -> Result<Option<GrantRecord>, StoreError>;
 
+    /// Whether the store answers (for the hub's `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.cluster("").await.map(|_| ())
+    }
+
     /// Makes the next reads see every write committed anywhere before this
     /// call. A replica's reads of a shared store (etcd) are served from its
     /// own copy, which trails other replicas' writes by milliseconds; a
@@ -916,6 +921,12 @@ impl Store for FileStore {
             Ok((removed.is_some(), removed))
         })
         .await
+    }
+
+    /// Readers use a snapshot in memory; what can fail is the file under
+    /// it (a removed data dir, a lost disk).
+    async fn ping(&self) -> Result<(), StoreError> {
+        tokio::fs::metadata(&self.path).await.map(|_| ()).map_err(StoreError::Io)
     }
 }
 

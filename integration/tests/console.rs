@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
+use common::manifest::AgentManifest;
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use serde::Deserialize;
 
 /// How long the browser test waits for any one element.
 const UI_TIMEOUT: Duration = Duration::from_secs(60);
@@ -512,43 +512,6 @@ async fn click(c: &Client, css: &str) {
     wait_for(c, css).await.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
 }
 
-/// What the test reads out of `agent.yaml`: the Deployment's arguments and
-/// the bootstrap Secret's files.
-struct Manifest {
-    docs: Vec<serde_yaml::Value>,
-    args: Vec<String>,
-}
-
-impl Manifest {
-    fn parse(text: &str) -> Manifest {
-        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(text)
-            .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"))
-            .collect();
-        let deploy = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
-        let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-            .as_sequence()
-            .expect("args")
-            .iter()
-            .filter_map(|a| a.as_str().map(str::to_owned))
-            .collect();
-        Manifest { docs, args }
-    }
-
-    fn mount_secret(&self, dir: &Path) {
-        let secret = self
-            .docs
-            .iter()
-            .find(|d| d["metadata"]["name"] == "ferry-agent-bootstrap")
-            .expect("the bootstrap Secret");
-        std::fs::create_dir_all(dir).expect("mkdir");
-        for key in ["token", "ca.crt"] {
-            let b64 = secret["data"][key].as_str().unwrap_or_else(|| panic!("no {key} in the Secret"));
-            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
-            std::fs::write(dir.join(key), bytes).expect("write");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onboarding_in_a_real_browser_register_run_the_agent_see_ready_download_a_kubeconfig() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -645,7 +608,7 @@ async fn onboarding_in_a_real_browser_register_run_the_agent_see_ready_download_
     let manifest_file = path("agent.yaml");
     std::fs::write(&manifest_file, &downloaded).expect("write");
     kubectl_ok(&child, &["apply", "-f", manifest_file.to_str().expect("utf8")]);
-    let manifest = Manifest::parse(&downloaded);
+    let manifest = AgentManifest::parse(&downloaded);
     assert!(
         manifest.args.iter().any(|a| a.contains(&url)),
         "the manifest points at the hub: {:?}",
