@@ -155,7 +155,7 @@ impl Agent {
         };
         info!(
             %agent_id,
-            hub = %self.config.hub_url,
+            hub = %self.config.hubs,
             apiserver = %upstream.base(),
             credential_store = %store.describe(),
             version = ferry::FERRY_VERSION,
@@ -210,6 +210,11 @@ impl Agent {
     ) -> Option<(String, String)> {
         let mut backoff = Backoff::reconnect();
         let mut refused = Backoff::refused();
+        let hubs = &self.config.hubs;
+        // Hub replicas not yet tried since the last connection: after a
+        // failure the next one is dialled at once (with jitter only), and the
+        // backoff applies once every replica has failed.
+        let mut untried = hubs.len() - 1;
         loop {
             if !current_or_stored(params).await {
                 return Some(("the credential expired".into(), params.credential_pem()));
@@ -221,6 +226,9 @@ impl Agent {
                 Err(e) => e,
             };
             self.metrics.session_failed(&error);
+            if end.connected_for.is_some() {
+                untried = hubs.len() - 1;
+            }
             if end.connected_for.is_some_and(|d| d >= HEALTHY_AFTER) {
                 backoff.reset();
                 refused.reset();
@@ -240,7 +248,16 @@ impl Agent {
                     self.state.send_replace(AgentState::Refused { reason: message.clone() });
                     refused.next_delay()
                 }
-                _ => backoff.next_delay(),
+                _ if untried > 0 => {
+                    untried -= 1;
+                    info!(hub = %hubs.advance(), "trying the next hub replica");
+                    Backoff::reconnect().next_delay()
+                }
+                _ => {
+                    untried = hubs.len() - 1;
+                    hubs.advance();
+                    backoff.next_delay()
+                }
             };
             session::log_end(&error, delay);
             tokio::select! {

@@ -4,6 +4,8 @@
 //! nothing, so a bad flag fails before any connection is attempted.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -25,8 +27,10 @@ pub const DEFAULT_STATE_DIR: &str = "./ferry-agent-state";
     about = "Dials a Ferry hub and serves its cluster's apiserver through it."
 )]
 pub struct Args {
-    /// URL of the hub's agent endpoint, e.g. `https://hub.example.com:8443`.
-    #[arg(long, env = "FERRY_HUB", value_name = "URL")]
+    /// URL of the hub's agent endpoint, e.g. `https://hub.example.com:8443`;
+    /// several replicas comma-separated (`https://a:8443,https://b:8443`):
+    /// the agent moves to the next one when a connection fails.
+    #[arg(long, env = "FERRY_HUB", value_name = "URL[,URL...]")]
     pub hub: String,
     /// PEM file with the CA that signed the hub's certificate; the only CA
     /// trusted for the hub connection.
@@ -145,6 +149,9 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
 /// Why the command line cannot be turned into a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// No hub URL was given.
+    #[error("no hub URL given")]
+    NoHubUrl,
     /// The hub URL does not parse or is not `https://host[:port]`.
     #[error("invalid hub URL {url:?}: {reason}")]
     HubUrl {
@@ -193,8 +200,8 @@ impl TokenSource {
 /// Validated agent configuration.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// The hub's agent endpoint (`https`).
-    pub hub_url: Uri,
+    /// The hub's agent endpoints (`https`) and which one is in use.
+    pub hubs: HubUrls,
     /// PEM bundle of the CA trusted for the hub connection.
     pub hub_ca_pem: Vec<u8>,
     /// Bootstrap token, used only when no usable credential is stored.
@@ -220,7 +227,7 @@ pub struct AgentConfig {
 impl Args {
     /// Validates the arguments and reads the hub CA.
     pub fn into_config(self) -> Result<AgentConfig, ConfigError> {
-        let hub_url = parse_hub_url(&self.hub)?;
+        let hubs = parse_hub_urls(&self.hub)?;
         let hub_ca_pem = std::fs::read(&self.hub_ca)
             .map_err(|source| ConfigError::HubCa { path: self.hub_ca.clone(), source })?;
         if !String::from_utf8_lossy(&hub_ca_pem).contains("-----BEGIN CERTIFICATE-----") {
@@ -232,7 +239,7 @@ impl Args {
             (None, None) => None,
         };
         Ok(AgentConfig {
-            hub_url,
+            hubs,
             hub_ca_pem,
             bootstrap_token,
             kubeconfig: self.kubeconfig,
@@ -244,6 +251,62 @@ impl Args {
             system_identities: ferry::identity::SystemIdentityPolicy { allowed: self.allow_system_identity },
             status_interval: self.status_interval,
         })
+    }
+}
+
+/// Parses a comma-separated list of hub URLs (see [`parse_hub_url`]).
+pub fn parse_hub_urls(list: &str) -> Result<HubUrls, ConfigError> {
+    let urls = list
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(parse_hub_url)
+        .collect::<Result<Vec<_>, _>>()?;
+    HubUrls::new(urls).ok_or(ConfigError::NoHubUrl)
+}
+
+/// The hub replicas an agent may dial, in order, and the one in use. Clones
+/// share the position, so every part of the agent dials the same replica.
+#[derive(Clone, Debug)]
+pub struct HubUrls {
+    urls: Arc<[Uri]>,
+    current: Arc<AtomicUsize>,
+}
+
+impl HubUrls {
+    /// The list (`None` when empty); the first URL is used first.
+    pub fn new(urls: Vec<Uri>) -> Option<Self> {
+        (!urls.is_empty()).then(|| Self { urls: urls.into(), current: Arc::new(AtomicUsize::new(0)) })
+    }
+
+    /// The URL to dial now.
+    pub fn current(&self) -> Uri {
+        self.urls[self.current.load(Ordering::Relaxed) % self.urls.len()].clone()
+    }
+
+    /// Moves on to the next URL (wrapping around); returns it.
+    pub fn advance(&self) -> Uri {
+        let next = (self.current.load(Ordering::Relaxed) + 1) % self.urls.len();
+        self.current.store(next, Ordering::Relaxed);
+        self.urls[next].clone()
+    }
+
+    /// How many URLs there are.
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// Never true (a list has at least one URL); for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+}
+
+impl std::fmt::Display for HubUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> =
+            self.urls.iter().map(|u| u.to_string().trim_end_matches('/').to_owned()).collect();
+        f.write_str(&list.join(","))
     }
 }
 
@@ -351,6 +414,22 @@ mod tests {
         assert!(parse_hub_url("http://hub:8443").is_err());
         assert!(parse_hub_url("https://hub/agents").is_err());
         assert!(parse_hub_url("hub:8443").is_err());
+    }
+
+    #[test]
+    fn several_hub_urls_are_tried_in_turn() {
+        let hubs = parse_hub_urls("https://a:8443, https://b:8443,").expect("two URLs");
+        assert_eq!(hubs.len(), 2);
+        assert_eq!(hubs.to_string(), "https://a:8443,https://b:8443");
+        let shared = hubs.clone();
+        assert_eq!(hubs.current(), Uri::from_static("https://a:8443"));
+        assert_eq!(hubs.advance(), Uri::from_static("https://b:8443"));
+        assert_eq!(shared.current(), Uri::from_static("https://b:8443"), "clones share the position");
+        assert_eq!(shared.advance(), Uri::from_static("https://a:8443"), "wraps around");
+        assert!(matches!(parse_hub_urls(" , "), Err(ConfigError::NoHubUrl)));
+        assert!(matches!(parse_hub_urls("https://a,http://b"), Err(ConfigError::HubUrl { .. })));
+        let one = parse_hub_urls("https://only:8443").expect("one URL");
+        assert_eq!(one.advance(), one.current(), "one URL stays");
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub(crate) async fn ensure_credential(
             }
             (None, TokenSource::Value(_)) => return Err(AgentError::MissingToken(store.describe())),
         };
-        info!(hub = %config.hub_url, "enrolling with the bootstrap token");
+        info!(hub = %config.hubs.current(), "enrolling with the bootstrap token");
         let attempt = tokio::select! {
             r = enroll_once(config, &token, agent_id) => r,
             () = shutdown.cancelled() => return Ok(None),
@@ -113,6 +113,8 @@ pub(crate) async fn ensure_credential(
             }
             Err(Attempt::Fatal(e)) => return Err(e),
             Err(Attempt::Retry(e)) => {
+                // Another replica may answer where this one failed.
+                config.hubs.advance();
                 let delay = transient.next_delay();
                 warn!(error = %e, retry_in_ms = delay.as_millis(), "enrollment failed; retrying");
                 tokio::select! {

@@ -43,13 +43,14 @@ pub enum HubError {
 /// goes without), TCP_NODELAY, HTTP/2 keepalive, and the tunnel's shared
 /// window and frame sizes.
 pub fn endpoint(config: &AgentConfig, credential: Option<&StoredCredential>) -> Result<Endpoint, HubError> {
+    let url = config.hubs.current();
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&config.hub_ca_pem))
-        .domain_name(tls_domain(&config.hub_url));
+        .domain_name(tls_domain(&url));
     if let Some(c) = credential {
         tls = tls.identity(Identity::from_pem(&c.cert_pem, c.key_pem.expose()));
     }
-    Ok(Endpoint::from(config.hub_url.clone())
+    Ok(Endpoint::from(url)
         .tls_config(tls)
         .map_err(HubError::Endpoint)?
         .connect_timeout(CONNECT_TIMEOUT)

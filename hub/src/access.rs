@@ -39,7 +39,13 @@ pub async fn check(
     if caller.is_admin() {
         return Ok(Some(Access { allow_impersonate: true }));
     }
-    let grants = store.grants().await?;
+    let mut grants = store.grants().await?;
+    let applies = |grants: &[GrantRecord]| grants.iter().any(|g| grant_applies(g, cluster, &caller.identity));
+    if !applies(&grants) {
+        // A grant made on another hub replica a moment ago counts.
+        store.refresh().await?;
+        grants = store.grants().await?;
+    }
     let applicable: Vec<&GrantRecord> =
         grants.iter().filter(|g| grant_applies(g, cluster, &caller.identity)).collect();
     if applicable.is_empty() {

@@ -93,6 +93,8 @@ pub enum Peer {
     User(Authenticated),
     /// An agent certificate.
     Agent(AgentPeer),
+    /// Another hub replica's certificate (its id).
+    Replica(String),
     /// A certificate from the hub CA that is not a usable credential.
     Invalid(String),
 }
@@ -139,7 +141,7 @@ pub async fn authenticate(
     match peer {
         Peer::User(caller) if caller.expires_at <= now => Err(AuthError::Expired("client certificate")),
         Peer::User(caller) => Ok(Some(caller.clone())),
-        Peer::Agent(_) => Err(AuthError::AgentCredential),
+        Peer::Agent(_) | Peer::Replica(_) => Err(AuthError::AgentCredential),
         Peer::Invalid(reason) => Err(AuthError::InvalidCertificate(reason.clone())),
         Peer::Anonymous => match authorization.and_then(bearer) {
             None => Ok(None),
@@ -255,5 +257,7 @@ mod tests {
         let agent =
             Peer::Agent(AgentPeer { cluster_id: cid, serial: "01".into(), not_after: unix_now() + 60 });
         assert!(matches!(authenticate(&store, &agent, None).await, Err(AuthError::AgentCredential)));
+        let replica = Peer::Replica("r-1".into());
+        assert!(authenticate(&store, &replica, None).await.is_err(), "a replica is no caller");
     }
 }

@@ -44,16 +44,32 @@ pub const MAX_HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::fro
 /// Agent image put in `agent.yaml` unless `--agent-image` says otherwise.
 pub const DEFAULT_AGENT_IMAGE: &str = concat!("ghcr.io/ferry-dev/ferry-agent:", env!("CARGO_PKG_VERSION"));
 
+/// Where the hub's durable state lives.
+#[derive(Clone, Debug, Default)]
+pub enum StoreConfig {
+    /// `store.json` and `changes.jsonl` in the data dir (one hub).
+    #[default]
+    Embedded,
+    /// etcd (several hub replicas).
+    Etcd(crate::etcd::EtcdConfig),
+}
+
 /// Everything the hub needs to start; loading it binds nothing.
 #[derive(Clone, Debug)]
 pub struct HubConfig {
     /// Directory for the CA, the embedded store and the admin kubeconfig.
     pub data_dir: PathBuf,
+    /// Where durable state lives.
+    pub store: StoreConfig,
     /// Address for gRPC and HTTPS (port 0 picks a free port).
     pub listen: SocketAddr,
     /// Base URL agents and kubectl use; defaults to `https://` + the bound
     /// address.
     pub advertise_url: Option<String>,
+    /// Where other hub replicas reach this one to forward requests
+    /// (`--store etcd://` only); defaults to the advertise URL. Needed when
+    /// replicas share one advertised load-balancer address.
+    pub peer_url: Option<String>,
     /// Named limits.
     pub limits: Limits,
     /// The agent image `agent.yaml` runs (users mirror it).
@@ -139,8 +155,10 @@ impl HubConfig {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
         HubConfig {
             data_dir: data_dir.into(),
+            store: StoreConfig::Embedded,
             listen,
             advertise_url: None,
+            peer_url: None,
             limits: Limits::default(),
             agent_image: DEFAULT_AGENT_IMAGE.to_owned(),
             identity_policy: IdentityPolicy::default(),

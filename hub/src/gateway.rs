@@ -246,7 +246,7 @@ async fn admit(
     rest: &str,
     caller: &Authenticated,
     headers: &http::HeaderMap,
-) -> Result<(Arc<LiveCluster>, Identity, Option<Identity>), KubeStatus> {
+) -> Result<(Option<Arc<LiveCluster>>, Identity, Option<Identity>), KubeStatus> {
     if !valid_cluster_name(name) {
         return Err(KubeStatus::not_found(format!("clusters {name:?} not found")));
     }
@@ -311,20 +311,19 @@ async fn admit(
             return Err(KubeStatus::forbidden(format!("cluster {name:?} was denied by a hub administrator")));
         }
     }
-    let live = state
-        .registry
-        .get(&record.name)
-        .filter(|l| Some(l.id) == record.cluster_id())
-        .ok_or_else(|| KubeStatus::unavailable(no_agent(&record.name)))?;
+    // None: no agent here (another replica may hold one).
+    let live = state.registry.get(&record.name).filter(|l| Some(l.id) == record.cluster_id());
     Ok((live, state.identity_policy.map(&caller.identity), impersonate))
 }
 
 /// A request admitted, its head sent to one of the cluster's agents.
 pub(crate) struct Opened {
-    /// The cluster's live state (where a reusable stream is parked again).
-    pub live: Arc<LiveCluster>,
-    /// The request's slot among the cluster's limit.
-    pub permit: crate::registry::StreamPermit,
+    /// The cluster's live state (where a reusable stream is parked again);
+    /// `None` when forwarded to another hub replica.
+    pub live: Option<Arc<LiveCluster>>,
+    /// The request's slot among the cluster's limit (the holding replica
+    /// keeps it for forwarded requests).
+    pub permit: Option<crate::registry::StreamPermit>,
     /// The stream carrying it.
     pub parked: Parked,
 }
@@ -346,6 +345,26 @@ pub(crate) async fn open(
 ) -> Result<Opened, KubeStatus> {
     let (live, identity, impersonate) = admit(state, name, rest, caller, headers).await?;
     let unavailable = || KubeStatus::unavailable(no_agent(name));
+    let mut head = Box::new(frame::request_head(
+        request_id,
+        method,
+        pq,
+        headers,
+        upgrade,
+        frame::Origin { identity, impersonate, client_address: client },
+    ));
+    let Some(live) = live else {
+        // Another hub replica may hold the cluster's agents (docs/ha.md).
+        let head = HubFrame { frame: Some(hub_frame::Frame::Head(head)) };
+        return match crate::peer::open(state, name, head).await {
+            Ok(Some(parked)) => Ok(Opened { live: None, permit: None, parked }),
+            Ok(None) => Err(unavailable()),
+            Err(status) => Err(KubeStatus::bad_gateway(format!(
+                "forwarding to the hub replica holding cluster {name:?}'s agent failed: {}",
+                status.message()
+            ))),
+        };
+    };
     let limits = &state.limits;
     let permit = live
         .try_acquire(limits.max_streams_per_cluster, &caller.identity.user, limits.max_streams_per_caller)
@@ -358,14 +377,6 @@ pub(crate) async fn open(
                 caller.identity.user
             )),
         })?;
-    let mut head = Box::new(frame::request_head(
-        request_id,
-        method,
-        pq,
-        headers,
-        upgrade,
-        frame::Origin { identity, impersonate, client_address: client },
-    ));
     let mut attempt = 0;
     let parked: Parked = loop {
         attempt += 1;
@@ -387,7 +398,7 @@ pub(crate) async fn open(
             return Err(closed());
         }
     };
-    Ok(Opened { live, permit, parked })
+    Ok(Opened { live: Some(live), permit: Some(permit), parked })
 }
 
 /// Reads the agent's response head; `too_large` tells a closed stream
@@ -440,7 +451,7 @@ pub(crate) fn response_body(
     TunnelBody {
         rx: Some(parked.rx),
         tx: Some(parked.tx),
-        reuse: reusable.then_some((live, parked.session)),
+        reuse: live.filter(|_| reusable).map(|l| (l, parked.session)),
         pump: AbortOnDrop(pump),
         _permit: permit,
         state: BodyState::Streaming,
@@ -644,7 +655,7 @@ pub(crate) struct TunnelBody {
     /// responses to upgrade requests, whose streams are never reused.
     reuse: Option<(Arc<LiveCluster>, ferry::ids::SessionId)>,
     pump: AbortOnDrop,
-    _permit: crate::registry::StreamPermit,
+    _permit: Option<crate::registry::StreamPermit>,
     state: BodyState,
     tasks: tokio_util::task::TaskTracker,
 }

@@ -6,12 +6,15 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferry::identity::IdentityPolicy;
+use ferry::secret::Secret;
 use ferry_hub::audit::{MAX_BACKUPS, MIN_MAX_SIZE, Sink};
 use ferry_hub::config::MetricsListen;
+use ferry_hub::config::StoreConfig;
 use ferry_hub::config::{
     DEFAULT_AGENT_IMAGE, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MAX_AGENT_SESSIONS,
     DEFAULT_MAX_STREAMS_PER_CALLER, MAX_HEARTBEAT_INTERVAL, MIN_AGENT_CERT_TTL, MIN_HEARTBEAT_INTERVAL,
 };
+use ferry_hub::etcd::{EtcdConfig, EtcdTls};
 use ferry_hub::metrics::DEFAULT_METRICS_LISTEN;
 use ferry_hub::{Hub, HubConfig};
 
@@ -25,7 +28,83 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub (gRPC for agents and management, HTTPS for kubectl).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Copy an embedded store (a stopped hub's data dir) into etcd, for
+    /// running several replicas.
+    Migrate(MigrateArgs),
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// The data dir of the hub to migrate (stop that hub first).
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// The etcd to copy into: `etcd://host:port[,host:port...]`.
+    #[arg(long, value_name = "URL")]
+    to: String,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let to = args.etcd.config(&args.to)?;
+    let done = ferry_hub::migrate::migrate(&args.from, &to).await.context("migrating")?;
+    println!(
+        "migrated {} clusters, {} tokens and {} grants from {} to {} (prefix {})",
+        done.clusters,
+        done.tokens,
+        done.grants,
+        args.from.display(),
+        args.to,
+        to.prefix
+    );
+    println!(
+        "next: copy {0}/ca.crt and {0}/ca.key into every replica's --data-dir, then start the replicas with --store {1}",
+        args.from.display(),
+        args.to
+    );
+    Ok(())
+}
+
+/// Where etcd is (`--store etcd://...`) and how to reach it.
+#[derive(clap::Args)]
+struct EtcdArgs {
+    /// Key prefix in etcd (hubs sharing one etcd keep apart by prefix).
+    #[arg(long, env = "FERRY_ETCD_PREFIX", default_value = ferry_hub::etcd::DEFAULT_PREFIX)]
+    etcd_prefix: String,
+    /// CA bundle (PEM) trusted for etcd's certificates; etcd is then
+    /// reached over TLS.
+    #[arg(long, env = "FERRY_ETCD_CA", value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd, with --etcd-key.
+    #[arg(long, env = "FERRY_ETCD_CERT", value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    #[arg(long, env = "FERRY_ETCD_KEY", value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The etcd configuration for store URL `url` (`etcd://host:port,...`).
+    fn config(&self, url: &str) -> anyhow::Result<EtcdConfig> {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let tls = match (&self.etcd_ca, &self.etcd_cert, &self.etcd_key) {
+            (None, None, None) => None,
+            (None, _, _) => anyhow::bail!("--etcd-cert and --etcd-key need --etcd-ca (TLS towards etcd)"),
+            (Some(ca), cert, key) => {
+                let client = match (cert, key) {
+                    (Some(c), Some(k)) => {
+                        let cert = String::from_utf8(read(c)?).context("--etcd-cert is not PEM text")?;
+                        let key = String::from_utf8(read(k)?).context("--etcd-key is not PEM text")?;
+                        Some((cert, Secret::new(key)))
+                    }
+                    _ => None,
+                };
+                Some(EtcdTls { ca_pem: read(ca)?, client })
+            }
+        };
+        Ok(EtcdConfig::from_url(url, &self.etcd_prefix, tls)?)
+    }
 }
 
 #[derive(clap::Args)]
@@ -33,12 +112,23 @@ struct ServeArgs {
     /// Directory for the CA, the embedded store and admin.kubeconfig.
     #[arg(long, env = "FERRY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// Where durable state lives: the data dir (default), or
+    /// `etcd://host:port[,host:port...]` for several hub replicas.
+    #[arg(long, env = "FERRY_STORE", value_name = "URL")]
+    store: Option<String>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "FERRY_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Base URL agents and kubectl use (default: https:// + bound address).
     #[arg(long, env = "FERRY_ADVERTISE_URL")]
     advertise_url: Option<String>,
+    /// With --store etcd://: where the other replicas reach this one
+    /// (default: the advertise URL; set it when replicas share one
+    /// load-balancer URL).
+    #[arg(long, env = "FERRY_PEER_URL", value_name = "URL")]
+    peer_url: Option<String>,
     /// Largest request body forwarded to a cluster, in bytes.
     #[arg(long, default_value_t = ferry::limits::DEFAULT_MAX_REQUEST_BODY)]
     max_request_body: u64,
@@ -159,12 +249,22 @@ fn audit_sink(args: &ServeArgs) -> anyhow::Result<Sink> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Command::Serve(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Migrate(args) => {
+            init_logging(LogFormat::Text);
+            return migrate(args).await;
+        }
+    };
     init_logging(args.log_format);
     let mut config = HubConfig::new(args.data_dir.clone(), args.listen);
+    if let Some(url) = &args.store {
+        config.store = StoreConfig::Etcd(args.etcd.config(url)?);
+    }
     config.metrics_listen = metrics_listen(args.metrics_listen.as_deref())?;
     config.audit = audit_sink(&args)?;
     config.advertise_url = args.advertise_url;
+    config.peer_url = args.peer_url;
     config.health_listen = args.health_listen;
     config.limits.max_request_body = args.max_request_body;
     config.limits.max_streams_per_cluster = args.max_streams_per_cluster;

@@ -104,4 +104,7 @@ impl Store for MeteredStore {
     async fn ping(&self) -> Result<(), StoreError> {
         timed!(self, "ping", self.inner.ping())
     }
+    async fn refresh(&self) -> Result<(), StoreError> {
+        timed!(self, "refresh", self.inner.refresh())
+    }
 }

@@ -129,6 +129,8 @@ pub enum PeerCert {
     User(Authenticated),
     /// An agent of one cluster.
     Agent(AgentPeer),
+    /// Another hub replica (its id), forwarding requests (docs/ha.md).
+    Replica(String),
 }
 
 /// An agent, as its certificate names it.
@@ -333,6 +335,30 @@ impl Ca {
             not_after: unix(not_after),
         })
     }
+
+    /// The client certificate hub replica `replica_id` presents to the
+    /// others when it forwards requests (URI SAN `ferry://hubs/ID`).
+    pub fn replica_cert(&self, replica_id: &str, lifetime: Duration) -> Result<IssuedCert, PkiError> {
+        let leaf = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, format!("ferry-hub:{replica_id}"));
+        let uri = format!("{REPLICA_URI_PREFIX}{replica_id}");
+        params.subject_alt_names =
+            vec![SanType::URI(uri.try_into().map_err(|_| PkiError::Subject("replica URI".into()))?)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&random_serial()));
+        let not_after = SystemTime::now() + lifetime;
+        params.not_before = (SystemTime::now() - CLOCK_SKEW).into();
+        params.not_after = not_after.into();
+        let signed = params.signed_by(&leaf, &self.issuer()?)?;
+        Ok(IssuedCert {
+            cert_pem: signed.pem(),
+            key_pem: Secret::new(leaf.serialize_pem()),
+            not_after: unix(not_after),
+        })
+    }
 }
 
 /// A 128-bit positive serial from the OS.
@@ -413,6 +439,8 @@ pub const CLUSTER_URI_PREFIX: &str = "ferry://clusters/";
 pub const SCOPE_ALL_URI: &str = "ferry://scope/all";
 /// URI SAN prefix of agent certificates (the cluster id follows).
 pub const AGENT_URI_PREFIX: &str = "ferry://agents/";
+/// URI SAN prefix of hub replica certificates (the replica id follows).
+pub const REPLICA_URI_PREFIX: &str = "ferry://hubs/";
 /// Common-name prefix of agent certificates (the cluster name follows).
 pub const AGENT_CN_PREFIX: &str = "ferry-agent:";
 
@@ -446,6 +474,9 @@ pub fn parse_peer_cert(der: &[u8]) -> Result<PeerCert, String> {
         ));
     };
     let not_after = u64::try_from(cert.validity().not_after.timestamp()).unwrap_or_default();
+    if let Some(id) = uri.strip_prefix(REPLICA_URI_PREFIX) {
+        return Ok(PeerCert::Replica(id.to_owned()));
+    }
     if let Some(id) = uri.strip_prefix(AGENT_URI_PREFIX) {
         let cluster_id = ClusterId::parse(id).ok_or("malformed agent certificate")?;
         let serial = hex::encode(cert.raw_serial());
@@ -485,6 +516,15 @@ pub fn parse_peer_cert(der: &[u8]) -> Result<PeerCert, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replica_certificates_name_the_replica_and_are_no_caller_credential() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::load_or_create(dir.path()).expect("ca");
+        let issued = ca.replica_cert("r-1", Duration::from_secs(60)).expect("replica cert");
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("pem");
+        assert_eq!(parse_peer_cert(&der), Ok(PeerCert::Replica("r-1".into())));
+    }
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
 

@@ -143,6 +143,9 @@ pub struct LiveSummary {
 pub struct ChangeFeed {
     names: Mutex<BTreeSet<String>>,
     notify: Notify,
+    /// Bumped at every mark, for followers other than the recorder (the
+    /// replica registry).
+    generation: watch::Sender<u64>,
 }
 
 impl ChangeFeed {
@@ -154,6 +157,12 @@ impl ChangeFeed {
         }
         drop(names);
         self.notify.notify_one();
+        self.generation.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes at every [`ChangeFeed::mark`].
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Takes the marked names.
@@ -560,6 +569,15 @@ impl Registry {
         let live = Arc::new(LiveCluster::new(name.to_owned(), id, self.feed.clone()));
         map.insert(name.to_owned(), live.clone());
         live
+    }
+
+    /// Agent sessions per cluster, for clusters with at least one.
+    pub fn held(&self) -> std::collections::BTreeMap<String, u32> {
+        let map = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(name, live)| (name.clone(), u32::try_from(live.session_count()).unwrap_or(u32::MAX)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// The live state of a cluster if it was ever used since start.

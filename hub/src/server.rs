@@ -42,7 +42,8 @@ use crate::api::clusters::ClustersService;
 use crate::api::proxy::ProxyService;
 use crate::audit::{AuditLog, Sink};
 use crate::auth::{self, ADMIN_GROUP, ADMIN_USER, Peer};
-use crate::config::{HubConfig, MetricsListen};
+use crate::config::{HubConfig, MetricsListen, StoreConfig};
+use crate::etcd::EtcdStore;
 use crate::files;
 use crate::gateway::{self, BoxError, HubBody};
 use crate::kubeconfig::{Credential, KubeconfigSpec, render};
@@ -167,8 +168,15 @@ impl Hub {
         }
         let ca = Ca::load_or_create(&dir)?;
         let metrics = Arc::new(HubMetrics::default());
-        let store: Arc<dyn Store> =
-            Arc::new(MeteredStore::new(Arc::new(FileStore::open(&dir)?), metrics.clone()));
+        let (inner, etcd): (Arc<dyn Store>, _) = match &config.store {
+            StoreConfig::Embedded => (Arc::new(FileStore::open(&dir)?), None),
+            StoreConfig::Etcd(etcd) => {
+                let store = EtcdStore::open(etcd).await?;
+                let at = (store.client().clone(), store.keys().clone());
+                (Arc::new(store), Some(at))
+            }
+        };
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(inner, metrics.clone()));
         let audit = match AuditLog::open(config.audit.clone(), metrics.clone()) {
             Ok(a) => Arc::new(a),
             Err(source) => {
@@ -201,10 +209,13 @@ impl Hub {
         };
         let advertise_url = config.advertise_url.clone().unwrap_or_else(|| format!("https://{local_addr}"));
         let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-        if let Ok(u) = advertise_url.parse::<http::Uri>()
-            && let Some(h) = u.host()
-        {
-            hosts.push(h.trim_start_matches('[').trim_end_matches(']').to_owned());
+        // Peers verify the peer URL's host (--peer-url) too.
+        for url in std::iter::once(&advertise_url).chain(config.peer_url.as_ref()) {
+            if let Ok(u) = url.parse::<http::Uri>()
+                && let Some(h) = u.host()
+            {
+                hosts.push(h.trim_start_matches('[').trim_end_matches(']').to_owned());
+            }
         }
         if !config.listen.ip().is_unspecified() {
             hosts.push(config.listen.ip().to_string());
@@ -229,11 +240,27 @@ impl Hub {
             Identity { user: ADMIN_USER.into(), groups: vec![ADMIN_GROUP.into()], ..Default::default() };
         write_admin_kubeconfig(&admin_kubeconfig, &ca, &admin, &advertise_url).map_err(io)?;
 
+        let replicas = match etcd {
+            Some((client, keys)) => {
+                let peer_url = config.peer_url.as_deref().unwrap_or(&advertise_url);
+                Some(Arc::new(crate::etcd::replicas::start(client, keys, &advertise_url, peer_url).await))
+            }
+            None => None,
+        };
+        let forwarder = match &replicas {
+            Some(set) => {
+                let cert = ca.replica_cert(&set.me().id, crate::peer::REPLICA_CERT_TTL)?;
+                Some(crate::peer::Forwarder::new(ca.cert_pem(), &cert.cert_pem, cert.key_pem.expose()))
+            }
+            None => None,
+        };
         let state = Arc::new(HubState {
             store,
             registry: Default::default(),
             ca,
             advertise_url,
+            replicas,
+            forwarder,
             limits: config.limits,
             agent_image: config.agent_image,
             identity_policy: config.identity_policy,
@@ -293,6 +320,7 @@ impl Hub {
         if let Some(listener) = metrics_listener {
             state.tasks.spawn(crate::metrics::serve(listener, state.clone()));
         }
+        state.tasks.spawn(crate::etcd::replicas::publish_sessions(state.clone()));
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TunnelServer<TunnelService>>().await;
         health.set_serving::<ClustersServer<ClustersService>>().await;
@@ -314,6 +342,7 @@ impl Hub {
                 .max_decoding_message_size(MAX_FRAME_SIZE)
                 .max_encoding_message_size(MAX_FRAME_SIZE),
         )
+        .add_service(crate::peer::server(state.clone()))
         .add_service(AuditServer::new(AuditService::new(state.clone())))
         .add_service(health_service.clone());
         let reflection = || {
@@ -367,6 +396,7 @@ impl Hub {
                     Some(der) => match parse_peer_cert(der) {
                         Ok(PeerCert::User(caller)) => Peer::User(caller),
                         Ok(PeerCert::Agent(agent)) => Peer::Agent(agent),
+                        Ok(PeerCert::Replica(id)) => Peer::Replica(id),
                         Err(reason) => Peer::Invalid(reason),
                     },
                 };

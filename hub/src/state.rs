@@ -24,6 +24,11 @@ pub struct HubState {
     pub ca: Ca,
     /// Base URL agents and kubectl use.
     pub advertise_url: String,
+    /// The other hub replicas (`--store etcd://`), `None` for a single hub.
+    pub replicas: Option<Arc<crate::etcd::replicas::ReplicaSet>>,
+    /// Forwards requests to the replica holding a cluster's agents (with
+    /// `replicas`).
+    pub forwarder: Option<crate::peer::Forwarder>,
     /// Named limits.
     pub limits: Limits,
     /// The agent image `agent.yaml` runs.
@@ -40,4 +45,16 @@ pub struct HubState {
     pub audit: Arc<AuditLog>,
     /// Whether the main listener is accepting connections (for `/readyz`).
     pub serving: std::sync::atomic::AtomicBool,
+}
+
+impl HubState {
+    /// The hub URLs `agent.yaml` gives agents: this replica's, then every
+    /// other live replica's (comma-separated, as `ferry-agent --hub` takes
+    /// them).
+    pub async fn agent_hub_urls(&self) -> String {
+        match &self.replicas {
+            None => self.advertise_url.clone(),
+            Some(set) => set.fetch().await.agent_urls(&self.advertise_url).join(","),
+        }
+    }
 }

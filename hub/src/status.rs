@@ -133,6 +133,10 @@ async fn record_one(state: &HubState, name: &str) -> Result<(), crate::store::St
     let Some(record) = state.store.cluster(name).await? else { return Ok(()) };
     let live = state.registry.get(name).filter(|l| Some(l.id) == record.cluster_id());
     let summary = live.map(|l| l.summary());
+    if summary.as_ref().is_none_or(|s| s.sessions == 0) && held_elsewhere(state, name) {
+        // Another replica holds the agents: it records their status.
+        return Ok(());
+    }
     let now = crate::store::unix_now();
     if shows_same(&observe(&record, summary.as_ref(), now), &record.status) {
         return Ok(());
@@ -159,6 +163,12 @@ async fn record_one(state: &HubState, name: &str) -> Result<(), crate::store::St
         Err(crate::store::StoreError::NotFound) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Whether another hub replica holds agents of cluster `name` (it, not
+/// this replica, records and shows their status).
+pub(crate) fn held_elsewhere(state: &HubState, name: &str) -> bool {
+    state.replicas.as_ref().is_some_and(|set| set.now().holders(name).iter().any(|r| r.id != set.me().id))
 }
 
 /// Records the status of every cluster the registry marks, until the hub

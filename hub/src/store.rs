@@ -418,6 +418,9 @@ pub enum StoreError {
         /// The store's revision.
         current: u64,
     },
+    /// The backend (etcd) could not be reached, or gave up on a write.
+    #[error("store backend unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Seconds since the Unix epoch.
@@ -479,6 +482,31 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError> {
         self.cluster("").await.map(|_| ())
     }
+
+    /// Makes the next reads see every write committed anywhere before this
+    /// call. A replica's reads of a shared store (etcd) are served from its
+    /// own copy, which trails other replicas' writes by milliseconds; a
+    /// refusal that a fresh write might lift (no grant, an unknown
+    /// bootstrap token) calls this and looks again. The embedded store is
+    /// always current.
+    async fn refresh(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Drops what can no longer matter from a cluster record: expired agent
+/// certificates, and bootstrap tokens beyond the history. Every backend
+/// applies it to the records it writes.
+pub(crate) fn prune_cluster(c: &mut ClusterRecord, now: u64) {
+    c.agent_certs.retain(|a| a.not_after > now);
+    let excess = c.bootstrap_tokens.len().saturating_sub(BOOTSTRAP_HISTORY);
+    c.bootstrap_tokens.drain(..excess);
+}
+
+/// Whether a caller token is still worth keeping (unexpired, or expired
+/// less than [`EXPIRED_TOKEN_GRACE`] ago).
+pub(crate) fn token_kept(t: &TokenRecord, now: u64) -> bool {
+    t.expires_at.saturating_add(EXPIRED_TOKEN_GRACE) > now
 }
 
 /// Everything the embedded store keeps, as written to `store.json`.
@@ -510,11 +538,9 @@ impl FileState {
     /// bootstrap tokens beyond the history.
     fn prune(&mut self, now: u64) {
         for c in self.clusters.values_mut() {
-            c.agent_certs.retain(|a| a.not_after > now);
-            let excess = c.bootstrap_tokens.len().saturating_sub(BOOTSTRAP_HISTORY);
-            c.bootstrap_tokens.drain(..excess);
+            prune_cluster(c, now);
         }
-        self.tokens.retain(|_, t| t.expires_at.saturating_add(EXPIRED_TOKEN_GRACE) > now);
+        self.tokens.retain(|_, t| token_kept(t, now));
     }
 }
 
@@ -666,16 +692,27 @@ impl FileStore {
         &self,
         change: impl FnOnce(&mut FileState) -> Result<(bool, T), StoreError>,
     ) -> Result<T, StoreError> {
+        self.write_with(change, |_, out| out).await
+    }
+
+    /// Like [`FileStore::write`]; `finish` turns the change's result into
+    /// the answer, given the state as written (revisions stamped).
+    async fn write_with<T, U>(
+        &self,
+        change: impl FnOnce(&mut FileState) -> Result<(bool, T), StoreError>,
+        finish: impl FnOnce(&FileState, T) -> U,
+    ) -> Result<U, StoreError> {
         let _guard = self.writer.lock().await;
         let prev = self.read();
         let mut next = (*prev).clone();
         let (changed, out) = change(&mut next)?;
         if !changed {
-            return Ok(out);
+            return Ok(finish(&prev, out));
         }
         next.prune(unix_now());
         let logged = stamp_changes(&prev, &mut next);
         next.reindex();
+        let out = finish(&next, out);
         let path = self.path.clone();
         let log_path = self.changes().path.clone();
         let (next, logged) = tokio::task::spawn_blocking(move || {
@@ -787,13 +824,17 @@ impl Store for FileStore {
     }
 
     async fn create_cluster(&self, record: ClusterRecord) -> Result<ClusterRecord, StoreError> {
-        self.write(|s| {
-            if s.clusters.contains_key(&record.name) {
-                return Err(StoreError::AlreadyExists);
-            }
-            s.clusters.insert(record.name.clone(), record.clone());
-            Ok((true, record))
-        })
+        self.write_with(
+            |s| {
+                if s.clusters.contains_key(&record.name) {
+                    return Err(StoreError::AlreadyExists);
+                }
+                s.clusters.insert(record.name.clone(), record.clone());
+                Ok((true, record))
+            },
+            // As stored: with its revision.
+            |s, record| s.clusters.get(&record.name).cloned().unwrap_or(record),
+        )
         .await
     }
 
@@ -802,11 +843,17 @@ impl Store for FileStore {
         name: &str,
         update: ClusterUpdate<'_>,
     ) -> Result<ClusterRecord, StoreError> {
-        self.write(|s| {
-            let record = s.clusters.get_mut(name).ok_or(StoreError::NotFound)?;
-            let changed = update(record);
-            Ok((changed, record.clone()))
-        })
+        self.write_with(
+            |s| {
+                let record = s.clusters.get_mut(name).ok_or(StoreError::NotFound)?;
+                let changed = update(record);
+                Ok((changed, (changed, record.clone())))
+            },
+            |s, (changed, record)| match changed {
+                true => s.clusters.get(name).cloned().unwrap_or(record),
+                false => record,
+            },
+        )
         .await
     }
 
@@ -883,11 +930,21 @@ impl Store for FileStore {
     }
 }
 
+/// What every backend must do, written once and run against each (the
+/// embedded store here, etcd in [`crate::etcd::store`]).
 #[cfg(test)]
-mod tests {
+pub(crate) mod contract {
     use super::*;
 
-    fn cluster(name: &str) -> ClusterRecord {
+    /// A backend under test: opens stores over the same data.
+    #[tonic::async_trait]
+    pub(crate) trait Backend: Send + Sync {
+        /// A store over this backend's data (as a restarted hub, or another
+        /// replica, would open it).
+        async fn open(&self) -> Box<dyn Store>;
+    }
+
+    pub(crate) fn cluster(name: &str) -> ClusterRecord {
         ClusterRecord {
             name: name.into(),
             id: ClusterId::new().to_string(),
@@ -902,7 +959,7 @@ mod tests {
         }
     }
 
-    fn token(id: TokenId, cluster: Option<&ClusterRecord>) -> TokenRecord {
+    pub(crate) fn token(id: TokenId, cluster: Option<&ClusterRecord>) -> TokenRecord {
         TokenRecord {
             id: id.to_string(),
             hash: "h".into(),
@@ -915,14 +972,23 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn everything_survives_a_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = FileStore::open(dir.path()).expect("open");
+    pub(crate) fn grant(cluster: &str, subject: Subject) -> GrantRecord {
+        GrantRecord {
+            cluster: cluster.into(),
+            subject,
+            allow_impersonate: false,
+            created_at: 0,
+            created_by: "x".into(),
+        }
+    }
+
+    pub(crate) async fn everything_survives_a_reopen(b: &dyn Backend) {
+        let store = b.open().await;
         let rec = store.create_cluster(cluster("edge-1")).await.expect("create");
+        assert!(rec.revision > 0, "a write gets a revision");
         assert!(matches!(store.create_cluster(cluster("edge-1")).await, Err(StoreError::AlreadyExists)));
         let now = unix_now();
-        store
+        let updated = store
             .update_cluster("edge-1", &mut |c| {
                 c.approval = Approval::Approved;
                 c.agent_certs.push(AgentCert {
@@ -935,80 +1001,83 @@ mod tests {
             })
             .await
             .expect("update");
+        assert!(updated.revision > rec.revision);
         let tid = TokenId::new();
         store.create_token(token(tid, None)).await.expect("token");
+        assert!(matches!(store.create_token(token(tid, None)).await, Err(StoreError::AlreadyExists)));
         let grant = GrantRecord {
-            cluster: "edge-1".into(),
-            subject: Subject::Group("dev".into()),
             allow_impersonate: true,
             created_at: now,
-            created_by: "admin".into(),
+            ..grant("edge-1", Subject::Group("dev".into()))
         };
         store.put_grant(grant.clone()).await.expect("grant");
+        store.put_grant(grant.clone()).await.expect("the same grant again replaces it");
 
-        let reopened = FileStore::open(dir.path()).expect("reopen");
+        let reopened = b.open().await;
         let got = reopened.cluster("edge-1").await.expect("get").expect("exists");
         assert_eq!(got.approval, Approval::Approved);
+        assert_eq!(got.revision, updated.revision);
         assert!(got.knows_cert("ab", now));
         assert!(!got.knows_cert("ab", now + 61), "an expired serial is not accepted");
         assert_eq!(got.labels["env"], "edge");
         let by_id = reopened.cluster_by_id(rec.cluster_id().expect("id")).await.expect("get");
         assert_eq!(by_id.map(|c| c.name), Some("edge-1".into()));
         assert_eq!(reopened.token(tid).await.expect("get").map(|t| t.user), Some("alice".into()));
+        assert_eq!(reopened.tokens().await.expect("tokens").len(), 1);
         assert_eq!(reopened.grants().await.expect("grants"), vec![grant]);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("store.json")).expect("meta").permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
+        assert_eq!(reopened.delete_token(tid).await.expect("revoke").map(|t| t.id), Some(tid.to_string()));
+        assert!(reopened.token(tid).await.expect("get").is_none());
+        assert!(reopened.delete_token(tid).await.expect("again").is_none());
     }
 
-    #[tokio::test]
-    async fn deleting_a_cluster_takes_its_grants_and_bound_tokens() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = FileStore::open(dir.path()).expect("open");
+    pub(crate) async fn deleting_a_cluster_takes_its_grants_and_bound_tokens(b: &dyn Backend) {
+        let store = b.open().await;
         let a = store.create_cluster(cluster("a")).await.expect("a");
         store.create_cluster(cluster("b")).await.expect("b");
+        store.create_cluster(cluster("ab")).await.expect("ab");
         let (bound, free) = (TokenId::new(), TokenId::new());
         store.create_token(token(bound, Some(&a))).await.expect("bound");
         store.create_token(token(free, None)).await.expect("free");
-        for c in ["a", "b", ALL_CLUSTERS] {
-            let g = GrantRecord {
-                cluster: c.into(),
-                subject: Subject::User("alice".into()),
-                allow_impersonate: false,
-                created_at: 0,
-                created_by: "x".into(),
-            };
-            store.put_grant(g).await.expect("grant");
+        for c in ["a", "b", "ab", ALL_CLUSTERS] {
+            store.put_grant(grant(c, Subject::User("alice".into()))).await.expect("grant");
         }
+        store.put_grant(grant("a", Subject::Group("ops/oncall".into()))).await.expect("grant");
         assert_eq!(store.delete_cluster("a").await.expect("delete").map(|c| c.id), Some(a.id));
         assert_eq!(store.delete_cluster("a").await.expect("again"), None);
         let left: Vec<String> =
             store.grants().await.expect("grants").into_iter().map(|g| g.cluster).collect();
-        assert_eq!(left, vec![ALL_CLUSTERS.to_owned(), "b".to_owned()]);
+        assert_eq!(left, vec![ALL_CLUSTERS.to_owned(), "ab".to_owned(), "b".to_owned()]);
         assert!(store.token(bound).await.expect("get").is_none());
         assert!(store.token(free).await.expect("get").is_some());
+        let removed = store.delete_grant("b", &Subject::User("alice".into())).await.expect("revoke");
+        assert_eq!(removed.map(|g| g.cluster), Some("b".into()));
+        assert!(store.delete_grant("b", &Subject::User("alice".into())).await.expect("again").is_none());
     }
 
-    #[tokio::test]
-    async fn an_update_that_changes_nothing_writes_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = FileStore::open(dir.path()).expect("open");
-        store.create_cluster(cluster("c")).await.expect("create");
-        let before = std::fs::read(dir.path().join("store.json")).expect("read");
-        let rec = store.update_cluster("c", &mut |_| false).await.expect("update");
+    pub(crate) async fn an_update_that_changes_nothing_writes_nothing(b: &dyn Backend) {
+        let store = b.open().await;
+        let created = store.create_cluster(cluster("c")).await.expect("create");
+        let before = store.list_clusters().await.expect("list").revision;
+        let rec = store
+            .update_cluster("c", &mut |c| {
+                c.labels.insert("seen".into(), "by the caller only".into());
+                false
+            })
+            .await
+            .expect("update");
         assert_eq!(rec.name, "c");
-        assert_eq!(std::fs::read(dir.path().join("store.json")).expect("read"), before);
+        assert_eq!(store.list_clusters().await.expect("list").revision, before);
+        let stored = store.cluster("c").await.expect("get").expect("c");
+        assert_eq!((stored.revision, stored.labels.get("seen")), (created.revision, None));
         assert!(matches!(store.update_cluster("nope", &mut |_| true).await, Err(StoreError::NotFound)));
     }
 
-    #[tokio::test]
-    async fn every_cluster_write_is_a_change_a_watcher_can_resume_from_after_a_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = FileStore::open(dir.path()).expect("open");
-        let mut live = store.watch_clusters(0).await.expect("watch from the start");
+    pub(crate) async fn every_cluster_write_is_a_change_a_watcher_can_resume_from_after_a_reopen(
+        b: &dyn Backend,
+    ) {
+        let store = b.open().await;
+        let start = store.list_clusters().await.expect("list").revision;
+        let mut live = store.watch_clusters(start).await.expect("watch from the start");
         assert!(live.backlog.is_empty());
         store.create_cluster(cluster("a")).await.expect("create");
         store
@@ -1017,45 +1086,110 @@ mod tests {
             .expect("label");
         // A write that changes nothing is no change.
         store.update_cluster("a", &mut |_| false).await.expect("nothing");
-        store
-            .put_grant(GrantRecord {
-                cluster: "a".into(),
-                subject: Subject::User("u".into()),
-                allow_impersonate: false,
-                created_at: 0,
-                created_by: "x".into(),
-            })
-            .await
-            .expect("grants are not cluster changes");
+        store.put_grant(grant("a", Subject::User("u".into()))).await.expect("grants are not cluster changes");
         store.delete_cluster("a").await.expect("delete");
         let mut seen = Vec::new();
         for _ in 0..3 {
             let c = live.live.recv().await.expect("change");
             seen.push((c.revision, c.kind, c.record.labels.get("x").cloned()));
         }
+        let kinds: Vec<_> = seen.iter().map(|(_, k, l)| (*k, l.clone())).collect();
         assert_eq!(
-            seen,
+            kinds,
             [
-                (1, ChangeKind::Created, None),
-                (2, ChangeKind::Updated, Some("1".into())),
-                (3, ChangeKind::Deleted, Some("1".into()))
+                (ChangeKind::Created, None),
+                (ChangeKind::Updated, Some("1".into())),
+                (ChangeKind::Deleted, Some("1".into()))
             ]
         );
-        assert_eq!(store.list_clusters().await.expect("list").revision, 3);
+        let revisions: Vec<u64> = seen.iter().map(|(r, _, _)| *r).collect();
+        assert!(
+            start < revisions[0] && revisions[0] < revisions[1] && revisions[1] < revisions[2],
+            "{revisions:?}"
+        );
+        let current = store.list_clusters().await.expect("list").revision;
+        assert!(current >= revisions[2]);
 
-        let reopened = FileStore::open(dir.path()).expect("reopen");
-        let w = reopened.watch_clusters(1).await.expect("resume");
-        let revisions: Vec<u64> = w.backlog.iter().map(|c| c.revision).collect();
-        assert_eq!(revisions, [2, 3]);
-        assert!(reopened.watch_clusters(3).await.expect("caught up").backlog.is_empty());
-        assert!(matches!(
-            reopened.watch_clusters(9).await.err(),
-            Some(StoreError::FutureRevision { requested: 9, current: 3 })
-        ));
-        reopened.create_cluster(cluster("b")).await.expect("create");
-        assert_eq!(reopened.cluster("b").await.expect("get").expect("b").revision, 4);
+        let reopened = b.open().await;
+        let w = reopened.watch_clusters(revisions[0]).await.expect("resume");
+        let mut resumed: Vec<u64> = w.backlog.iter().map(|c| c.revision).collect();
+        let mut live = w.live;
+        while resumed.len() < 2 {
+            resumed.push(live.recv().await.expect("a change from the history").revision);
+        }
+        assert_eq!(resumed, revisions[1..]);
+        assert!(reopened.watch_clusters(current).await.expect("caught up").backlog.is_empty());
+        match reopened.watch_clusters(current + 1000).await.err() {
+            Some(StoreError::FutureRevision { requested, current: c }) => {
+                assert_eq!(requested, current + 1000);
+                assert!(c >= current && c < current + 1000);
+            }
+            other => panic!("expected a future revision, got {other:?}"),
+        }
+        let b_rec = reopened.create_cluster(cluster("b")).await.expect("create");
+        assert!(b_rec.revision > current);
+        assert_eq!(reopened.cluster("b").await.expect("get").expect("b").revision, b_rec.revision);
     }
 
+    /// Runs every contract test against `b`, each on its own data.
+    pub(crate) async fn all(b: impl Fn() -> Box<dyn Backend>) {
+        everything_survives_a_reopen(b().as_ref()).await;
+        deleting_a_cluster_takes_its_grants_and_bound_tokens(b().as_ref()).await;
+        an_update_that_changes_nothing_writes_nothing(b().as_ref()).await;
+        every_cluster_write_is_a_change_a_watcher_can_resume_from_after_a_reopen(b().as_ref()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contract::{Backend, cluster};
+    use super::*;
+
+    struct Files(tempfile::TempDir);
+
+    #[tonic::async_trait]
+    impl Backend for Files {
+        async fn open(&self) -> Box<dyn Store> {
+            Box::new(FileStore::open(self.0.path()).expect("open"))
+        }
+    }
+
+    fn files() -> Box<dyn Backend> {
+        Box::new(Files(tempfile::tempdir().expect("tempdir")))
+    }
+
+    #[tokio::test]
+    async fn the_embedded_store_keeps_the_store_contract() {
+        contract::all(files).await;
+    }
+
+    #[tokio::test]
+    async fn files_are_private_and_a_no_op_leaves_them_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::open(dir.path()).expect("open");
+        store.create_cluster(cluster("c")).await.expect("create");
+        let before = std::fs::read(dir.path().join("store.json")).expect("read");
+        store.update_cluster("c", &mut |_| false).await.expect("update");
+        assert_eq!(std::fs::read(dir.path().join("store.json")).expect("read"), before);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for f in ["store.json", "changes.jsonl"] {
+                let mode = std::fs::metadata(dir.path().join(f)).expect("meta").permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{f}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn revisions_count_cluster_writes_from_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::open(dir.path()).expect("open");
+        store.create_cluster(cluster("a")).await.expect("create");
+        store.put_grant(contract::grant("a", Subject::User("u".into()))).await.expect("grant");
+        store.delete_cluster("a").await.expect("delete");
+        assert_eq!(store.list_clusters().await.expect("list").revision, 2);
+    }
     #[tokio::test]
     async fn old_changes_are_compacted_and_uncommitted_ones_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");

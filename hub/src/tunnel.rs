@@ -131,8 +131,17 @@ impl TunnelService {
             return Err(denied(&record.name));
         }
         let hash = Secret::new(req.bootstrap_token.as_str()).hash();
+        let issued = |r: &ClusterRecord| r.bootstrap_tokens.iter().any(|t| hashes_equal(&t.hash, &hash));
+        let mut record = record;
+        if !issued(&record) {
+            // Issued on another hub replica a moment ago?
+            self.state.store.refresh().await.map_err(internal)?;
+            if let Some(r) = self.state.store.cluster_by_id(id).await.map_err(internal)? {
+                record = r;
+            }
+        }
         // Nothing is signed for a token the cluster never issued.
-        if !record.bootstrap_tokens.iter().any(|t| hashes_equal(&t.hash, &hash)) {
+        if !issued(&record) {
             return Err(invalid());
         }
         // Sign before the store update that consumes the token (the serial

@@ -222,9 +222,10 @@ impl Clusters for ClustersService {
         let expires =
             humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(expires_at)).to_string();
         let child_group = (!admin_group.is_empty()).then(|| self.state.identity_policy.group(admin_group));
+        let hub_urls = self.state.agent_hub_urls().await;
         let manifest = manifest::render(&ManifestSpec {
             cluster: &record.name,
-            hub_url: &self.state.advertise_url,
+            hub_url: &hub_urls,
             hub_ca_pem: self.state.ca.cert_pem(),
             token: token.expose(),
             token_expires: &expires,

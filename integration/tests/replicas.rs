@@ -1,0 +1,427 @@
+//! Several hub replicas on one etcd (issue 13): real etcd, real hubs sharing
+//! one CA, a real agent given every replica's URL, the real kubectl.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use common::*;
+use ferry_integration::etcd::Etcd;
+
+/// A hub replica: its process, URL and data dir.
+struct Replica {
+    hub: Proc,
+    url: String,
+    data: PathBuf,
+}
+
+impl Replica {
+    fn admin_kubeconfig(&self) -> PathBuf {
+        self.data.join("admin.kubeconfig")
+    }
+
+    /// Runs ferryctl against this replica, failing the test on an error.
+    fn ferryctl_ok(&self, args: &[&str]) -> String {
+        let out = Command::new(bin("ferryctl"))
+            .arg("--kubeconfig")
+            .arg(self.admin_kubeconfig())
+            .args(args)
+            .output()
+            .expect("run ferryctl");
+        assert!(out.status.success(), "ferryctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    /// A kubeconfig for `user` on cluster `edge`, issued by this replica
+    /// (so its server is this replica).
+    fn user_kubeconfig(&self, dir: &Path, user: &str) -> PathBuf {
+        self.kubeconfig_for(dir, "edge", user)
+    }
+
+    /// A kubeconfig for `user` on `cluster`, issued by this replica.
+    fn kubeconfig_for(&self, dir: &Path, cluster: &str, user: &str) -> PathBuf {
+        self.ferryctl_ok(&["grant", "--cluster", cluster, "--user", user]);
+        let yaml = self.ferryctl_ok(&["kubeconfig", cluster, "--user", user]);
+        let path = dir.join(format!("{user}-{cluster}.kubeconfig"));
+        std::fs::write(&path, yaml).expect("write kubeconfig");
+        path
+    }
+}
+
+/// Two replicas on one etcd, an apiserver, and the temp dir they live in.
+struct Replicas {
+    dir: tempfile::TempDir,
+    etcd: Etcd,
+    _apiserver: Proc,
+    replicas: Vec<Replica>,
+}
+
+impl Replicas {
+    /// Starts etcd, a test apiserver and `n` replicas; the first makes the
+    /// hub CA and the others get a copy of it, as an operator would do.
+    fn start(n: usize) -> Replicas {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etcd = Etcd::start();
+        let mut cmd = Command::new(bin("test-apiserver"));
+        cmd.args(["--listen", "127.0.0.1:0", "--kubeconfig-out"])
+            .arg(dir.path().join("apiserver.kubeconfig"));
+        let mut apiserver = Proc::spawn("test-apiserver", cmd);
+        apiserver.wait_line("test-apiserver ready", READY_TIMEOUT);
+        let mut replicas: Vec<Replica> = Vec::new();
+        for i in 0..n {
+            let data = dir.path().join(format!("hub-{i}"));
+            if let Some(first) = replicas.first() {
+                std::fs::create_dir_all(&data).expect("data dir");
+                for f in ["ca.crt", "ca.key"] {
+                    std::fs::copy(first.data.join(f), data.join(f)).expect("copy the hub CA");
+                }
+            }
+            let store = ["--store".to_owned(), etcd.store_url()];
+            let (hub, url) = start_hub(&data, "127.0.0.1:0", &store);
+            replicas.push(Replica { hub, url, data });
+        }
+        Replicas { dir, etcd, _apiserver: apiserver, replicas }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Registers `edge` on replica 0 and starts its agent with `hubs`
+    /// (comma-separated URLs); waits until it is connected.
+    fn start_agent(&self, hubs: &str) -> Proc {
+        self.start_agent_for("edge", hubs)
+    }
+
+    /// Registers `cluster` on replica 0 and starts its agent with `hubs`.
+    fn start_agent_for(&self, cluster: &str, hubs: &str) -> Proc {
+        let token = self.replicas[0].ferryctl_ok(&["register", cluster, "-o", "token"]);
+        let mut cmd = Command::new(bin("ferry-agent"));
+        cmd.arg("--hub")
+            .arg(hubs)
+            .arg("--hub-ca")
+            .arg(self.replicas[0].data.join("ca.crt"))
+            .arg("--kubeconfig")
+            .arg(self.path("apiserver.kubeconfig"))
+            .arg("--state-dir")
+            .arg(self.path(&format!("agent-state-{cluster}")))
+            .env("FERRY_TOKEN", token.trim())
+            .env_remove("FERRY_TOKEN_FILE");
+        let mut agent = Proc::spawn("ferry-agent", cmd);
+        agent.wait_line("ferry-agent connected:", READY_TIMEOUT);
+        agent
+    }
+}
+
+#[test]
+fn the_agent_moves_to_the_surviving_replica_and_kubectl_follows() {
+    let mut world = Replicas::start(2);
+    let (a, b) = (&world.replicas[0], &world.replicas[1]);
+    assert_ne!(a.url, b.url);
+    let mut agent = world.start_agent(&format!("{},{}", a.url, b.url));
+
+    // The agent enrolled and connected through A (the first URL); a
+    // kubeconfig issued by A reaches the cluster.
+    let through_a = a.user_kubeconfig(world.dir.path(), "alice");
+    let ns = kubectl_ok(&through_a, &["get", "namespaces"]);
+    assert!(ns.contains("kube-system"), "{ns}");
+    // B shares the store: the grant made on A lets B issue bob's
+    // kubeconfig for the same cluster at once.
+    let bob_dir = world.path("bob");
+    std::fs::create_dir_all(&bob_dir).expect("dir");
+    let through_b = b.user_kubeconfig(&bob_dir, "bob");
+    assert!(
+        std::fs::read_to_string(&through_b).expect("read").contains(&b.url),
+        "B's kubeconfig points at B"
+    );
+
+    // The status A records is what B shows, and B, which holds no agent
+    // of edge, leaves it alone.
+    b.ferryctl_ok(&["wait", "edge", "--for", "ready", "--timeout", "60s"]);
+
+    // SIGKILL A: the agent dials B, and kubectl through B reaches the
+    // cluster.
+    let killed = Instant::now();
+    world.replicas[0].hub.kill();
+    agent.wait_nth_line("ferry-agent connected:", 2, READY_TIMEOUT);
+    let reconnected = killed.elapsed();
+    let ns = kubectl_ok(&through_b, &["get", "namespaces"]);
+    assert!(ns.contains("kube-system"), "{ns}");
+    let served = killed.elapsed();
+    eprintln!(
+        "failover: agent on the surviving replica {:.2} s after SIGKILL, first kubectl answered at {:.2} s",
+        reconnected.as_secs_f64(),
+        served.as_secs_f64()
+    );
+    let out = kubectl_ok(&through_b, &["create", "configmap", "after-failover", "--from-literal=k=v"]);
+    assert!(out.contains("configmap/after-failover created"), "{out}");
+    world.replicas[1].ferryctl_ok(&["wait", "edge", "--for", "ready", "--timeout", "60s"]);
+
+    // Nothing in the store was lost: B lists the cluster and both grants.
+    let grants = world.replicas[1].ferryctl_ok(&["grants"]);
+    assert!(grants.contains("alice") && grants.contains("bob"), "{grants}");
+    assert!(world.etcd.health().contains("true"), "etcd stayed healthy");
+}
+
+#[test]
+fn a_registration_on_one_replica_reaches_a_watch_on_another_and_agent_yaml_names_every_replica() {
+    let world = Replicas::start(2);
+    let (a, b) = (&world.replicas[0], &world.replicas[1]);
+    let mut cmd = Command::new(bin("ferryctl"));
+    cmd.arg("--kubeconfig").arg(b.admin_kubeconfig()).args(["clusters", "--watch"]);
+    let mut watch = Proc::spawn("ferryctl clusters --watch (replica B)", cmd);
+    // The header comes once the initial list is in: the watch is live.
+    watch.wait_line("NAME", READY_TIMEOUT);
+
+    let asked = Instant::now();
+    let manifest = a.ferryctl_ok(&["register", "core"]);
+    let row = watch.wait_line("core", READY_TIMEOUT);
+    eprintln!(
+        "registered on A, seen by a watch on B {:.3} s after ferryctl started",
+        asked.elapsed().as_secs_f64()
+    );
+    assert!(row.contains("Pending") || row.contains("Offline"), "{row}");
+
+    // The manifest from A lets the agent fail over to B: both replicas
+    // register under their leases, A's URL first.
+    assert!(
+        manifest.contains(&format!("{},{}", a.url, b.url)),
+        "agent.yaml names both replicas:\n{manifest}"
+    );
+    let from_b = b.ferryctl_ok(&["register", "far"]);
+    assert!(from_b.contains(&format!("{},{}", b.url, a.url)), "B's agent.yaml names B first:\n{from_b}");
+}
+
+#[test]
+fn an_agent_whose_first_hub_is_down_enrolls_and_connects_through_the_next() {
+    let world = Replicas::start(1);
+    // A loopback port nothing listens on: bound, then released.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let started = Instant::now();
+    let _agent = world.start_agent(&format!("https://{dead},{}", world.replicas[0].url));
+    eprintln!("enrolled and connected past a dead first URL in {:.2} s", started.elapsed().as_secs_f64());
+    let kc = world.replicas[0].user_kubeconfig(world.dir.path(), "alice");
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+}
+
+#[test]
+fn kubectl_through_a_replica_without_the_agent_is_forwarded_to_the_one_holding_it() {
+    let world = Replicas::start(2);
+    let (a, b) = (&world.replicas[0], &world.replicas[1]);
+    // The agent knows only A: every request through B is forwarded.
+    let _agent = world.start_agent(&a.url);
+    let kc = b.user_kubeconfig(world.dir.path(), "alice");
+
+    let started = Instant::now();
+    let ns = kubectl_ok(&kc, &["get", "namespaces"]);
+    assert!(ns.contains("kube-system"), "{ns}");
+    eprintln!("first forwarded kubectl get answered in {:.3} s", started.elapsed().as_secs_f64());
+    kubectl_ok(&kc, &["create", "configmap", "before"]);
+
+    // A watch streams through B and A as events happen.
+    let mut watch = kubectl_spawn(&kc, &["get", "configmaps", "-w", "-o", "name"]);
+    watch.wait_line("configmap/before", READY_TIMEOUT);
+    kubectl_ok(&kc, &["create", "configmap", "during"]);
+    watch.wait_line("configmap/during", READY_TIMEOUT);
+    watch.kill();
+
+    // An upgraded connection (exec) is forwarded too.
+    kubectl_ok(&kc, &["run", "box", "--image=busybox", "--restart=Never"]);
+    let out = kubectl_ok(&kc, &["exec", "box", "--", "echo", "through", "two", "hubs"]);
+    assert_eq!(out, "through two hubs\n");
+    let out = kubectl(&kc, &["exec", "box", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // `kubectl cp` streams a tar into exec's stdin and half-closes it.
+    let local = world.path("note.txt");
+    std::fs::write(&local, "forwarded bytes\n").expect("write");
+    kubectl_ok(&kc, &["cp", local.to_str().expect("utf8"), "box:/tmp/note.txt"]);
+    assert_eq!(kubectl_ok(&kc, &["exec", "box", "--", "cat", "/tmp/note.txt"]), "forwarded bytes\n");
+
+    // Sequential requests, forwarded (B) and direct (A), as kubectl sees
+    // them (its own start included).
+    let direct_dir = world.path("direct");
+    std::fs::create_dir_all(&direct_dir).expect("dir");
+    let direct = a.user_kubeconfig(&direct_dir, "alice");
+    let time = |kc: &Path| {
+        let started = Instant::now();
+        for _ in 0..10 {
+            kubectl_ok(kc, &["get", "configmap", "before", "-o", "name"]);
+        }
+        started.elapsed().as_secs_f64() / 10.0
+    };
+    let (via_a, via_b) = (time(&direct), time(&kc));
+    eprintln!(
+        "kubectl get, mean of 10: direct through A {:.0} ms, forwarded B -> A {:.0} ms ({:.2}x)",
+        via_a * 1e3,
+        via_b * 1e3,
+        via_b / via_a
+    );
+}
+
+#[test]
+fn when_the_holding_replica_dies_forwarding_follows_the_agent_to_its_new_replica() {
+    let mut world = Replicas::start(3);
+    let urls = format!("{},{}", world.replicas[0].url, world.replicas[2].url);
+    let mut agent = world.start_agent(&urls);
+    // Through B, forwarded to A (where the agent is).
+    let kc = world.replicas[1].user_kubeconfig(world.dir.path(), "alice");
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+
+    // SIGKILL A: the agent moves to C, and B's routing follows it (A's
+    // registration is still there until its lease expires; B skips it).
+    let killed = Instant::now();
+    world.replicas[0].hub.kill();
+    agent.wait_nth_line("ferry-agent connected:", 2, READY_TIMEOUT);
+    let reconnected = killed.elapsed();
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+    eprintln!(
+        "forwarding failover: agent on C {:.2} s after SIGKILL of A, kubectl through B answered (via C) at {:.2} s",
+        reconnected.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+}
+
+/// What `/ferry.peer.v1.Peer/Forward` on `url` answers a caller presenting
+/// `identity` (none: no client certificate).
+fn forward_as(url: &str, ca: &str, identity: Option<tonic::transport::Identity>) -> tonic::Code {
+    use ferry::proto::v1::{AgentFrame, HubFrame};
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("127.0.0.1");
+        if let Some(id) = identity {
+            tls = tls.identity(id);
+        }
+        let endpoint = Endpoint::from_shared(url.to_owned()).expect("url").tls_config(tls).expect("tls");
+        let channel = endpoint.connect().await.expect("connect");
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.expect("ready");
+        let mut request = tonic::Request::new(tokio_stream::iter(Vec::<HubFrame>::new()));
+        request
+            .metadata_mut()
+            .insert("ferry-cluster", tonic::metadata::AsciiMetadataValue::from_static("edge"));
+        let path = http::uri::PathAndQuery::from_static("/ferry.peer.v1.Peer/Forward");
+        let codec = ferry::codec::FerryCodec::<HubFrame, AgentFrame>::default();
+        match grpc.streaming(request, path, codec).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        }
+    })
+}
+
+#[test]
+fn only_hub_replicas_may_forward() {
+    use base64::Engine;
+    let world = Replicas::start(1);
+    let a = &world.replicas[0];
+    let _agent = world.start_agent(&a.url);
+    let ca = std::fs::read_to_string(a.data.join("ca.crt")).expect("ca");
+
+    // The admin's client certificate (a caller), the agent's, and none.
+    let kubeconfig: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(a.admin_kubeconfig()).expect("read")).expect("yaml");
+    let field = |name: &str| {
+        let b64 = kubeconfig["users"][0]["user"][name].as_str().expect("kubeconfig credential");
+        base64::engine::general_purpose::STANDARD.decode(b64).expect("base64")
+    };
+    let admin =
+        tonic::transport::Identity::from_pem(field("client-certificate-data"), field("client-key-data"));
+    let state = world.path("agent-state-edge");
+    let agent = tonic::transport::Identity::from_pem(
+        std::fs::read(state.join("tls.crt")).expect("agent cert"),
+        std::fs::read(state.join("tls.key")).expect("agent key"),
+    );
+    for (who, identity) in [("the admin", Some(admin)), ("an agent", Some(agent)), ("anonymous", None)] {
+        assert_eq!(forward_as(&a.url, &ca, identity), tonic::Code::PermissionDenied, "{who} may not forward");
+    }
+}
+
+#[test]
+fn an_etcd_restart_keeps_forwarded_requests_flowing_and_writes_resume() {
+    let mut world = Replicas::start(2);
+    let _agent = world.start_agent(&world.replicas[0].url.clone());
+    let kc = world.replicas[1].user_kubeconfig(world.dir.path(), "alice");
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+
+    world.etcd.restart();
+    // Through B, forwarded to A, on what each replica already knows.
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+    // Writes go to etcd again (a write returns once committed).
+    let b = &world.replicas[1];
+    b.ferryctl_ok(&["grant", "--cluster", "edge", "--user", "carol"]);
+    let grants = b.ferryctl_ok(&["grants"]);
+    assert!(grants.contains("carol"), "{grants}");
+}
+
+#[test]
+fn three_replicas_with_agents_on_different_ones_serve_every_cluster_through_any_replica() {
+    let world = Replicas::start(3);
+    let r = &world.replicas;
+    let _edge = world.start_agent_for("edge", &r[0].url);
+    let _core = world.start_agent_for("core", &r[2].url);
+    for (i, replica) in r.iter().enumerate() {
+        let dir = world.path(&format!("through-{i}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for cluster in ["edge", "core"] {
+            let kc = replica.kubeconfig_for(&dir, cluster, "alice");
+            let ns = kubectl_ok(&kc, &["get", "namespaces"]);
+            assert!(ns.contains("kube-system"), "{cluster} through replica {i}: {ns}");
+        }
+    }
+}
+
+#[test]
+fn a_watch_forwarded_to_a_replica_that_dies_goes_on_through_another() {
+    use std::io::BufRead;
+    let mut world = Replicas::start(3);
+    let urls = format!("{},{}", world.replicas[0].url, world.replicas[2].url);
+    let mut agent = world.start_agent(&urls);
+    let kc = world.replicas[1].user_kubeconfig(world.dir.path(), "alice");
+    kubectl_ok(&kc, &["create", "configmap", "before"]);
+
+    // A watch through B, forwarded to A.
+    let mut child = Command::new(kubectl_bin())
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["get", "configmaps", "-w", "-o", "name"])
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    assert_eq!(lines.recv_timeout(READY_TIMEOUT).expect("first event"), "configmap/before");
+
+    // SIGKILL A: the agent moves to C; kubectl's watch, cut mid-stream,
+    // is started again by kubectl through B, which forwards it to C.
+    let killed = Instant::now();
+    world.replicas[0].hub.kill();
+    agent.wait_nth_line("ferry-agent connected:", 2, READY_TIMEOUT);
+    kubectl_ok(&kc, &["create", "configmap", "after"]);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line == "configmap/after" => break,
+            Ok(_) => {}
+            Err(e) => panic!(
+                "the watch did not go on after the SIGKILL of A: {e:?} (kubectl {:?})",
+                child.try_wait()
+            ),
+        }
+    }
+    eprintln!(
+        "watch through B went on through C; the event made after the SIGKILL of A arrived {:.2} s after it",
+        killed.elapsed().as_secs_f64()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
