@@ -619,6 +619,8 @@ async fn start_world(setup: &Setup<'_>, kubectls: Kubectls) -> anyhow::Result<Wo
         &agent_log,
     )
     .await?;
+    procs::ferryctl(setup.bins, &setup.admin, &["grant", "--cluster", CLUSTER, "--user", "integrity"])
+        .await?;
     let user = procs::ferryctl(
         setup.bins,
         &setup.admin,

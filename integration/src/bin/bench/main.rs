@@ -130,6 +130,8 @@ async fn setup(profile: Profile, bins: Binaries, dir: PathBuf, seed: u64) -> any
         &dir.join("agent.log"),
     )
     .await?;
+    // Callers reach a cluster only with a grant (issue 10's access checks).
+    procs::ferryctl(&bins, &admin, &["grant", "--cluster", "bench", "--user", "bench"]).await?;
     let kubeconfig =
         procs::ferryctl(&bins, &admin, &["kubeconfig", "bench", "--user", "bench", "--group", "bench"])
             .await?;
