@@ -6,6 +6,14 @@ use ferry_agent::{Agent, Args, shutdown_signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: a proxy allocates and frees
+/// small objects for every request and frame (h2 streams, frames, headers,
+/// tasks); glibc's malloc spent 10-17% of the hub's and the agent's
+/// instructions there and returned large buffers to the kernel only to
+/// fault them back in (docs/benchmarks.md, "Data-plane efficiency").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -12,6 +12,14 @@ use ferry_hub::config::{
 };
 use ferry_hub::{Hub, HubConfig};
 
+/// mimalloc instead of the system allocator: a proxy allocates and frees
+/// small objects for every request and frame (h2 streams, frames, headers,
+/// tasks); glibc's malloc spent 10-17% of the hub's and the agent's
+/// instructions there and returned large buffers to the kernel only to
+/// fault them back in (docs/benchmarks.md, "Data-plane efficiency").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "ferry-hub", version, about = "Ferry hub: reach clusters behind NAT through one endpoint")]
 struct Cli {
