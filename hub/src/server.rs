@@ -137,7 +137,7 @@ impl Hub {
             hosts.push(config.listen.ip().to_string());
         }
         let (chain, key) = ca.serving_cert(&hosts)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(ferry::tls::crypto_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert_der()).map_err(StartError::Tls)?;
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
@@ -149,6 +149,8 @@ impl Hub {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The hub's suite order (AES-128-GCM first) decides, not the client's.
+        tls.ignore_client_order = true;
 
         files::write_atomic(&dir.join("ca.crt"), ca.cert_pem().as_bytes()).map_err(io)?;
         let admin_kubeconfig = dir.join("admin.kubeconfig");
