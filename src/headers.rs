@@ -179,6 +179,11 @@ pub fn check_limits(headers: &HeaderMap, max_bytes: usize) -> Result<(), HeaderE
 /// How [`frame_to_map`] filters what the peer sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
+    /// Headers as a caller sent them (the gRPC `Proxy` call): checked for
+    /// limits and validity only, then filtered like any caller's request
+    /// by [`request_to_frame`] (after the hub read `Impersonate-*` from
+    /// them for `--as`).
+    Caller,
     /// A request head at the agent: the request policy again, whatever the
     /// hub sent (`Upgrade` kept for the agent to check).
     Request,
@@ -205,6 +210,7 @@ pub fn frame_to_map(headers: &[Header], policy: Policy) -> Result<HeaderMap, Hea
             HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeaderError::Invalid(h.name.clone()))?;
         HeaderValue::from_bytes(&h.value).map_err(|_| HeaderError::Invalid(h.name.clone()))?;
         let value = match policy {
+            Policy::Caller => HeaderValue::from_bytes(&h.value).ok(),
             Policy::Request => admit_request_header(name.as_str(), &h.value, true, &[]),
             Policy::Response { switching } => admit_response_header(name.as_str(), switching, &[])
                 .then(|| HeaderValue::from_bytes(&h.value).ok())

@@ -6,3 +6,7 @@
 pub mod v1 {
     tonic::include_proto!("ferry.v1");
 }
+
+/// The compiled descriptors of every Ferry `.proto` file (with their
+/// comments), for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ferry_descriptor.bin"));

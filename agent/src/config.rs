@@ -4,11 +4,14 @@
 //! nothing, so a bad flag fails before any connection is attempted.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use ferry::ids::AgentId;
 use ferry::secret::Secret;
 use http::Uri;
+
+use crate::status::MIN_STATUS_INTERVAL;
 
 /// Default directory holding the agent's credential, cluster name and id.
 pub const DEFAULT_STATE_DIR: &str = "./ferry-agent-state";
@@ -65,6 +68,24 @@ pub struct Args {
     /// impersonates none but `system:authenticated`.
     #[arg(long = "allow-system-identity", value_name = "NAME")]
     pub allow_system_identity: Vec<String>,
+    /// How often to report the cluster's status to the hub (version,
+    /// `/readyz`, `/livez`, nodes), e.g. `10s`.
+    #[arg(
+        long = "status-interval",
+        env = "FERRY_STATUS_INTERVAL",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_status_interval
+    )]
+    pub status_interval: Duration,
+}
+
+fn parse_status_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| e.to_string())?;
+    if d < MIN_STATUS_INTERVAL {
+        return Err(format!("must be at least {MIN_STATUS_INTERVAL:?}"));
+    }
+    Ok(d)
 }
 
 /// A Secret in the local cluster.
@@ -173,6 +194,8 @@ pub struct AgentConfig {
     pub health_listen: Option<std::net::SocketAddr>,
     /// Which system identities the agent may impersonate.
     pub system_identities: ferry::identity::SystemIdentityPolicy,
+    /// How often the cluster's status is taken and reported.
+    pub status_interval: Duration,
 }
 
 impl Args {
@@ -199,6 +222,7 @@ impl Args {
             agent_id: self.agent_id,
             health_listen: self.health_listen,
             system_identities: ferry::identity::SystemIdentityPolicy { allowed: self.allow_system_identity },
+            status_interval: self.status_interval,
         })
     }
 }
@@ -325,6 +349,7 @@ mod tests {
             agent_id: None,
             health_listen: None,
             allow_system_identity: Vec::new(),
+            status_interval: Duration::from_secs(10),
         };
         assert!(matches!(args.into_config(), Err(ConfigError::HubCaNotPem(_))));
     }

@@ -12,6 +12,8 @@
 //! - `permissions`: whether the agent itself may do what it needs.
 //! - [`hub`]: the TLS/HTTP/2 channel to the hub and call metadata.
 //! - `session`: one session: control stream, heartbeats, the pool.
+//! - `status`: the cluster's status for the hub (version, health, nodes);
+//!   `quantity`: Kubernetes quantities as numbers.
 //! - `pool`: parked request streams, topped up as they are claimed.
 //! - `proxy`: one request stream replayed against the apiserver.
 //! - `upgrade`: upgraded (101) connections: raw bytes both ways.
@@ -32,8 +34,10 @@ mod impersonation;
 mod permissions;
 mod pool;
 mod proxy;
+mod quantity;
 mod session;
 pub mod signal;
+mod status;
 mod upgrade;
 pub mod upstream;
 

@@ -57,7 +57,7 @@ fn needed(secret: Option<&SecretRef>) -> Vec<Needed> {
         cluster("create", "authorization.k8s.io", "subjectaccessreviews"),
     ];
     if let Some(s) = secret {
-        for verb in ["get", "update"] {
+        for verb in ["get", "patch"] {
             out.push(Needed {
                 verb,
                 group: "",
@@ -112,7 +112,7 @@ mod tests {
                 "impersonate uids.authentication.k8s.io",
                 "create subjectaccessreviews.authorization.k8s.io",
                 "get secrets ferry-system/ferry-agent-credential",
-                "update secrets ferry-system/ferry-agent-credential",
+                "patch secrets ferry-system/ferry-agent-credential",
             ]
         );
         assert_eq!(needed(None).len(), 4);

@@ -8,8 +8,9 @@
 //! the session lives on under it, so no request or watch in flight is
 //! dropped; the new certificate is stored and used for the next connection.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use ferry::ids::AgentId;
 use ferry::limits::{CONTROL_CHANNEL_CAPACITY, DEFAULT_POOL_SIZE, HEARTBEAT_INTERVAL, HEARTBEAT_MISSES};
@@ -25,26 +26,22 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::agent::AgentState;
 use crate::config::AgentConfig;
 use crate::credential::{CredentialStore, StoredCredential, new_key_and_request};
 use crate::error::report;
 use crate::hub::{self, CallAuth, HubError};
-use crate::permissions;
 use crate::pool::{Pool, SessionShared};
 use crate::proxy::ProxyContext;
+use crate::status::{self, PROBE_TIMEOUT, StatusProbe, unix_ms};
 use crate::upstream::Upstream;
 
 /// How long the hub may take to answer the hello with a welcome.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 /// Shortest heartbeat period accepted from the hub.
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
-/// Longest the apiserver probe of one heartbeat may take.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the agent checks that it still has the permissions it needs.
-pub const PERMISSIONS_RECHECK: Duration = Duration::from_secs(60);
 /// How long a closing control stream waits for the hub to end it.
 const CONTROL_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the hub may take to answer a renewal before it is asked again.
@@ -222,7 +219,16 @@ async fn run_inner(
     let stop_heartbeats = CancellationToken::new();
     let mut heartbeats = JoinSet::new();
     let renewals = control_tx.clone();
-    heartbeats.spawn(send_heartbeats(control_tx, probe, interval, stop_heartbeats.clone()));
+    let (latest, statuses) = watch::channel(ClusterStatus::default());
+    let round_trip = Arc::new(RoundTrip::default());
+    heartbeats.spawn(status::run(probe, params.config.status_interval, latest, stop_heartbeats.clone()));
+    heartbeats.spawn(send_heartbeats(
+        control_tx,
+        statuses,
+        round_trip.clone(),
+        interval,
+        stop_heartbeats.clone(),
+    ));
     let mut renewal = Renewal::new(credential);
 
     info!(%cluster, session = %welcome.session_id, heartbeat_ms = interval.as_millis(), "connected to the hub");
@@ -245,6 +251,10 @@ async fn run_inner(
                 Ok(Some(HubControl { msg: Some(hub_control::Msg::Renewed(answer)) })) => {
                     deadline.as_mut().reset(Instant::now() + silence);
                     renewal.answered(answer, params).await;
+                }
+                Ok(Some(HubControl { msg: Some(hub_control::Msg::Heartbeat(echo)) })) => {
+                    deadline.as_mut().reset(Instant::now() + silence);
+                    round_trip.answered(echo.echo_unix_ms);
                 }
                 Ok(Some(message)) => {
                     deadline.as_mut().reset(Instant::now() + silence);
@@ -414,88 +424,73 @@ fn pool_size(welcome: &Welcome) -> usize {
     }
 }
 
-/// Takes the cluster's status for the hub: the apiserver's version and
-/// reachability, and (at most every [`PERMISSIONS_RECHECK`]) which of the
-/// agent's own permissions are missing. Logs changes only, so a down
-/// apiserver does not flood the log.
-pub(crate) struct StatusProbe {
-    upstream: Arc<Upstream>,
-    secret: Option<crate::config::SecretRef>,
-    last_probe: Option<Result<String, String>>,
-    missing: Option<Vec<String>>,
-    checked_at: Option<Instant>,
+/// The round trip of heartbeats: the one in flight, and the last answered.
+#[derive(Default)]
+struct RoundTrip {
+    /// `sent_at_unix_ms` of the heartbeat in flight and when it left.
+    pending: Mutex<Option<(u64, Instant)>>,
+    /// The last measured round trip, microseconds (0: none yet).
+    last_micros: AtomicU64,
 }
 
-impl StatusProbe {
-    pub(crate) fn new(upstream: Arc<Upstream>, secret: Option<crate::config::SecretRef>) -> Self {
-        Self { upstream, secret, last_probe: None, missing: None, checked_at: None }
+impl RoundTrip {
+    fn sent(&self, sent_at_unix_ms: u64) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some((sent_at_unix_ms, Instant::now()));
     }
 
-    /// The status now (bounded by `timeout` per apiserver call).
-    pub(crate) async fn status(&mut self, timeout: Duration) -> ClusterStatus {
-        let (mut status, error) = self.upstream.status(timeout).await;
-        let probe = match &error {
-            None => Ok(status.kubernetes_version.clone()),
-            Some(e) => Err(e.to_string()),
-        };
-        if self.last_probe.as_ref() != Some(&probe) {
-            match &probe {
-                Ok(version) => info!(kubernetes_version = %version, "apiserver reachable"),
-                Err(e) => warn!(error = %e, "apiserver probe failed"),
-            }
-            self.last_probe = Some(probe);
+    /// The hub echoed `echo_unix_ms`; an echo of an older heartbeat (or of
+    /// none) is ignored.
+    fn answered(&self, echo_unix_ms: u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((sent, at)) = *pending
+            && sent == echo_unix_ms
+        {
+            let micros = u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+            self.last_micros.store(micros, Ordering::Relaxed);
+            *pending = None;
         }
-        if error.is_none() && self.checked_at.is_none_or(|t| t.elapsed() >= PERMISSIONS_RECHECK) {
-            match permissions::missing(&self.upstream, self.secret.as_ref()).await {
-                Ok(now) => {
-                    if self.missing.as_ref() != Some(&now) && !now.is_empty() {
-                        error!(
-                            missing = %now.join(", "),
-                            "the agent's identity in its cluster lacks permissions it needs; apply the agent.yaml from `ferryctl register` again"
-                        );
-                    }
-                    self.missing = Some(now);
-                }
-                Err(e) => debug!(error = %e, "could not check the agent's permissions"),
-            }
-            self.checked_at = Some(Instant::now());
-        }
-        status.missing_permissions = self.missing.clone().unwrap_or_default();
-        status
+    }
+
+    fn last_micros(&self) -> u64 {
+        self.last_micros.load(Ordering::Relaxed)
     }
 }
 
-/// Sends a heartbeat with fresh cluster status every `interval` (the hello
-/// carried the first).
+/// Sends a heartbeat every `interval`, and at once when the probe task has
+/// a fresh status (each status is sent once; the hello carried the first).
 async fn send_heartbeats(
     control: mpsc::Sender<AgentControl>,
-    mut probe: StatusProbe,
+    mut statuses: watch::Receiver<ClusterStatus>,
+    round_trip: Arc<RoundTrip>,
     interval: Duration,
     stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = stop.cancelled() => return,
-        }
         let status = tokio::select! {
-            s = probe.status(PROBE_TIMEOUT.min(interval)) => s,
+            _ = ticker.tick() => None,
+            r = statuses.changed() => match r {
+                Ok(()) => {
+                    ticker.reset();
+                    let mut status = statuses.borrow_and_update().clone();
+                    status.heartbeat_rtt_micros = round_trip.last_micros();
+                    Some(status)
+                }
+                // The probe task is gone: the session is ending.
+                Err(_) => return,
+            },
             () = stop.cancelled() => return,
         };
-        let heartbeat = Heartbeat { sent_at_unix_ms: unix_ms(), status: Some(status) };
+        let sent_at_unix_ms = unix_ms();
+        round_trip.sent(sent_at_unix_ms);
+        let heartbeat = Heartbeat { sent_at_unix_ms, status, echo_unix_ms: 0 };
         let message = AgentControl { msg: Some(agent_control::Msg::Heartbeat(heartbeat)) };
         tokio::select! {
             r = control.send(message) => if r.is_err() { return },
             () = stop.cancelled() => return,
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Logs a session's end.

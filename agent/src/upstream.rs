@@ -26,7 +26,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry::frame::ProxiedRequest;
 use ferry::headers::{is_credential_header, is_forwarding_header, is_hop_by_hop};
-use ferry::proto::v1::ClusterStatus;
 use http::header::{ACCEPT, CONNECTION, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Uri};
@@ -351,29 +350,44 @@ impl Upstream {
 
     /// Probes `GET /version` with the agent's own identity (no
     /// impersonation), bounded by `timeout`.
-    pub async fn probe(&self, timeout: Duration) -> Result<String, ProbeError> {
-        let probe = async {
-            let uri = join_uri(&self.base, &PathAndQuery::from_static("/version"))
-                .map_err(|e| ProbeError::Failed(e.to_string()))?;
+    pub async fn probe(&self, timeout: Duration) -> Result<VersionInfo, ProbeError> {
+        let (status, body) = self.get("/version", MAX_VERSION_BODY, timeout).await.map_err(|e| {
+            if e.timed_out { ProbeError::Timeout(timeout) } else { ProbeError::Failed(e.message) }
+        })?;
+        if !status.is_success() {
+            return Err(ProbeError::Status(status.as_u16()));
+        }
+        serde_json::from_slice(&body).map_err(|e| ProbeError::Failed(e.to_string()))
+    }
+
+    /// `GET path_and_query` as the agent itself (no impersonation), reading
+    /// at most `max` bytes of the answer, within `timeout`.
+    pub async fn get(
+        &self,
+        path_and_query: &str,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<(http::StatusCode, Bytes), GetError> {
+        let failed = |message: String| GetError { message, timed_out: false };
+        let call = async {
+            let pq = PathAndQuery::try_from(path_and_query).map_err(|e| failed(e.to_string()))?;
+            let uri = join_uri(&self.base, &pq).map_err(|e| failed(e.to_string()))?;
             let mut request = Request::new(empty_body());
             *request.method_mut() = Method::GET;
             *request.uri_mut() = uri;
             request.headers_mut().insert(ACCEPT, HeaderValue::from_static("application/json"));
-            let response = self.send(request, false).await.map_err(|e| ProbeError::Failed(e.to_string()))?;
+            let response = self.send(request, false).await.map_err(|e| failed(e.to_string()))?;
             let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_VERSION_BODY)
+            let body = Limited::new(response.into_body(), max)
                 .collect()
                 .await
-                .map_err(|e| ProbeError::Failed(e.to_string()))?
+                .map_err(|e| failed(e.to_string()))?
                 .to_bytes();
-            if !status.is_success() {
-                return Err(ProbeError::Status(status.as_u16()));
-            }
-            let version: VersionInfo =
-                serde_json::from_slice(&body).map_err(|e| ProbeError::Failed(e.to_string()))?;
-            Ok(version.git_version)
+            Ok((status, body))
         };
-        tokio::time::timeout(timeout, probe).await.unwrap_or(Err(ProbeError::Timeout(timeout)))
+        tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| {
+            Err(GetError { message: format!("no answer within {timeout:?}"), timed_out: true })
+        })
     }
 
     /// Sends a small JSON request as the agent itself (no impersonation)
@@ -410,16 +424,16 @@ impl Upstream {
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
     }
+}
 
-    /// The cluster status for a heartbeat.
-    pub async fn status(&self, timeout: Duration) -> (ClusterStatus, Option<ProbeError>) {
-        match self.probe(timeout).await {
-            Ok(kubernetes_version) => {
-                (ClusterStatus { kubernetes_version, apiserver_reachable: true, ..Default::default() }, None)
-            }
-            Err(e) => (ClusterStatus { apiserver_reachable: false, ..Default::default() }, Some(e)),
-        }
-    }
+/// Why a [`Upstream::get`] failed before an answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct GetError {
+    /// What went wrong.
+    pub message: String,
+    /// Whether the call ran out of time.
+    pub timed_out: bool,
 }
 
 fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {
@@ -440,10 +454,15 @@ pub enum ProbeError {
     Failed(String),
 }
 
-#[derive(serde::Deserialize)]
-struct VersionInfo {
+/// What `GET /version` says (the fields the agent reports).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct VersionInfo {
+    /// E.g. `v1.33.1`.
     #[serde(rename = "gitVersion", default)]
-    git_version: String,
+    pub git_version: String,
+    /// E.g. `linux/amd64`.
+    #[serde(default)]
+    pub platform: String,
 }
 
 /// An empty request body.

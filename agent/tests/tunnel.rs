@@ -115,16 +115,23 @@ async fn enrolls_connects_and_streams_a_watch() {
     assert_eq!(std::fs::read_to_string(w.state_dir().join("cluster")).expect("cluster").trim(), CLUSTER);
     let stored_serial = cert_serial(&w.state_dir().join("tls.crt"));
 
-    // Hello, then a heartbeat carrying the apiserver's version.
+    // Hello carrying the cluster's status, then heartbeats.
     let hello = within("hello", w.hub.hellos.recv()).await.expect("hello");
     assert_eq!(hello.protocol_version, ferry::PROTOCOL_VERSION);
     assert_eq!(hello.agent_version, ferry::FERRY_VERSION);
     let stored_id = std::fs::read_to_string(w.state_dir().join("agent-id")).expect("agent id");
     assert_eq!(hello.agent_id, stored_id.trim());
-    let heartbeat = within("heartbeat", w.hub.heartbeats.recv()).await.expect("heartbeat");
-    let status = heartbeat.status.expect("status");
+    let status = hello.status.expect("status");
     assert_eq!(status.kubernetes_version, KUBE_VERSION);
     assert!(status.apiserver_reachable);
+    let ok = ferry::proto::v1::HealthState::Ok as i32;
+    assert_eq!((status.readyz.map(|h| h.state), status.livez.map(|h| h.state)), (Some(ok), Some(ok)));
+    assert_eq!(status.nodes, Some(ferry::proto::v1::NodeCounts { ready: 1, not_ready: 0 }));
+    let capacity = status.capacity.expect("capacity");
+    assert_eq!((capacity.cpu_millis, capacity.memory_bytes), (2000, 8 << 30));
+    assert_eq!(status.allocatable.map(|a| a.cpu_millis), Some(1900));
+    assert!(status.observed_at_unix_ms > 0);
+    within("heartbeat", w.hub.heartbeats.recv()).await.expect("heartbeat");
 
     // The pool: two parked streams over the enrolled certificate, with the
     // session.

@@ -42,6 +42,10 @@ pub enum ManagementError {
     /// The operation did not finish in time.
     #[error("{0}")]
     Timeout(String),
+    /// The hub is up but cannot serve the call now (no agent connected for
+    /// the cluster, its store unavailable, shutting down).
+    #[error("{0}")]
+    Unavailable(String),
     /// The hub answered with something this client does not understand.
     #[error("unexpected response from the hub: {0}")]
     InvalidResponse(String),
@@ -79,7 +83,7 @@ impl ManagementError {
             Code::NotFound => Self::NotFound(message),
             Code::InvalidArgument | Code::OutOfRange => Self::InvalidArgument(message),
             Code::DeadlineExceeded => Self::Timeout(message),
-            Code::Unavailable => Self::Connection { hub: hub.to_owned(), reason: message },
+            Code::Unavailable => Self::Unavailable(message),
             code => Self::Other { code, message },
         }
     }
@@ -195,7 +199,7 @@ mod tests {
         assert_eq!(map(tonic::Status::deadline_exceeded("late")), ManagementError::Timeout("late".into()));
         assert_eq!(
             map(tonic::Status::unavailable("shutting down")),
-            ManagementError::Connection { hub: HUB.into(), reason: "shutting down".into() }
+            ManagementError::Unavailable("shutting down".into())
         );
         assert_eq!(
             map(tonic::Status::internal("store broken")),

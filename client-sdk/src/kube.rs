@@ -1,23 +1,23 @@
 //! A `kube::Client` whose requests travel through the hub to a child cluster.
 //!
-//! The hub issues kubeconfigs (see
-//! [`ManagementClient::issue_kubeconfig`](crate::ManagementClient::issue_kubeconfig))
-//! whose server is `https://HUB/clusters/NAME`, pinned to the hub CA, with a
-//! client certificate naming the caller. kube keeps the `/clusters/NAME`
-//! prefix on every request, so `Api::<Pod>::all(client).list(..)` becomes
-//! `GET https://HUB/clusters/NAME/api/v1/pods`, which the hub forwards to the
-//! cluster's agent; the agent replays it with impersonation of the caller, so
-//! the child cluster's RBAC applies.
+//! [`Hub::kube_client`] builds one from the hub connection's own
+//! credential; [`kube_client`] from any kubeconfig, such as those the hub
+//! issues ([`Hub::issue_kubeconfig`]). Either way the server is
+//! `https://HUB/clusters/NAME`, pinned to the hub CA. kube keeps the
+//! `/clusters/NAME` prefix on every request, so
+//! `Api::<Pod>::all(client).list(..)` becomes `GET
+//! https://HUB/clusters/NAME/api/v1/pods`, which the hub forwards to the
+//! cluster's agent; the agent replays it with impersonation of the caller,
+//! so the child cluster's RBAC applies. Watches, kube-runtime watchers and
+//! reflectors, logs and exec (WebSocket) work unchanged.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use ferry_client_sdk::{HubConfig, ManagementClient, kube_client};
+//! use ferry_client_sdk::{Hub, HubConfig};
 //! use k8s_openapi::api::core::v1::Namespace;
 //!
-//! let hub = HubConfig::load("ferry-data/admin.kubeconfig")?;
-//! let management = ManagementClient::connect(&hub).await?;
-//! let kubeconfig = management.issue_kubeconfig("edge-1", None, &[]).await?;
-//! let client = kube_client(kubeconfig.expose()).await?;
+//! let hub = Hub::connect(&HubConfig::load("ferry-data/admin.kubeconfig")?).await?;
+//! let client = hub.kube_client("edge-1").await?;
 //! let namespaces = kube::Api::<Namespace>::all(client).list(&Default::default()).await?;
 //! println!("{} namespaces", namespaces.items.len());
 //! # Ok(())
@@ -26,9 +26,15 @@
 
 use ::kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 
+use crate::management::Hub;
+
 /// Why a client could not be built from a kubeconfig.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeClientError {
+    /// The hub was connected without a configuration to build one from
+    /// ([`Hub::from_channel`]).
+    #[error("this hub connection has no configuration to build a kube client from")]
+    NoConfig,
     /// The text is not a kubeconfig.
     #[error("cannot parse the kubeconfig")]
     Parse(#[source] KubeconfigError),
@@ -58,6 +64,27 @@ pub async fn kube_client(kubeconfig_yaml: &str) -> Result<::kube::Client, KubeCl
     ensure_crypto_provider();
     let config = kube_config(kubeconfig_yaml).await?;
     ::kube::Client::try_from(config).map_err(KubeClientError::Build)
+}
+
+impl Hub {
+    /// A [`kube::Client`](::kube::Client) for child cluster `cluster`,
+    /// through the hub, with this connection's CA and credential (the hub
+    /// checks the caller's grant for the cluster on every request). Call it
+    /// within a Tokio runtime.
+    pub async fn kube_client(&self, cluster: &str) -> Result<::kube::Client, KubeClientError> {
+        let config = self.kube_config(cluster).await?;
+        ::kube::Client::try_from(config).map_err(KubeClientError::Build)
+    }
+
+    /// The [`kube::Config`](::kube::Config) behind [`Hub::kube_client`], to
+    /// adjust (timeouts, headers) before building a client.
+    pub async fn kube_config(&self, cluster: &str) -> Result<::kube::Config, KubeClientError> {
+        ensure_crypto_provider();
+        let hub = self.config().ok_or(KubeClientError::NoConfig)?;
+        ::kube::Config::from_custom_kubeconfig(hub.kubeconfig_for(cluster), &KubeConfigOptions::default())
+            .await
+            .map_err(KubeClientError::Config)
+    }
 }
 
 /// kube builds its rustls config from the process-wide provider. It picks

@@ -78,6 +78,14 @@ pub enum HubConfigError {
     },
 }
 
+/// Where [`HubConfig::from_default_locations`] looks, after
+/// `$FERRY_KUBECONFIG`: the admin kubeconfig of a hub started in the
+/// working directory.
+pub const DEFAULT_KUBECONFIG: &str = "./ferry-data/admin.kubeconfig";
+
+/// The environment variable naming the kubeconfig to use.
+pub const KUBECONFIG_ENV: &str = "FERRY_KUBECONFIG";
+
 /// What is missing or wrong inside a kubeconfig.
 #[derive(Debug, thiserror::Error)]
 pub enum InvalidKubeconfig {
@@ -129,6 +137,89 @@ pub enum InvalidKubeconfig {
 }
 
 impl HubConfig {
+    /// A hub at `url` (`https://host:port`), trusting only `ca_pem` (the
+    /// hub's `ca.crt`), with `credential`.
+    pub fn new(
+        url: &str,
+        ca_pem: impl Into<String>,
+        credential: HubCredential,
+    ) -> Result<Self, InvalidKubeconfig> {
+        let invalid = |reason: String| InvalidKubeconfig::InvalidField {
+            entry: "the hub".into(),
+            field: "url",
+            reason,
+        };
+        let server: http::Uri = url.parse().map_err(|e| invalid(format!("{url:?}: {e}")))?;
+        if server.scheme_str() != Some("https") || server.host().is_none() {
+            return Err(invalid(format!("{url:?} is not https://HOST[:PORT]")));
+        }
+        let ca_pem = ca_pem.into();
+        check_certificates("the hub", "ca", ca_pem.as_bytes())?;
+        Ok(HubConfig { server, tls_server_name: None, ca_pem, credential })
+    }
+
+    /// Loads the kubeconfig named by `$FERRY_KUBECONFIG`, else
+    /// [`DEFAULT_KUBECONFIG`] (what `ferryctl` uses too).
+    pub fn from_default_locations() -> Result<Self, HubConfigError> {
+        match std::env::var_os(KUBECONFIG_ENV).filter(|v| !v.is_empty()) {
+            Some(path) => Self::load(PathBuf::from(path)),
+            None => Self::load(DEFAULT_KUBECONFIG),
+        }
+    }
+
+    /// The hub's base URL (`https://host:port`), without any path.
+    pub fn base_url(&self) -> String {
+        match self.server.authority() {
+            Some(a) => format!("https://{a}"),
+            None => self.server.to_string().trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// A kubeconfig that reaches `cluster` through the hub with this
+    /// configuration's CA and credential (server
+    /// `https://HUB/clusters/CLUSTER`).
+    pub fn kubeconfig_for(&self, cluster: &str) -> Kubeconfig {
+        use base64::engine::general_purpose::STANDARD;
+        use kube::config::{Context, NamedAuthInfo, NamedCluster, NamedContext};
+        let mut auth = AuthInfo::default();
+        match &self.credential {
+            HubCredential::Token(t) => auth.token = Some(t.expose().to_owned().into()),
+            HubCredential::ClientCert { cert_pem, key_pem } => {
+                auth.client_certificate_data = Some(STANDARD.encode(cert_pem));
+                auth.client_key_data = Some(STANDARD.encode(key_pem.expose()).into());
+            }
+        }
+        let name = format!("ferry-{cluster}");
+        Kubeconfig {
+            clusters: vec![NamedCluster {
+                name: name.clone(),
+                cluster: Some(Cluster {
+                    server: Some(format!("{}/clusters/{cluster}", self.base_url())),
+                    certificate_authority_data: Some(STANDARD.encode(&self.ca_pem)),
+                    tls_server_name: self.tls_server_name.clone(),
+                    ..Default::default()
+                }),
+                other: Default::default(),
+            }],
+            auth_infos: vec![NamedAuthInfo {
+                name: name.clone(),
+                auth_info: Some(auth),
+                other: Default::default(),
+            }],
+            contexts: vec![NamedContext {
+                name: name.clone(),
+                context: Some(Context {
+                    cluster: name.clone(),
+                    user: Some(name.clone()),
+                    ..Default::default()
+                }),
+                other: Default::default(),
+            }],
+            current_context: Some(name),
+            ..Default::default()
+        }
+    }
+
     /// Loads the current context of the kubeconfig at `path`. Relative
     /// certificate paths inside it are resolved against its directory.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, HubConfigError> {

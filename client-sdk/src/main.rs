@@ -1,7 +1,7 @@
-//! `ferryctl`: register clusters with a Ferry hub, approve, deny and delete
-//! them, issue kubeconfigs and tokens, grant access, list and wait for
-//! clusters. Results go to stdout, logs (`RUST_LOG`) and errors to stderr;
-//! any failure exits 1 with `error: <message>`.
+//! `ferryctl`: register clusters with a Ferry hub, approve, deny, label and
+//! delete them, issue kubeconfigs and tokens, grant access, list, describe,
+//! watch and wait for clusters. Results go to stdout, logs (`RUST_LOG`) and
+//! errors to stderr; any failure exits 1 with `error: <message>`.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -13,10 +13,12 @@ use anyhow::{anyhow, bail};
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_client_sdk::duration::parse_duration;
+use ferry_client_sdk::output::Columns;
 use ferry_client_sdk::{
-    ApprovalMode, ClusterPhase, CredentialKind, GrantSubject, HubConfig, HubConfigError, KubeconfigRequest,
-    ManagementClient, RegisterOptions, output,
+    ApprovalMode, Cluster, ClusterEvent, ClusterPhase, CredentialKind, GrantSubject, Hub, HubConfig,
+    HubConfigError, KubeconfigRequest, RegisterOptions, WatchOptions, output,
 };
+use futures_util::StreamExt as _;
 use tracing_subscriber::EnvFilter;
 
 /// Command-line client for a Ferry hub: register clusters, approve them,
@@ -96,11 +98,63 @@ enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         ttl: Option<Duration>,
     },
-    /// List registered clusters (those you hold a grant for, unless you are an admin).
+    /// List registered clusters (those you hold a grant for, unless you are
+    /// an admin): NAME PHASE VERSION NODES AGENTS AGE LAST-SEEN.
     Clusters {
         /// Output format.
-        #[arg(short, long, value_enum, default_value_t = ListOutput::Table)]
-        output: ListOutput,
+        #[arg(short, long, value_enum, default_value_t = ClusterOutput::Table)]
+        output: ClusterOutput,
+        /// Only clusters matching this label selector, e.g. env=prod,tier in (a,b).
+        #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+        selector: Option<String>,
+        /// After listing, print every change as it happens (until interrupted).
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// Show one cluster.
+    Get {
+        /// Cluster name.
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = ClusterOutput::Table)]
+        output: ClusterOutput,
+    },
+    /// Show a cluster in detail: status, agents, labels, phase history, grants.
+    #[command(subcommand)]
+    Describe(DescribeCommand),
+    /// Set or remove labels of a cluster: KEY=VALUE sets, KEY- removes.
+    Label {
+        /// Cluster name.
+        name: String,
+        /// KEY=VALUE or KEY-, one or more.
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        changes: Vec<String>,
+    },
+    /// Send one HTTP request to a cluster's apiserver over the hub's gRPC
+    /// Proxy call and print the response body as it arrives (a watch
+    /// streams until interrupted).
+    Request {
+        /// Cluster name.
+        cluster: String,
+        /// Path and query on the apiserver, e.g. /api/v1/namespaces.
+        path: String,
+        /// HTTP method.
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        /// A request header, 'Name: value'; repeat for several.
+        #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The request body: text, @FILE, or @- for stdin.
+        #[arg(short = 'd', long, value_name = "DATA")]
+        data: Option<String>,
+        /// Print the status line and headers before the body.
+        #[arg(short = 'i', long)]
+        include: bool,
+    },
+    /// Print a shell completion script, e.g. `source <(ferryctl completion bash)`.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Wait until a cluster's agent is connected or disconnected, or the
     /// cluster is in a phase (ready, not-ready, pending, offline, denied).
@@ -132,6 +186,15 @@ enum Command {
     },
     /// Show who the hub thinks you are.
     Whoami,
+}
+
+#[derive(Subcommand)]
+enum DescribeCommand {
+    /// A cluster.
+    Cluster {
+        /// Cluster name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -240,6 +303,23 @@ enum ListOutput {
     Table,
     /// A JSON array.
     Json,
+    /// YAML.
+    Yaml,
+}
+
+/// Output formats of clusters.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClusterOutput {
+    /// NAME PHASE VERSION NODES AGENTS AGE LAST-SEEN.
+    Table,
+    /// The table plus PLATFORM, CPU, MEMORY (allocatable), LABELS, REASON.
+    Wide,
+    /// JSON (an array; with --watch one event object per line).
+    Json,
+    /// YAML documents.
+    Yaml,
+    /// `cluster/NAME` per line.
+    Name,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -304,15 +384,22 @@ fn unix(t: Option<SystemTime>) -> Option<u64> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Completion { shell } = cli.command {
+        let mut out = Vec::new();
+        clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "ferryctl", &mut out);
+        return emit(&String::from_utf8_lossy(&out));
+    }
     let hub = HubConfig::load(&cli.kubeconfig).map_err(|e| match e {
-        HubConfigError::Read { .. } => {
-            anyhow!("{:#}; pass --kubeconfig FILE or set FERRY_KUBECONFIG", anyhow::Error::from(e))
-        }
+        HubConfigError::Read { .. } => anyhow!(
+            "{:#}; pass --kubeconfig FILE or set FERRY_KUBECONFIG (the hub writes one for admins at DATA_DIR/admin.kubeconfig)",
+            anyhow::Error::from(e)
+        ),
         e => e.into(),
     })?;
-    let client = ManagementClient::connect(&hub).await?;
+    let client = Hub::connect(&hub).await?;
     let now = SystemTime::now();
     match cli.command {
+        Command::Completion { .. } => Ok(()),
         Command::Register { name, output, token_ttl, approval, labels, admin_group } => {
             let options = RegisterOptions {
                 token_ttl,
@@ -368,16 +455,79 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             emit(&text)
         }
-        Command::Clusters { output } => {
-            let clusters = client.list_clusters().await?;
-            match output {
-                ListOutput::Table if clusters.is_empty() => {
-                    eprintln!("No clusters registered (or none you hold a grant for).");
-                    Ok(())
-                }
-                ListOutput::Table => emit(&output::clusters_table(&clusters, now)),
-                ListOutput::Json => emit(&output::clusters_json(&clusters)),
+        Command::Clusters { output, selector, watch } if watch => {
+            watch_clusters(&client, output, selector).await
+        }
+        Command::Clusters { output, selector, .. } => {
+            let clusters = client.list_all_clusters(selector.as_deref()).await?.clusters;
+            if clusters.is_empty() && matches!(output, ClusterOutput::Table | ClusterOutput::Wide) {
+                eprintln!(
+                    "No clusters registered (or none you hold a grant for, or none matching the selector)."
+                );
+                return Ok(());
             }
+            print_clusters(&clusters, output, now)
+        }
+        Command::Get { name, output } => {
+            let cluster = client.get_cluster(&name).await?;
+            print_clusters(&[cluster], output, now)
+        }
+        Command::Describe(DescribeCommand::Cluster { name }) => {
+            let cluster = client.get_cluster(&name).await?;
+            let grants = client.list_grants(Some(&name)).await?;
+            emit(&output::describe_cluster(&cluster, &grants, now))
+        }
+        Command::Request { cluster, path, method, headers, data, include } => {
+            let body = match data.as_deref() {
+                None => Vec::new(),
+                Some("@-") => {
+                    let mut all = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut all)?;
+                    all
+                }
+                Some(d) => match d.strip_prefix('@') {
+                    Some(file) => std::fs::read(file).map_err(|e| anyhow!("reading {file}: {e}"))?,
+                    None => d.as_bytes().to_vec(),
+                },
+            };
+            let mut request = http::Request::builder().method(method.as_str()).uri(path.as_str());
+            for h in &headers {
+                let (name, value) =
+                    h.split_once(':').ok_or_else(|| anyhow!("header {h:?} is not 'Name: value'"))?;
+                request = request.header(name.trim(), value.trim());
+            }
+            let request =
+                request.body(bytes::Bytes::from(body)).map_err(|e| anyhow!("invalid request: {e}"))?;
+            let mut response = client.proxy(&cluster, request).await?;
+            if include {
+                let mut head = format!("HTTP {}\n", response.status);
+                for (name, value) in &response.headers {
+                    head.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())));
+                }
+                head.push('\n');
+                emit(&head)?;
+            }
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = response.chunk().await? {
+                match out.write_all(&chunk).and_then(|()| out.flush()) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    r => r?,
+                }
+            }
+            if !response.status.is_success() {
+                bail!("the apiserver of cluster {cluster} answered {}", response.status);
+            }
+            Ok(())
+        }
+        Command::Label { name, changes } => {
+            let (set, remove) = parse_label_changes(&changes)?;
+            let c = client.update_labels(&name, &set, &remove).await?;
+            let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            emit(&format!(
+                "cluster/{} labeled ({})\n",
+                c.name,
+                if labels.is_empty() { "no labels".to_owned() } else { labels.join(",") }
+            ))
         }
         Command::Wait { name, state, timeout } => {
             let phase = match state {
@@ -429,6 +579,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match output {
                 ListOutput::Table => emit(&output::tokens_table(&tokens, now)),
                 ListOutput::Json => emit(&output::tokens_json(&tokens)),
+                ListOutput::Yaml => emit(&json_to_yaml(&output::tokens_json(&tokens))?),
             }
         }
         Command::Token(TokenCommand::Revoke { id }) => {
@@ -449,6 +600,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match output {
                 ListOutput::Table => emit(&output::grants_table(&grants, now)),
                 ListOutput::Json => emit(&output::grants_json(&grants)),
+                ListOutput::Yaml => emit(&json_to_yaml(&output::grants_json(&grants))?),
             }
         }
         Command::Whoami => {
@@ -462,6 +614,117 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ))
         }
     }
+}
+
+/// Prints clusters in `format`.
+fn print_clusters(clusters: &[Cluster], format: ClusterOutput, now: SystemTime) -> anyhow::Result<()> {
+    match format {
+        ClusterOutput::Table => emit(&output::clusters_table(clusters, now)),
+        ClusterOutput::Wide => emit(&output::clusters_wide(clusters, now)),
+        ClusterOutput::Json => emit(&output::clusters_json(clusters)),
+        ClusterOutput::Yaml => emit(&output::clusters_yaml(clusters)),
+        ClusterOutput::Name => {
+            emit(&clusters.iter().map(|c| format!("cluster/{}\n", c.name)).collect::<String>())
+        }
+    }
+}
+
+/// `ferryctl clusters -w`: the clusters, then one line (row, JSON object
+/// or YAML document) per change, until interrupted. Reconnects and resumes
+/// by itself when the hub restarts.
+async fn watch_clusters(hub: &Hub, format: ClusterOutput, selector: Option<String>) -> anyhow::Result<()> {
+    let options = WatchOptions { label_selector: selector, ..Default::default() };
+    let mut events = std::pin::pin!(hub.watch_clusters(options));
+    let mut initial: Vec<Cluster> = Vec::new();
+    let mut columns: Option<Columns<7>> = None;
+    let mut wide: Option<Columns<12>> = None;
+    let mut synced = false;
+    while let Some(event) = events.next().await {
+        let event = event?;
+        let now = SystemTime::now();
+        let (kind, clusters) = match &event {
+            ClusterEvent::Bookmark { .. } if !synced => {
+                synced = true;
+                match format {
+                    ClusterOutput::Table => {
+                        let mut rows = vec![output::CLUSTER_COLUMNS.map(str::to_owned)];
+                        rows.extend(initial.iter().map(|c| output::cluster_row(c, now)));
+                        let mut c = Columns::fit(&rows);
+                        emit(&rows.iter().map(|r| c.line(r)).collect::<String>())?;
+                        columns = Some(c);
+                    }
+                    ClusterOutput::Wide => {
+                        let mut rows = vec![output::WIDE_CLUSTER_COLUMNS.map(str::to_owned)];
+                        rows.extend(initial.iter().map(|c| output::wide_cluster_row(c, now)));
+                        let mut c = Columns::fit(&rows);
+                        emit(&rows.iter().map(|r| c.line(r)).collect::<String>())?;
+                        wide = Some(c);
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            ClusterEvent::Added { cluster, .. }
+                if !synced && matches!(format, ClusterOutput::Table | ClusterOutput::Wide) =>
+            {
+                initial.push(cluster.clone());
+                continue;
+            }
+            ClusterEvent::Added { cluster, .. } => ("ADDED", vec![cluster.clone()]),
+            ClusterEvent::Modified { cluster, .. } => ("MODIFIED", vec![cluster.clone()]),
+            ClusterEvent::Deleted { cluster, .. } => ("DELETED", vec![cluster.clone()]),
+            ClusterEvent::Relisted { clusters, .. } => ("RELISTED", clusters.clone()),
+            _ => continue,
+        };
+        for c in &clusters {
+            let text = match format {
+                ClusterOutput::Table => match columns.as_mut() {
+                    Some(cols) => cols.line(&output::cluster_row(c, now)),
+                    None => output::clusters_table(std::slice::from_ref(c), now),
+                },
+                ClusterOutput::Wide => match wide.as_mut() {
+                    Some(cols) => cols.line(&output::wide_cluster_row(c, now)),
+                    None => output::clusters_wide(std::slice::from_ref(c), now),
+                },
+                ClusterOutput::Json => {
+                    let line = serde_json::json!({
+                        "type": kind, "revision": event.revision(), "cluster": output::cluster_value(c),
+                    });
+                    format!("{line}\n")
+                }
+                ClusterOutput::Yaml => {
+                    let doc = serde_json::json!({
+                        "type": kind, "revision": event.revision(), "cluster": output::cluster_value(c),
+                    });
+                    format!("---\n{}", serde_yaml::to_string(&doc)?)
+                }
+                ClusterOutput::Name => format!("cluster/{}\n", c.name),
+            };
+            emit(&text)?;
+        }
+    }
+    Ok(())
+}
+
+/// `KEY=VALUE` (set) and `KEY-` (remove), as `kubectl label` takes them.
+fn parse_label_changes(changes: &[String]) -> anyhow::Result<(BTreeMap<String, String>, Vec<String>)> {
+    let mut set = BTreeMap::new();
+    let mut remove = Vec::new();
+    for change in changes {
+        if let Some((k, v)) = change.split_once('=') {
+            set.insert(k.to_owned(), v.to_owned());
+        } else if let Some(k) = change.strip_suffix('-') {
+            remove.push(k.to_owned());
+        } else {
+            bail!("{change:?} is neither KEY=VALUE nor KEY-");
+        }
+    }
+    Ok((set, remove))
+}
+
+fn json_to_yaml(json: &str) -> anyhow::Result<String> {
+    let value: serde_json::Value = serde_json::from_str(json)?;
+    Ok(serde_yaml::to_string(&value)?)
 }
 
 /// `https://host:port` of the hub.

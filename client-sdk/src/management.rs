@@ -1,5 +1,6 @@
-//! Typed client for the hub's management API: `ferry.v1.Clusters` and
-//! `ferry.v1.Access`.
+//! [`Hub`]: the typed client of the hub's management API
+//! (`ferry.v1.Clusters` and `ferry.v1.Access`), and the types its calls
+//! take and return.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -61,7 +62,7 @@ impl ClusterPhase {
         }
     }
 
-    fn from_proto(p: i32) -> Self {
+    pub(crate) fn from_proto(p: i32) -> Self {
         match pb::ClusterPhase::try_from(p) {
             Ok(pb::ClusterPhase::Pending) => ClusterPhase::Pending,
             Ok(pb::ClusterPhase::Ready) => ClusterPhase::Ready,
@@ -106,8 +107,111 @@ impl ApprovalMode {
     }
 }
 
+/// Whether one of the apiserver's health endpoints passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HealthState {
+    /// Not checked (or no agent has reported).
+    #[default]
+    Unknown,
+    /// Passing.
+    Ok,
+    /// Failing.
+    Failed,
+}
+
+impl HealthState {
+    /// `Unknown`, `Ok` or `Failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Unknown => "Unknown",
+            HealthState::Ok => "Ok",
+            HealthState::Failed => "Failed",
+        }
+    }
+}
+
+/// An apiserver health endpoint (`/readyz`, `/livez`) as an agent found it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Passing or not.
+    pub state: HealthState,
+    /// For a failing one: what failed (e.g. `[-]etcd failed: reason withheld`).
+    pub detail: String,
+}
+
+impl From<Option<pb::HealthCheck>> for HealthCheck {
+    fn from(c: Option<pb::HealthCheck>) -> Self {
+        let c = c.unwrap_or_default();
+        let state = match pb::HealthState::try_from(c.state) {
+            Ok(pb::HealthState::Ok) => HealthState::Ok,
+            Ok(pb::HealthState::Failed) => HealthState::Failed,
+            _ => HealthState::Unknown,
+        };
+        HealthCheck { state, detail: c.detail }
+    }
+}
+
+/// Nodes of a cluster by their `Ready` condition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeCounts {
+    /// Ready nodes.
+    pub ready: u32,
+    /// Nodes not Ready.
+    pub not_ready: u32,
+}
+
+/// CPU and memory summed over a cluster's nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// CPU in millicores.
+    pub cpu_millis: u64,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+}
+
+impl From<pb::Resources> for Resources {
+    fn from(r: pb::Resources) -> Self {
+        Resources { cpu_millis: r.cpu_millis, memory_bytes: r.memory_bytes }
+    }
+}
+
+/// One connected agent replica of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentReplica {
+    /// The agent instance's id (in a pod, its uid).
+    pub agent_id: String,
+    /// Its software version.
+    pub agent_version: String,
+    /// Its session id.
+    pub session_id: String,
+    /// When its session started (hub clock).
+    pub connected_at: Option<SystemTime>,
+    /// When the hub last heard from it (hub clock).
+    pub last_heartbeat: Option<SystemTime>,
+    /// Round trip of its last answered heartbeat, as it measured it.
+    pub heartbeat_rtt: Option<Duration>,
+    /// When it took its last status report (agent clock).
+    pub reported_at: Option<SystemTime>,
+    /// Whether it reached its apiserver then.
+    pub apiserver_reachable: bool,
+    /// Why not, when it did not.
+    pub apiserver_error: String,
+}
+
+/// One phase change of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PhaseTransition {
+    /// The phase entered.
+    pub phase: ClusterPhase,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: Option<SystemTime>,
+}
+
 /// A registered cluster as the hub reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Cluster {
     /// The name it was registered under.
     pub name: String,
@@ -124,6 +228,8 @@ pub struct Cluster {
     /// The child cluster's Kubernetes version (e.g. `v1.31.2`), `None` until
     /// an agent has reported it.
     pub kubernetes_version: Option<String>,
+    /// The apiserver's platform (e.g. `linux/amd64`), if known.
+    pub platform: Option<String>,
     /// When it was registered, `None` if the hub did not say.
     pub created_at: Option<SystemTime>,
     /// Its approval mode.
@@ -132,10 +238,34 @@ pub struct Cluster {
     pub labels: BTreeMap<String, String>,
     /// Last time an agent was heard from, `None` if never.
     pub last_seen: Option<SystemTime>,
+    /// Node counts, `None` when unknown.
+    pub nodes: Option<NodeCounts>,
+    /// Summed node capacity, `None` when unknown.
+    pub capacity: Option<Resources>,
+    /// Summed node allocatable resources, `None` when unknown.
+    pub allocatable: Option<Resources>,
+    /// The apiserver's `/readyz`.
+    pub readyz: HealthCheck,
+    /// The apiserver's `/livez`.
+    pub livez: HealthCheck,
+    /// Permissions the agents lack in the cluster.
+    pub missing_permissions: Vec<String>,
+    /// The connected agents (from `get` and `list`; empty in watch events).
+    pub replicas: Vec<AgentReplica>,
+    /// The last phase changes, oldest first.
+    pub history: Vec<PhaseTransition>,
+    /// When the cluster entered its phase, if known.
+    pub phase_since: Option<SystemTime>,
+    /// The hub's revision of the cluster's last stored change.
+    pub revision: u64,
 }
 
 fn unix(secs: u64) -> Option<SystemTime> {
     (secs > 0).then(|| UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn unix_ms(ms: u64) -> Option<SystemTime> {
+    (ms > 0).then(|| UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 impl TryFrom<pb::Cluster> for Cluster {
@@ -153,6 +283,7 @@ impl TryFrom<pb::Cluster> for Cluster {
             connected: c.connected,
             agents: c.agents,
             kubernetes_version: Some(c.kubernetes_version).filter(|v| !v.is_empty()),
+            platform: Some(c.platform).filter(|v| !v.is_empty()),
             created_at: unix(c.created_at_unix),
             approval: if c.approval == pb::ApprovalMode::Manual as i32 {
                 ApprovalMode::Manual
@@ -161,11 +292,68 @@ impl TryFrom<pb::Cluster> for Cluster {
             },
             labels: c.labels.into_iter().collect(),
             last_seen: unix(c.last_seen_unix),
+            nodes: c.nodes.map(|n| NodeCounts { ready: n.ready, not_ready: n.not_ready }),
+            capacity: c.capacity.map(Into::into),
+            allocatable: c.allocatable.map(Into::into),
+            readyz: c.readyz.into(),
+            livez: c.livez.into(),
+            missing_permissions: c.missing_permissions,
+            replicas: c
+                .replicas
+                .into_iter()
+                .map(|r| AgentReplica {
+                    agent_id: r.agent_id,
+                    agent_version: r.agent_version,
+                    session_id: r.session_id,
+                    connected_at: unix(r.connected_at_unix),
+                    last_heartbeat: unix_ms(r.last_heartbeat_unix_ms),
+                    heartbeat_rtt: (r.heartbeat_rtt_micros > 0)
+                        .then(|| Duration::from_micros(r.heartbeat_rtt_micros)),
+                    reported_at: unix_ms(r.reported_at_unix_ms),
+                    apiserver_reachable: r.apiserver_reachable,
+                    apiserver_error: r.apiserver_error,
+                })
+                .collect(),
+            history: c
+                .history
+                .into_iter()
+                .map(|h| PhaseTransition {
+                    phase: ClusterPhase::from_proto(h.phase),
+                    reason: h.reason,
+                    at: unix(h.at_unix),
+                })
+                .collect(),
+            phase_since: unix(c.phase_since_unix),
+            revision: c.revision,
         })
     }
 }
 
-/// Options of [`ManagementClient::register_cluster`].
+/// What [`Hub::list_clusters_with`] lists.
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    /// A Kubernetes label selector (`env=prod,tier in (a,b),!deprecated`);
+    /// `None`: every cluster.
+    pub label_selector: Option<String>,
+    /// Clusters per page; `None`: the hub's default (500; at most 1000).
+    pub page_size: Option<u32>,
+    /// The previous page's [`ClusterPage::next_page_token`].
+    pub page_token: Option<String>,
+}
+
+/// One page of clusters.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterPage {
+    /// Clusters, by name.
+    pub clusters: Vec<Cluster>,
+    /// Pass as [`ListOptions::page_token`] for the next page; `None` on the
+    /// last.
+    pub next_page_token: Option<String>,
+    /// The hub's revision when the page was read.
+    pub revision: u64,
+}
+
+/// Options of [`Hub::register_cluster_with`].
 #[derive(Clone, Debug, Default)]
 pub struct RegisterOptions {
     /// How long the bootstrap token stays usable; `None`: the hub default
@@ -206,7 +394,7 @@ pub enum CredentialKind {
     Token,
 }
 
-/// What [`ManagementClient::issue_kubeconfig_with`] issues.
+/// What [`Hub::issue_kubeconfig_with`] issues.
 #[derive(Clone, Debug, Default)]
 pub struct KubeconfigRequest {
     /// The cluster.
@@ -355,28 +543,46 @@ impl Interceptor for BearerAuth {
     }
 }
 
-type Transport = InterceptedService<Channel, BearerAuth>;
+pub(crate) type Transport = InterceptedService<Channel, BearerAuth>;
 
-/// A connection to the hub's management API, authenticated with the
-/// caller's client certificate or bearer token. Cheap to clone; clones
-/// share the connection.
+/// A connection to a Ferry hub, authenticated with the caller's client
+/// certificate or bearer token: every management call, cluster watches
+/// ([`Hub::watch_clusters`]) and `kube::Client`s that reach a child cluster
+/// through the hub ([`Hub::kube_client`]). Cheap to clone; clones share the
+/// connection.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use ferry_client_sdk::{Hub, HubConfig};
+///
+/// let hub = Hub::connect(&HubConfig::load("ferry-data/admin.kubeconfig")?).await?;
+/// for cluster in hub.list_clusters().await? {
+///     println!("{} {}", cluster.name, cluster.phase);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
-pub struct ManagementClient {
+pub struct Hub {
     clusters: ClustersClient<Transport>,
     access: AccessClient<Transport>,
+    transport: Transport,
     hub: String,
-    /// Kept to diagnose transport failures (see `diagnose`); `None` for
-    /// clients built on someone else's channel.
+    /// Kept to diagnose transport failures (see `diagnose`) and to build
+    /// kube clients; `None` for clients built on someone else's channel.
     config: Option<Arc<HubConfig>>,
 }
 
-impl fmt::Debug for ManagementClient {
+/// The former name of [`Hub`].
+pub type ManagementClient = Hub;
+
+impl fmt::Debug for Hub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ManagementClient").field("hub", &self.hub).finish_non_exhaustive()
+        f.debug_struct("Hub").field("hub", &self.hub).finish_non_exhaustive()
     }
 }
 
-impl ManagementClient {
+impl Hub {
     /// Connects to the hub described by `config` over TLS, trusting only the
     /// hub CA and presenting the caller's credential.
     ///
@@ -406,7 +612,8 @@ impl ManagementClient {
     fn build(channel: Channel, auth: BearerAuth, hub: String, config: Option<Arc<HubConfig>>) -> Self {
         Self {
             clusters: ClustersClient::with_interceptor(channel.clone(), auth.clone()),
-            access: AccessClient::with_interceptor(channel, auth),
+            access: AccessClient::with_interceptor(channel.clone(), auth.clone()),
+            transport: InterceptedService::new(channel, auth),
             hub,
             config,
         }
@@ -463,12 +670,74 @@ impl ManagementClient {
         self.run(CALL_TIMEOUT, async move { c.get(request).await }).await?.try_into()
     }
 
-    /// Clusters the caller may see, by name.
+    /// Clusters the caller may see, by name (every page).
     pub async fn list_clusters(&self) -> Result<Vec<Cluster>, ManagementError> {
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let mut c = self.clusters.clone();
+            let request = pb::ListClustersRequest { page_token, ..Default::default() };
+            let response = self.run(CALL_TIMEOUT, async move { c.list(request).await }).await?;
+            for cluster in response.clusters {
+                out.push(Cluster::try_from(cluster)?);
+            }
+            if response.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            page_token = response.next_page_token;
+        }
+    }
+
+    /// One page of clusters the caller may see, by name, filtered by
+    /// `options`; follow [`ClusterPage::next_page_token`] for the next.
+    pub async fn list_clusters_with(&self, options: &ListOptions) -> Result<ClusterPage, ManagementError> {
+        let request = pb::ListClustersRequest {
+            label_selector: options.label_selector.clone().unwrap_or_default(),
+            page_size: options.page_size.unwrap_or(0),
+            page_token: options.page_token.clone().unwrap_or_default(),
+        };
         let mut c = self.clusters.clone();
-        let response =
-            self.run(CALL_TIMEOUT, async move { c.list(pb::ListClustersRequest {}).await }).await?;
-        response.clusters.into_iter().map(Cluster::try_from).collect()
+        let response = self.run(CALL_TIMEOUT, async move { c.list(request).await }).await?;
+        Ok(ClusterPage {
+            clusters: response.clusters.into_iter().map(Cluster::try_from).collect::<Result<_, _>>()?,
+            next_page_token: Some(response.next_page_token).filter(|t| !t.is_empty()),
+            revision: response.revision,
+        })
+    }
+
+    /// Every cluster matching `label_selector` (all pages), with the
+    /// revision of the first page: watch from it to follow every change
+    /// after the list.
+    pub async fn list_all_clusters(
+        &self,
+        label_selector: Option<&str>,
+    ) -> Result<ClusterPage, ManagementError> {
+        let mut options =
+            ListOptions { label_selector: label_selector.map(str::to_owned), ..Default::default() };
+        let mut all = self.list_clusters_with(&options).await?;
+        while let Some(token) = all.next_page_token.take() {
+            options.page_token = Some(token);
+            let page = self.list_clusters_with(&options).await?;
+            all.clusters.extend(page.clusters);
+            all.next_page_token = page.next_page_token;
+        }
+        Ok(all)
+    }
+
+    /// Sets and removes labels of cluster `name` (admins).
+    pub async fn update_labels(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<Cluster, ManagementError> {
+        let request = pb::UpdateLabelsRequest {
+            name: name.to_owned(),
+            set: set.clone().into_iter().collect(),
+            remove: remove.to_vec(),
+        };
+        let mut c = self.clusters.clone();
+        self.run(CALL_TIMEOUT, async move { c.update_labels(request).await }).await?.try_into()
     }
 
     /// Lets traffic reach a cluster registered with manual approval (or a
@@ -688,6 +957,35 @@ impl ManagementClient {
         Ok(response.grants.into_iter().map(Into::into).collect())
     }
 
+    /// The configuration this hub was connected with (`None` for clients
+    /// built with [`Hub::from_channel`]).
+    pub fn config(&self) -> Option<&HubConfig> {
+        self.config.as_deref()
+    }
+
+    /// The hub's URL, as errors name it.
+    pub fn url(&self) -> &str {
+        &self.hub
+    }
+
+    pub(crate) fn clusters_client(&self) -> ClustersClient<Transport> {
+        self.clusters.clone()
+    }
+
+    /// The authenticated connection, for the other services' clients.
+    pub(crate) fn transport(&self) -> Transport {
+        self.transport.clone()
+    }
+
+    /// Maps a failed call's status once, as every call does.
+    pub(crate) async fn error(&self, status: &tonic::Status) -> ManagementError {
+        let mut err = ManagementError::from_status(status, &self.hub);
+        if std::error::Error::source(status).is_some() {
+            err = explain_transport_failure(err, self.config.as_deref(), &self.hub).await;
+        }
+        err
+    }
+
     /// Runs one call bounded by `deadline`, mapping failures once.
     async fn run<T>(
         &self,
@@ -697,10 +995,7 @@ impl ManagementClient {
         match tokio::time::timeout(deadline, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => {
-                let mut err = ManagementError::from_status(&status, &self.hub);
-                if std::error::Error::source(&status).is_some() {
-                    err = explain_transport_failure(err, self.config.as_deref(), &self.hub).await;
-                }
+                let err = self.error(&status).await;
                 tracing::debug!(code = ?status.code(), error = %err, "management call failed");
                 Err(err)
             }

@@ -217,11 +217,27 @@ async fn clusters_table_and_json_show_phases() {
     assert_ok(&out);
     let table = stdout(&out);
     let lines: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(lines[0], ["NAME", "PHASE", "AGENTS", "VERSION", "AGE"], "{table}");
-    assert_eq!(lines[1][..4], ["edge-1", "Offline", "0", "<unknown>"], "{table}");
-    assert_eq!(lines[2][..4], ["lab", "Pending", "0", "<unknown>"], "{table}");
-    assert!(lines[1][4].ends_with('s'), "just registered: {table}");
+    assert_eq!(lines[0], ["NAME", "PHASE", "VERSION", "NODES", "AGENTS", "AGE", "LAST-SEEN"], "{table}");
+    assert_eq!(lines[1][..5], ["edge-1", "Offline", "<unknown>", "<unknown>", "0"], "{table}");
+    assert_eq!(lines[2][..5], ["lab", "Pending", "<unknown>", "<unknown>", "0"], "{table}");
+    assert!(lines[1][5].ends_with('s'), "just registered: {table}");
+    assert_eq!(lines[1][6], "<never>", "{table}");
     assert_eq!(lines.len(), 3);
+
+    // Wide adds platform, capacity, labels and the reason.
+    let wide = stdout(&run(kc, &["clusters", "-o", "wide"]).await);
+    let header: Vec<&str> = wide.lines().next().expect("header").split_whitespace().collect();
+    assert_eq!(&header[7..], ["PLATFORM", "CPU", "MEMORY", "LABELS", "REASON"], "{wide}");
+    assert!(wide.contains("env=lab") && wide.contains("awaits approval (ferryctl approve lab)"), "{wide}");
+    // Label selectors, names, YAML.
+    assert_eq!(stdout(&run(kc, &["clusters", "-l", "env=lab", "-o", "name"]).await), "cluster/lab\n");
+    assert_eq!(stdout(&run(kc, &["clusters", "-l", "env!=lab", "-o", "name"]).await), "cluster/edge-1\n");
+    let out = run(kc, &["clusters", "-l", "env in (lab", "-o", "name"]).await;
+    assert_error(&out, "unbalanced parentheses");
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&stdout(&run(kc, &["get", "lab", "-o", "yaml"]).await)).expect("yaml");
+    assert_eq!(yaml["phase"], "Pending");
+    assert_eq!(yaml["history"][0]["phase"], "Pending");
 
     let out = run(kc, &["clusters", "-o", "json"]).await;
     assert_ok(&out);
@@ -233,6 +249,96 @@ async fn clusters_table_and_json_show_phases() {
     assert_eq!(json[1]["approval"], "manual");
     assert_eq!(json[1]["labels"]["env"], "lab");
     assert_eq!(json[1]["kubernetesVersion"], serde_json::Value::Null);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn describe_label_and_completion() {
+    let hub = Hub::start().await;
+    let kc = &hub.admin;
+    assert_ok(&run(kc, &["register", "edge-1", "--labels", "env=prod"]).await);
+    assert_ok(&run(kc, &["grant", "--cluster", "edge-1", "--group", "sre"]).await);
+
+    let out = run(kc, &["label", "edge-1", "region=eu", "env-"]).await;
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "cluster/edge-1 labeled (region=eu)\n");
+    assert_error(&run(kc, &["label", "edge-1", "bad key=x"]).await, "invalid label key");
+    assert_error(&run(kc, &["label", "edge-1", "oops"]).await, "neither KEY=VALUE nor KEY-");
+    assert_error(
+        &run(kc, &["label", "nope", "a=b"]).await,
+        "`ferryctl clusters` lists the clusters you may see",
+    );
+
+    let out = run(kc, &["describe", "cluster", "edge-1"]).await;
+    assert_ok(&out);
+    let text = stdout(&out);
+    for needle in [
+        "Name:         edge-1",
+        "Phase:        Offline since",
+        "Reason:       no agent has connected yet",
+        "Labels:       region=eu",
+        "Agents:       0",
+        "History:",
+        "Offline   no agent has connected yet",
+        "Grants:",
+        "group:sre",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+
+    let out = run(kc, &["completion", "bash"]).await;
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("complete -F") && stdout(&out).contains("describe"),
+        "a bash completion script"
+    );
+    for shell in ["zsh", "fish"] {
+        assert_ok(&run(kc, &["completion", shell]).await);
+    }
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn clusters_watch_prints_the_list_then_each_change() {
+    let hub = Hub::start().await;
+    let kc = hub.admin.clone();
+    assert_ok(&run(&kc, &["register", "edge-1"]).await);
+    let mut watch = ferryctl(kc.parent().expect("dir"))
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["clusters", "-w", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    use tokio::io::AsyncBufReadExt as _;
+    let mut next = async || -> serde_json::Value {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("in time");
+        serde_json::from_str(&line.expect("read").expect("a line")).expect("json")
+    };
+    let first = next().await;
+    assert_eq!((first["type"].as_str(), first["cluster"]["name"].as_str()), (Some("ADDED"), Some("edge-1")));
+    assert_ok(&run(&kc, &["register", "lab"]).await);
+    let added = next().await;
+    assert_eq!((added["type"].as_str(), added["cluster"]["name"].as_str()), (Some("ADDED"), Some("lab")));
+    assert!(added["revision"].as_u64() > first["revision"].as_u64());
+    assert_ok(&run(&kc, &["label", "lab", "env=test"]).await);
+    loop {
+        let e = next().await;
+        if e["cluster"]["labels"]["env"] == "test" {
+            assert_eq!(e["type"], "MODIFIED");
+            break;
+        }
+    }
+    assert_ok(&run(&kc, &["delete", "lab"]).await);
+    loop {
+        let e = next().await;
+        if e["type"] == "DELETED" {
+            assert_eq!(e["cluster"]["name"], "lab");
+            break;
+        }
+    }
+    let _ = watch.kill().await;
     hub.stop().await;
 }
 

@@ -35,6 +35,12 @@ pub const DEFAULT_MAX_AGENT_SESSIONS: u32 = 64;
 /// port-forward): the kubelet's own streaming idle timeout.
 pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 
+/// Shortest heartbeat interval the hub may ask of agents (agents refuse
+/// less than 100 ms; tests use one second).
+pub const MIN_HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// Longest heartbeat interval: agents are declared Offline after three, and
+/// NAT and firewall idle timeouts are often a few minutes.
+pub const MAX_HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Agent image put in `agent.yaml` unless `--agent-image` says otherwise.
 pub const DEFAULT_AGENT_IMAGE: &str = concat!("ghcr.io/ferry-dev/ferry-agent:", env!("CARGO_PKG_VERSION"));
 
@@ -54,6 +60,9 @@ pub struct HubConfig {
     pub agent_image: String,
     /// How caller identities are mapped for child clusters.
     pub identity_policy: IdentityPolicy,
+    /// A plain-text address serving only `grpc.health.v1` and `/healthz`
+    /// (for Kubernetes probes); `None`: none.
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// Bounds on what callers and agents can make the hub hold.
@@ -119,6 +128,7 @@ impl HubConfig {
             limits: Limits::default(),
             agent_image: DEFAULT_AGENT_IMAGE.to_owned(),
             identity_policy: IdentityPolicy::default(),
+            health_listen: None,
         }
     }
 }

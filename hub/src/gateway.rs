@@ -85,6 +85,12 @@ fn refusal(s: &KubeStatus, path: &str) -> Response<HubBody> {
     resp
 }
 
+/// The caller's address, an extension on every request the hub serves
+/// (the gRPC `Proxy` call reads it; the agent passes it on as
+/// `X-Forwarded-For`).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// Splits `/clusters/NAME/rest` into `NAME` and `/rest`.
 pub fn split_cluster_path(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix("/clusters/")?;
@@ -96,14 +102,18 @@ pub fn split_cluster_path(path: &str) -> Option<(&str, &str)> {
 
 /// True for an HTTP/1.1 upgrade request (exec, attach, port-forward).
 fn is_upgrade<B>(req: &Request<B>) -> bool {
-    let connection_upgrade = req
-        .headers()
+    is_upgrade_headers(req.headers())
+}
+
+/// True when `headers` ask for an HTTP/1.1 upgrade.
+pub(crate) fn is_upgrade_headers(headers: &http::HeaderMap) -> bool {
+    let connection_upgrade = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade && req.headers().contains_key(header::UPGRADE)
+    connection_upgrade && headers.contains_key(header::UPGRADE)
 }
 
 /// Handles one gateway request. `peer` is what the connection's TLS
@@ -175,6 +185,13 @@ pub async fn handle(
             refusal(&s, &rest_path)
         }
     }
+}
+
+/// Why a request found no agent, and where to look next.
+fn no_agent(name: &str) -> String {
+    format!(
+        "cluster {name:?} has no connected agent; `ferryctl describe cluster {name}` shows when one was last seen"
+    )
 }
 
 /// Checks everything about a request that does not need the agent: path,
@@ -251,25 +268,41 @@ async fn admit(
             return Err(KubeStatus::forbidden(format!("cluster {name:?} was denied by a hub administrator")));
         }
     }
-    let live =
-        state.registry.get(&record.name).filter(|l| Some(l.id) == record.cluster_id()).ok_or_else(|| {
-            KubeStatus::unavailable(format!("cluster {:?} has no connected agent", record.name))
-        })?;
+    let live = state
+        .registry
+        .get(&record.name)
+        .filter(|l| Some(l.id) == record.cluster_id())
+        .ok_or_else(|| KubeStatus::unavailable(no_agent(&record.name)))?;
     Ok((live, state.identity_policy.map(&caller.identity), impersonate))
 }
 
-async fn forward(
-    state: Arc<HubState>,
-    name: String,
-    rest: String,
-    caller: Authenticated,
+/// A request admitted, its head sent to one of the cluster's agents.
+pub(crate) struct Opened {
+    /// The cluster's live state (where a reusable stream is parked again).
+    pub live: Arc<LiveCluster>,
+    /// The request's slot among the cluster's limit.
+    pub permit: crate::registry::StreamPermit,
+    /// The stream carrying it.
+    pub parked: Parked,
+}
+
+/// Admits a request (see [`admit`]), takes a slot and a parked stream, and
+/// sends the request head. Shared by the gateway and the gRPC `Proxy` call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn open(
+    state: &HubState,
+    name: &str,
+    rest: &str,
+    caller: &Authenticated,
     request_id: RequestId,
-    client: std::net::SocketAddr,
-    mut req: Request<Incoming>,
-) -> Result<Response<HubBody>, KubeStatus> {
-    let (live, identity, impersonate) = admit(&state, &name, &rest, &caller, req.headers()).await?;
-    let max_body = state.limits.max_request_body;
-    let unavailable = || KubeStatus::unavailable(format!("cluster {name:?} has no connected agent"));
+    method: &http::Method,
+    pq: &PathAndQuery,
+    headers: &http::HeaderMap,
+    upgrade: bool,
+    client: Option<std::net::IpAddr>,
+) -> Result<Opened, KubeStatus> {
+    let (live, identity, impersonate) = admit(state, name, rest, caller, headers).await?;
+    let unavailable = || KubeStatus::unavailable(no_agent(name));
     let limits = &state.limits;
     let permit = live
         .try_acquire(limits.max_streams_per_cluster, &caller.identity.user, limits.max_streams_per_caller)
@@ -282,22 +315,16 @@ async fn forward(
                 caller.identity.user
             )),
         })?;
-
-    let query = req.uri().query().map(|q| format!("{rest}?{q}")).unwrap_or_else(|| rest.clone());
-    let pq = PathAndQuery::try_from(query.as_str())
-        .map_err(|_| KubeStatus::bad_request("invalid request path"))?;
-    let upgrade = is_upgrade(&req);
     let mut head = Box::new(frame::request_head(
         request_id,
-        req.method(),
-        &pq,
-        req.headers(),
+        method,
+        pq,
+        headers,
         upgrade,
-        frame::Origin { identity, impersonate, client_address: Some(client.ip()) },
+        frame::Origin { identity, impersonate, client_address: client },
     ));
-
     let mut attempt = 0;
-    let mut parked: Parked = loop {
+    let parked: Parked = loop {
         attempt += 1;
         let p = live.take_stream(state.limits.stream_wait).await.map_err(|e| match e {
             NoStream::NoAgent => unavailable(),
@@ -314,24 +341,18 @@ async fn forward(
             return Err(closed());
         }
     };
+    Ok(Opened { live, permit, parked })
+}
 
-    let too_large = Arc::new(AtomicBool::new(false));
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let pump = if upgrade {
-        None
-    } else if req.body().is_end_stream() {
-        // No body (most GETs): end it inline instead of spawning a pump. The
-        // channel holds only the head, so there is room.
-        let _ = parked.tx.try_send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End::default())) }));
-        None
-    } else {
-        let (tx, flag) = (parked.tx.clone(), too_large.clone());
-        Some(tokio::spawn(pump_request_body(req.into_body(), tx, max_body, flag).in_current_span()))
-    };
-    let pump = AbortOnDrop(pump);
-
-    let first = parked.rx.message().await;
-    let head = match first {
+/// Reads the agent's response head; `too_large` tells a closed stream
+/// apart from one the request-body pump ended past the body limit.
+pub(crate) async fn response_head(
+    rx: &mut Streaming<AgentFrame>,
+    too_large: &AtomicBool,
+    max_body: u64,
+    upgrade: bool,
+) -> Result<(StatusCode, http::HeaderMap), KubeStatus> {
+    let head = match rx.message().await {
         Ok(Some(AgentFrame { frame: Some(agent_frame::Frame::Head(h)) })) => h,
         Ok(Some(AgentFrame { frame: Some(agent_frame::Frame::Error(e)) })) => {
             return Err(agent_error_status(e.code, &e.message));
@@ -346,7 +367,7 @@ async fn forward(
             return Err(KubeStatus::bad_gateway("the tunnel to the agent closed before the response"));
         }
     };
-    let (status, mut resp_headers) = frame::decode_response_head(&head).map_err(|e: FrameError| {
+    let (status, resp_headers) = frame::decode_response_head(&head).map_err(|e: FrameError| {
         KubeStatus::bad_gateway(format!("the agent sent an invalid response head: {e}"))
     })?;
     // An informational head is a protocol switch or nothing: a 101 only for
@@ -358,6 +379,75 @@ async fn forward(
             if upgrade { "asked for a protocol switch" } else { "asked for no protocol switch" }
         )));
     }
+    Ok((status, resp_headers))
+}
+
+/// The response body of an opened request, read from the agent's frames
+/// (see [`TunnelBody`]); `pump` is the request-body pump, stopped with it.
+pub(crate) fn response_body(
+    state: &HubState,
+    opened: Opened,
+    pump: Option<JoinHandle<()>>,
+    reusable: bool,
+) -> TunnelBody {
+    let Opened { live, permit, parked } = opened;
+    TunnelBody {
+        rx: Some(parked.rx),
+        tx: Some(parked.tx),
+        reuse: reusable.then_some((live, parked.session)),
+        pump: AbortOnDrop(pump),
+        _permit: permit,
+        state: BodyState::Streaming,
+        tasks: state.tasks.clone(),
+    }
+}
+
+async fn forward(
+    state: Arc<HubState>,
+    name: String,
+    rest: String,
+    caller: Authenticated,
+    request_id: RequestId,
+    client: std::net::SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<HubBody>, KubeStatus> {
+    let max_body = state.limits.max_request_body;
+    let query = req.uri().query().map(|q| format!("{rest}?{q}")).unwrap_or_else(|| rest.clone());
+    let pq = PathAndQuery::try_from(query.as_str())
+        .map_err(|_| KubeStatus::bad_request("invalid request path"))?;
+    let upgrade = is_upgrade(&req);
+    let mut opened = open(
+        &state,
+        &name,
+        &rest,
+        &caller,
+        request_id,
+        req.method(),
+        &pq,
+        req.headers(),
+        upgrade,
+        Some(client.ip()),
+    )
+    .await?;
+
+    let too_large = Arc::new(AtomicBool::new(false));
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let pump = if upgrade {
+        None
+    } else if req.body().is_end_stream() {
+        // No body (most GETs): end it inline instead of spawning a pump. The
+        // channel holds only the head, so there is room.
+        let _ =
+            opened.parked.tx.try_send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End::default())) }));
+        None
+    } else {
+        let (tx, flag) = (opened.parked.tx.clone(), too_large.clone());
+        Some(tokio::spawn(pump_request_body(req.into_body(), tx, max_body, flag).in_current_span()))
+    };
+    let pump = AbortOnDrop(pump);
+
+    let (status, mut resp_headers) =
+        response_head(&mut opened.parked.rx, &too_large, max_body, upgrade).await?;
 
     if let (Some(on_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (on_upgrade, status) {
         resp_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -366,6 +456,7 @@ async fn forward(
         *resp.headers_mut() = resp_headers;
         let shutdown = state.shutdown.clone();
         let idle_timeout = state.limits.upgrade_idle_timeout;
+        let Opened { permit, parked, .. } = opened;
         state.tasks.spawn(
             async move {
                 let _permit = permit;
@@ -379,15 +470,7 @@ async fn forward(
         return Ok(resp);
     }
 
-    let body = TunnelBody {
-        rx: Some(parked.rx),
-        tx: Some(parked.tx),
-        reuse: (!upgrade).then_some((live, parked.session)),
-        pump,
-        _permit: permit,
-        state: BodyState::Streaming,
-        tasks: state.tasks.clone(),
-    };
+    let body = response_body(&state, opened, pump.take(), !upgrade);
     let mut resp = Response::new(body.boxed_unsync());
     *resp.status_mut() = status;
     *resp.headers_mut() = resp_headers;
@@ -441,7 +524,7 @@ async fn pump_request_body(mut body: Incoming, tx: FrameTx, max: u64, too_large:
     let _ = tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End::default())) })).await;
 }
 
-fn error_frame(code: ErrorCode, message: &str) -> HubFrame {
+pub(crate) fn error_frame(code: ErrorCode, message: &str) -> HubFrame {
     HubFrame {
         frame: Some(hub_frame::Frame::Error(ferry::proto::v1::Error {
             code: code as i32,
@@ -469,6 +552,10 @@ impl AbortOnDrop {
     fn done(&self) -> bool {
         self.0.as_ref().is_none_or(JoinHandle::is_finished)
     }
+
+    fn take(mut self) -> Option<JoinHandle<()>> {
+        self.0.take()
+    }
 }
 
 impl Drop for AbortOnDrop {
@@ -484,7 +571,7 @@ impl Drop for AbortOnDrop {
 /// agent ends the response with `End { reuse: true }` (it had the hub's
 /// `End` first, so both directions finished), the stream is parked again
 /// for the next request instead of being closed.
-struct TunnelBody {
+pub(crate) struct TunnelBody {
     rx: Option<Streaming<AgentFrame>>,
     tx: Option<FrameTx>,
     /// Where to park the stream again if the agent offers it; `None` for

@@ -7,7 +7,8 @@
 //!
 //! - [`auth`]: who is calling (certificates, bearer tokens); [`access`]:
 //!   grants and impersonation; [`pki`]: the hub CA and what it signs.
-//! - [`store`]: durable state; [`registry`]: live sessions and streams.
+//! - [`store`]: durable state; [`registry`]: live sessions and streams;
+//!   [`status`]: phases, and recording them as they change.
 //! - [`manifest`]: `agent.yaml`; [`kubeconfig`]: issued kubeconfigs.
 
 pub mod access;
@@ -22,6 +23,7 @@ pub mod pki;
 pub mod registry;
 pub mod server;
 pub mod state;
+pub mod status;
 pub mod store;
 pub mod tunnel;
 mod upgraded;

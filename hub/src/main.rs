@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use ferry::identity::IdentityPolicy;
 use ferry_hub::config::{
     DEFAULT_AGENT_IMAGE, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MAX_AGENT_SESSIONS,
-    DEFAULT_MAX_STREAMS_PER_CALLER, MIN_AGENT_CERT_TTL,
+    DEFAULT_MAX_STREAMS_PER_CALLER, MAX_HEARTBEAT_INTERVAL, MIN_AGENT_CERT_TTL, MIN_HEARTBEAT_INTERVAL,
 };
 use ferry_hub::{Hub, HubConfig};
 
@@ -63,6 +63,14 @@ struct ServeArgs {
     /// never does. WebSocket pings count as traffic.
     #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
     upgrade_idle_timeout: std::time::Duration,
+    /// Also serve `grpc.health.v1` and `/healthz` in plain text on this
+    /// address, for Kubernetes probes (the kubelet's gRPC probe has no TLS).
+    #[arg(long, env = "FERRY_HEALTH_LISTEN", value_name = "ADDR")]
+    health_listen: Option<SocketAddr>,
+    /// Heartbeat period agents are told to keep; a cluster whose agents
+    /// miss 3 is Offline (e.g. 10s, or 1s for tests).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: std::time::Duration,
     /// Agent image that `ferryctl register` manifests run (mirror it and
     /// point this at your registry).
     #[arg(long, env = "FERRY_AGENT_IMAGE", default_value = DEFAULT_AGENT_IMAGE)]
@@ -96,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
     let Command::Serve(args) = Cli::parse().command;
     let mut config = HubConfig::new(args.data_dir.clone(), args.listen);
     config.advertise_url = args.advertise_url;
+    config.health_listen = args.health_listen;
     config.limits.max_request_body = args.max_request_body;
     config.limits.max_streams_per_cluster = args.max_streams_per_cluster;
     config.limits.max_header_bytes = args.max_header_bytes;
@@ -107,6 +116,12 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("--agent-cert-ttl must be at least {MIN_AGENT_CERT_TTL:?}");
     }
     config.limits.agent_cert_ttl = args.agent_cert_ttl;
+    if args.heartbeat_interval < MIN_HEARTBEAT_INTERVAL || args.heartbeat_interval > MAX_HEARTBEAT_INTERVAL {
+        anyhow::bail!(
+            "--heartbeat-interval must be between {MIN_HEARTBEAT_INTERVAL:?} and {MAX_HEARTBEAT_INTERVAL:?}"
+        );
+    }
+    config.limits.heartbeat_interval = args.heartbeat_interval;
     config.agent_image = args.agent_image;
     let mut policy = IdentityPolicy {
         user_prefix: args.user_prefix,
@@ -122,6 +137,9 @@ async fn main() -> anyhow::Result<()> {
         hub.local_addr(),
         hub.admin_kubeconfig().display()
     );
+    if let Some(addr) = hub.health_addr() {
+        println!("ferry-hub health: http://{addr} (grpc.health.v1 and /healthz, plain text)");
+    }
     hub.serve(shutdown_signal()).await;
     Ok(())
 }

@@ -1,7 +1,11 @@
-//! Live state: which agent sessions are connected for which cluster, and
-//! their parked request streams.
+//! Live state: which agent sessions are connected for which cluster, what
+//! each last reported, and their parked request streams.
+//!
+//! Nothing here is durable: the status recorder ([`crate::status`]) writes
+//! what is shown of it to the store when it changes; the registry tells it
+//! which clusters to look at through its [`ChangeFeed`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
-use crate::store::unix_now;
+use crate::store::{Capacity, Check, CheckState, NodeCount, unix_now};
 
 /// Sender half of a parked stream (hub to agent).
 pub type FrameTx = mpsc::Sender<Result<HubFrame, Status>>;
@@ -31,23 +35,89 @@ pub struct Parked {
     pub rx: Streaming<AgentFrame>,
 }
 
+/// An agent's status report, cleaned of anything unprintable or too long.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentReport {
+    /// Kubernetes version (`gitVersion`).
+    pub kubernetes_version: String,
+    /// Platform (`linux/amd64`).
+    pub platform: String,
+    /// Whether the agent reached its apiserver.
+    pub apiserver_reachable: bool,
+    /// Why not.
+    pub apiserver_error: String,
+    /// Permissions the agent lacks.
+    pub missing_permissions: Vec<String>,
+    /// `/readyz`.
+    pub readyz: Check,
+    /// `/livez`.
+    pub livez: Check,
+    /// Node counts, if the agent could list nodes.
+    pub nodes: Option<NodeCount>,
+    /// Summed node capacity.
+    pub capacity: Option<Capacity>,
+    /// Summed node allocatable.
+    pub allocatable: Option<Capacity>,
+    /// When the agent took it, milliseconds since the Unix epoch (agent
+    /// clock).
+    pub observed_at_ms: u64,
+    /// Round trip of the agent's last answered heartbeat, microseconds.
+    pub heartbeat_rtt_micros: u64,
+}
+
+impl AgentReport {
+    /// Whether two reports show the same (times and round trips aside).
+    pub fn shows_same(&self, other: &AgentReport) -> bool {
+        let strip = |r: &AgentReport| AgentReport { observed_at_ms: 0, heartbeat_rtt_micros: 0, ..r.clone() };
+        strip(self) == strip(other)
+    }
+
+    /// How healthy the report is, for picking the best of several agents.
+    fn rank(&self) -> (bool, bool, bool, bool) {
+        (
+            self.apiserver_reachable,
+            self.readyz.state != CheckState::Failed,
+            self.livez.state != CheckState::Failed,
+            self.missing_permissions.is_empty(),
+        )
+    }
+}
+
 /// What the hub knows of one connected agent session.
 pub struct SessionInfo {
     /// Agent instance id.
     pub agent_id: String,
     /// Agent software version.
     pub agent_version: String,
-    /// Last Kubernetes version the agent reported.
-    pub kubernetes_version: String,
-    /// Whether the agent's last probe reached its apiserver (`None` until
-    /// its first report).
-    pub apiserver_reachable: Option<bool>,
-    /// Permissions the agent reported missing in its cluster.
-    pub missing_permissions: Vec<String>,
+    /// The agent's last status report (`None` until its first).
+    pub report: Option<AgentReport>,
+    /// When the session started, seconds since the Unix epoch.
+    pub connected_at: u64,
+    /// When the agent was last heard from, milliseconds since the Unix
+    /// epoch.
+    pub last_heartbeat_ms: u64,
     /// Control stream, for signals such as "open more streams".
     pub control: ControlTx,
     /// Cancelled to end the session (cluster deleted or denied).
     pub revoke: CancellationToken,
+}
+
+/// One connected agent replica, as shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replica {
+    /// The session.
+    pub session: SessionId,
+    /// Agent instance id.
+    pub agent_id: String,
+    /// Agent software version.
+    pub agent_version: String,
+    /// When the session started, seconds since the Unix epoch.
+    pub connected_at: u64,
+    /// When the agent was last heard from, milliseconds since the Unix
+    /// epoch.
+    pub last_heartbeat_ms: u64,
+    /// Its last report.
+    pub report: Option<AgentReport>,
 }
 
 /// A summary of one cluster's connected agents.
@@ -55,16 +125,47 @@ pub struct SessionInfo {
 pub struct LiveSummary {
     /// Connected sessions.
     pub sessions: usize,
-    /// Latest Kubernetes version reported.
-    pub kubernetes_version: String,
-    /// Whether any session's agent reaches its apiserver (`None`: no
-    /// report yet).
-    pub apiserver_reachable: Option<bool>,
+    /// The healthiest report among them (`None`: no report yet).
+    pub best: Option<AgentReport>,
     /// Permissions any session's agent reported missing, sorted, no
     /// repeats.
     pub missing_permissions: Vec<String>,
-    /// Last time an agent was heard from, seconds since the Unix epoch.
+    /// Last time an agent was heard from, seconds since the Unix epoch (0:
+    /// never since the hub started).
     pub last_seen: u64,
+    /// The sessions, by agent id.
+    pub replicas: Vec<Replica>,
+}
+
+/// The names of clusters whose live state changed since the status
+/// recorder last looked (a set: a burst of changes is one look).
+#[derive(Default)]
+pub struct ChangeFeed {
+    names: Mutex<BTreeSet<String>>,
+    notify: Notify,
+}
+
+impl ChangeFeed {
+    /// Marks cluster `name` for the recorder.
+    pub fn mark(&self, name: &str) {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if !names.contains(name) {
+            names.insert(name.to_owned());
+        }
+        drop(names);
+        self.notify.notify_one();
+    }
+
+    /// Takes the marked names.
+    pub fn take(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.names.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Resolves after the next [`ChangeFeed::mark`] (or at once if one
+    /// happened since the last wait).
+    pub async fn marked(&self) {
+        self.notify.notified().await;
+    }
 }
 
 /// How long a parked stream beyond the pool size may stay idle before the
@@ -96,6 +197,7 @@ pub struct LiveCluster {
     pub name: String,
     /// Cluster id.
     pub id: ClusterId,
+    feed: Arc<ChangeFeed>,
     inner: Mutex<Inner>,
     parked: Notify,
     sessions_tx: watch::Sender<usize>,
@@ -157,10 +259,11 @@ pub enum NoStream {
 }
 
 impl LiveCluster {
-    fn new(name: String, id: ClusterId) -> Self {
+    fn new(name: String, id: ClusterId, feed: Arc<ChangeFeed>) -> Self {
         LiveCluster {
             name,
             id,
+            feed,
             inner: Mutex::default(),
             parked: Notify::new(),
             sessions_tx: watch::Sender::new(0),
@@ -221,10 +324,11 @@ impl LiveCluster {
         self.changed();
     }
 
-    /// Tells watchers that something the phase depends on changed (a
-    /// session, an agent's report, the approval).
+    /// Tells watchers and the status recorder that something the phase
+    /// depends on changed (a session, an agent's report, the approval).
     pub fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.feed.mark(&self.name);
     }
 
     /// Follows [`LiveCluster::changed`].
@@ -232,13 +336,13 @@ impl LiveCluster {
         self.changes.subscribe()
     }
 
-    /// Removes a session and drops its parked streams.
+    /// Removes a session and drops its parked streams. (The agent was last
+    /// heard from at its last message, not now.)
     pub fn remove_session(&self, id: SessionId) {
         let mut inner = self.lock();
         inner.sessions.remove(&id);
         inner.pool.retain(|(_, p)| p.session != id);
         inner.parked_by.remove(&id);
-        self.touch();
         self.sessions_tx.send_replace(inner.sessions.len());
         self.changed();
     }
@@ -258,23 +362,21 @@ impl LiveCluster {
         self.lock().sessions.contains_key(&id)
     }
 
-    /// Records a status report from a session.
-    pub fn report(
-        &self,
-        id: SessionId,
-        kubernetes_version: String,
-        apiserver_reachable: bool,
-        missing: Vec<String>,
-    ) {
+    /// Records that session `id` was heard from (any control message).
+    pub fn heartbeat(&self, id: SessionId) {
+        if let Some(s) = self.lock().sessions.get_mut(&id) {
+            s.last_heartbeat_ms = unix_ms();
+        }
+        self.touch();
+    }
+
+    /// Records a status report from session `id`.
+    pub fn report(&self, id: SessionId, report: AgentReport) {
         let mut changed = false;
         if let Some(s) = self.lock().sessions.get_mut(&id) {
-            if !kubernetes_version.is_empty() && s.kubernetes_version != kubernetes_version {
-                s.kubernetes_version = kubernetes_version;
-                changed = true;
-            }
-            changed |= s.apiserver_reachable != Some(apiserver_reachable) || s.missing_permissions != missing;
-            s.apiserver_reachable = Some(apiserver_reachable);
-            s.missing_permissions = missing;
+            changed = s.report.as_ref().is_none_or(|old| !old.shows_same(&report));
+            s.last_heartbeat_ms = unix_ms();
+            s.report = Some(report);
         }
         self.touch();
         if changed {
@@ -289,24 +391,38 @@ impl LiveCluster {
     /// What the connected agents report, summed up.
     pub fn summary(&self) -> LiveSummary {
         let inner = self.lock();
-        let reports: Vec<bool> = inner.sessions.values().filter_map(|s| s.apiserver_reachable).collect();
+        let mut replicas: Vec<Replica> = inner
+            .sessions
+            .iter()
+            .map(|(id, s)| Replica {
+                session: *id,
+                agent_id: s.agent_id.clone(),
+                agent_version: s.agent_version.clone(),
+                connected_at: s.connected_at,
+                last_heartbeat_ms: s.last_heartbeat_ms,
+                report: s.report.clone(),
+            })
+            .collect();
+        drop(inner);
+        replicas.sort_by(|a, b| (&a.agent_id, a.connected_at).cmp(&(&b.agent_id, b.connected_at)));
+        let best = replicas
+            .iter()
+            .filter_map(|r| r.report.as_ref())
+            .max_by_key(|r| (r.rank(), r.observed_at_ms))
+            .cloned();
+        let mut missing: Vec<String> = replicas
+            .iter()
+            .filter_map(|r| r.report.as_ref())
+            .flat_map(|r| r.missing_permissions.iter().cloned())
+            .collect();
+        missing.sort();
+        missing.dedup();
         LiveSummary {
-            sessions: inner.sessions.len(),
-            kubernetes_version: inner
-                .sessions
-                .values()
-                .map(|s| s.kubernetes_version.clone())
-                .find(|v| !v.is_empty())
-                .unwrap_or_default(),
-            apiserver_reachable: (!reports.is_empty()).then(|| reports.iter().any(|r| *r)),
-            missing_permissions: {
-                let mut all: Vec<String> =
-                    inner.sessions.values().flat_map(|s| s.missing_permissions.iter().cloned()).collect();
-                all.sort();
-                all.dedup();
-                all
-            },
+            sessions: replicas.len(),
+            best,
+            missing_permissions: missing,
             last_seen: self.last_seen.load(Ordering::Relaxed),
+            replicas,
         }
     }
 
@@ -403,15 +519,33 @@ impl LiveCluster {
     }
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// All clusters' live state, keyed by name, and the agent connections of
 /// each cluster id (so revoking a cluster can close them).
 #[derive(Default)]
 pub struct Registry {
     clusters: Mutex<HashMap<String, Arc<LiveCluster>>>,
     connections: Mutex<HashMap<ClusterId, CancellationToken>>,
+    feed: Arc<ChangeFeed>,
 }
 
 impl Registry {
+    /// Marks cluster `name` for the status recorder (its approval or
+    /// registration changed).
+    pub fn touch(&self, name: &str) {
+        self.feed.mark(name);
+    }
+
+    /// The clusters marked since the recorder last looked.
+    pub fn feed(&self) -> &ChangeFeed {
+        &self.feed
+    }
+
     /// The live state of a cluster, created on first use. A cluster
     /// registered again under the same name (a new id) starts afresh: the
     /// old one's sessions are revoked.
@@ -423,7 +557,7 @@ impl Registry {
             }
             live.revoke_sessions();
         }
-        let live = Arc::new(LiveCluster::new(name.to_owned(), id));
+        let live = Arc::new(LiveCluster::new(name.to_owned(), id, self.feed.clone()));
         map.insert(name.to_owned(), live.clone());
         live
     }
@@ -468,9 +602,9 @@ mod tests {
             SessionInfo {
                 agent_id: "a".into(),
                 agent_version: "v".into(),
-                kubernetes_version: String::new(),
-                apiserver_reachable: None,
-                missing_permissions: Vec::new(),
+                report: None,
+                connected_at: unix_now(),
+                last_heartbeat_ms: unix_ms(),
                 control: tx,
                 revoke: CancellationToken::new(),
             },
@@ -488,7 +622,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn requests_take_the_newest_stream_and_idle_surplus_is_trimmed() {
-        let live = LiveCluster::new("c".into(), ClusterId::new());
+        let live = LiveCluster::new("c".into(), ClusterId::new(), Arc::default());
         let (id, _control) = session(&live);
         let mut agent_sides = Vec::new();
         let mut first_tx = None;
@@ -519,13 +653,13 @@ mod tests {
 
     #[tokio::test]
     async fn no_session_means_no_agent() {
-        let live = LiveCluster::new("c".into(), ClusterId::new());
+        let live = LiveCluster::new("c".into(), ClusterId::new(), Arc::default());
         assert_eq!(live.take_stream(Duration::from_secs(5)).await.err(), Some(NoStream::NoAgent));
     }
 
     #[tokio::test(start_paused = true)]
     async fn dry_pool_asks_agents_for_streams_then_times_out() {
-        let live = LiveCluster::new("c".into(), ClusterId::new());
+        let live = LiveCluster::new("c".into(), ClusterId::new(), Arc::default());
         let (_id, mut control) = session(&live);
         let r = live.take_stream(Duration::from_secs(5)).await;
         assert_eq!(r.err(), Some(NoStream::Timeout));
@@ -535,7 +669,7 @@ mod tests {
 
     #[test]
     fn permits_are_bounded_per_cluster_and_per_caller_and_returned() {
-        let live = LiveCluster::new("c".into(), ClusterId::new());
+        let live = LiveCluster::new("c".into(), ClusterId::new(), Arc::default());
         let a = live.try_acquire(3, "alice", 2).expect("first");
         let _b = live.try_acquire(3, "alice", 2).expect("second");
         assert_eq!(live.try_acquire(3, "alice", 2).err(), Some(Busy::Caller), "alice has her share");
@@ -549,7 +683,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_parks_a_bounded_number_of_streams() {
-        let live = LiveCluster::new("c".into(), ClusterId::new());
+        let live = LiveCluster::new("c".into(), ClusterId::new(), Arc::default());
         let (id, _control) = session(&live);
         let mut agent_sides = Vec::new();
         for _ in 0..MAX_PARKED_PER_SESSION {
@@ -566,9 +700,9 @@ mod tests {
         let info = || SessionInfo {
             agent_id: "b".into(),
             agent_version: "v".into(),
-            kubernetes_version: String::new(),
-            apiserver_reachable: None,
-            missing_permissions: Vec::new(),
+            report: None,
+            connected_at: unix_now(),
+            last_heartbeat_ms: unix_ms(),
             control: tx.clone(),
             revoke: CancellationToken::new(),
         };
@@ -600,7 +734,7 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_are_watched() {
-        let live = LiveCluster::new("c".into(), ClusterId::new());
+        let live = LiveCluster::new("c".into(), ClusterId::new(), Arc::default());
         let mut w = live.watch_sessions();
         let (id, _rx) = session(&live);
         assert_eq!(*w.borrow_and_update(), 1);

@@ -1,5 +1,11 @@
-//! The listener: one address for gRPC (agents, management) and the HTTPS
-//! gateway (kubectl), told apart by content type.
+//! The listener: one address for gRPC (agents, management, `grpc.health.v1`
+//! and server reflection) and the HTTPS gateway (kubectl), told apart by
+//! content type; and, with `--health-listen`, a plain-text address serving
+//! only `grpc.health.v1` and `/healthz` for Kubernetes probes (the kubelet's
+//! gRPC probe speaks no TLS).
+//!
+//! Health answers anyone (it says only whether the hub serves); reflection
+//! needs a caller credential, like every management call.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,6 +17,7 @@ use ferry::identity::Identity;
 use ferry::limits::MAX_FRAME_SIZE;
 use ferry::proto::v1::access_server::AccessServer;
 use ferry::proto::v1::clusters_server::ClustersServer;
+use ferry::proto::v1::proxy_server::ProxyServer;
 use ferry::proto::v1::tunnel_server::TunnelServer;
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -29,7 +36,8 @@ use tracing::{debug, info, warn};
 
 use crate::api::access::AccessService;
 use crate::api::clusters::ClustersService;
-use crate::auth::{ADMIN_GROUP, ADMIN_USER, Peer};
+use crate::api::proxy::ProxyService;
+use crate::auth::{self, ADMIN_GROUP, ADMIN_USER, Peer};
 use crate::config::HubConfig;
 use crate::files;
 use crate::gateway::{self, BoxError, HubBody};
@@ -87,6 +95,15 @@ pub enum StartError {
     /// Client verifier failure.
     #[error("client verifier: {0}")]
     Verifier(String),
+    /// Binding the health address failed.
+    #[error("health endpoint on {addr}: {source}")]
+    HealthBind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Binding the listen address failed.
     #[error("listen on {addr}: {source}")]
     Bind {
@@ -102,10 +119,14 @@ pub enum StartError {
 pub struct Hub {
     state: Arc<HubState>,
     listener: TcpListener,
+    health_listener: Option<TcpListener>,
     tls: TlsAcceptor,
     local_addr: SocketAddr,
     admin_kubeconfig: std::path::PathBuf,
 }
+
+/// Path prefix of the gRPC server reflection services.
+const REFLECTION_PREFIX: &str = "/grpc.reflection.";
 
 impl Hub {
     /// Prepares the data dir (CA, store, serving certificate, admin
@@ -126,6 +147,12 @@ impl Hub {
             .map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let local_addr =
             listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let health_listener = match config.health_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr).await.map_err(|source| StartError::HealthBind { addr, source })?,
+            ),
+            None => None,
+        };
         let advertise_url = config.advertise_url.clone().unwrap_or_else(|| format!("https://{local_addr}"));
         let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
         if let Ok(u) = advertise_url.parse::<http::Uri>()
@@ -169,12 +196,24 @@ impl Hub {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
-        Ok(Hub { state, listener, tls: TlsAcceptor::from(Arc::new(tls)), local_addr, admin_kubeconfig })
+        Ok(Hub {
+            state,
+            listener,
+            health_listener,
+            tls: TlsAcceptor::from(Arc::new(tls)),
+            local_addr,
+            admin_kubeconfig,
+        })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound plain-text health address (`--health-listen`), if any.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The URL agents and kubectl use.
@@ -190,8 +229,14 @@ impl Hub {
     /// Serves until `shutdown` completes, then stops every connection and
     /// task it started and waits for them.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let Hub { state, listener, tls, .. } = self;
-        let routes = Routes::new(
+        let Hub { state, listener, health_listener, tls, .. } = self;
+        state.tasks.spawn(crate::status::run_recorder(state.clone()));
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<TunnelServer<TunnelService>>().await;
+        health.set_serving::<ClustersServer<ClustersService>>().await;
+        health.set_serving::<AccessServer<AccessService>>().await;
+        health.set_serving::<ProxyServer<ProxyService>>().await;
+        let mut routes = Routes::new(
             TunnelServer::new(TunnelService::new(state.clone()))
                 .max_decoding_message_size(MAX_FRAME_SIZE)
                 .max_encoding_message_size(MAX_FRAME_SIZE),
@@ -202,7 +247,28 @@ impl Hub {
         )
         .add_service(
             AccessServer::new(AccessService::new(state.clone())).max_decoding_message_size(MAX_FRAME_SIZE),
-        );
+        )
+        .add_service(
+            ProxyServer::new(ProxyService::new(state.clone()))
+                .max_decoding_message_size(MAX_FRAME_SIZE)
+                .max_encoding_message_size(MAX_FRAME_SIZE),
+        )
+        .add_service(health_service.clone());
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(ferry::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // The descriptors are compiled in: a failure here is a build bug,
+        // which costs reflection only.
+        match (reflection().build_v1(), reflection().build_v1alpha()) {
+            (Ok(v1), Ok(v1alpha)) => routes = routes.add_service(v1).add_service(v1alpha),
+            (Err(e), _) | (_, Err(e)) => warn!(error = %e, "gRPC server reflection unavailable"),
+        }
+        if let Some(listener) = health_listener {
+            let health_routes = Routes::new(health_service);
+            state.tasks.spawn(serve_health(listener, health_routes, state.clone()));
+        }
         let http = Arc::new(Protocols { agents: http_builder(true), callers: http_builder(false) });
         tokio::pin!(shutdown);
         loop {
@@ -254,7 +320,13 @@ impl Hub {
                             .get(http::header::CONTENT_TYPE)
                             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
                         let resp: Response<HubBody> = if grpc {
+                            if req.uri().path().starts_with(REFLECTION_PREFIX)
+                                && let Err(status) = require_caller(&state, &principal, &req).await
+                            {
+                                return Ok(status.into_http());
+                            }
                             req.extensions_mut().insert(principal);
+                            req.extensions_mut().insert(gateway::ClientAddr(peer));
                             match routes.oneshot(req).await {
                                 Ok(r) => r.map(|b| b.map_err(BoxError::from).boxed_unsync()),
                                 Err(never) => match never {},
@@ -281,6 +353,7 @@ impl Hub {
             });
         }
         info!("hub shutting down");
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         state.shutdown.cancel();
         state.tasks.close();
         state.tasks.wait().await;
@@ -317,6 +390,74 @@ fn http_builder(agent: bool) -> auto::Builder<TokioExecutor> {
         h2.max_concurrent_streams(H2_MAX_CALLER_STREAMS);
     }
     http
+}
+
+/// A call that needs any caller credential (a client certificate from the
+/// hub CA or a hub bearer token).
+async fn require_caller(state: &HubState, peer: &Peer, req: &Request<Incoming>) -> Result<(), tonic::Status> {
+    let authorization = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match auth::authenticate(state.store.as_ref(), peer, authorization).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(tonic::Status::unauthenticated(
+            "a client certificate from the hub CA or a hub bearer token is required (grpcurl: -cert/-key, or -H 'authorization: Bearer TOKEN')",
+        )),
+        Err(e) => Err(tonic::Status::unauthenticated(e.to_string())),
+    }
+}
+
+/// Serves `grpc.health.v1` and `GET /healthz` in plain text (HTTP/1.1 and
+/// h2c) on `listener` until the hub shuts down.
+async fn serve_health(listener: TcpListener, routes: Routes, state: Arc<HubState>) {
+    let http = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(error = %e, "health endpoint: accept failed");
+                    continue;
+                }
+            },
+        };
+        let (routes, http, cancel) = (routes.clone(), http.clone(), state.shutdown.clone());
+        state.tasks.spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let routes = routes.clone();
+                async move {
+                    let grpc = req
+                        .headers()
+                        .get(http::header::CONTENT_TYPE)
+                        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                    let resp: Response<HubBody> = if grpc {
+                        match routes.oneshot(req).await {
+                            Ok(r) => r.map(|b| b.map_err(BoxError::from).boxed_unsync()),
+                            Err(never) => match never {},
+                        }
+                    } else {
+                        let (code, text): (_, &'static [u8]) =
+                            match matches!(req.uri().path(), "/healthz" | "/readyz" | "/livez") {
+                                true => (http::StatusCode::OK, b"ok"),
+                                false => (http::StatusCode::NOT_FOUND, b"not found"),
+                            };
+                        let body = http_body_util::Full::new(bytes::Bytes::from_static(text));
+                        let mut r = Response::new(body.map_err(|never| match never {}).boxed_unsync());
+                        *r.status_mut() = code;
+                        r
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let conn = http.serve_connection(TokioIo::new(tcp), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    debug!(%peer, error = %e, "health connection ended with an error");
+                },
+                () = cancel.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
 }
 
 fn write_admin_kubeconfig(path: &Path, ca: &Ca, admin: &Identity, server: &str) -> std::io::Result<()> {

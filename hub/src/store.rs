@@ -1,6 +1,7 @@
 //! Durable hub state: clusters (approval, labels, bootstrap tokens, agent
-//! certificate serials), callers' bearer tokens and grants. Secrets are kept
-//! as SHA-256 hashes only; agent keys never reach the hub at all.
+//! certificate serials, the status last observed and its phase history),
+//! callers' bearer tokens and grants. Secrets are kept as SHA-256 hashes
+//! only; agent keys never reach the hub at all.
 //!
 //! A small trait so the embedded file store (default) and etcd (for several
 //! hub replicas) can stand behind it. Writes that must be atomic are one
@@ -8,14 +9,23 @@
 //! etcd backend runs as a compare-and-swap transaction (retrying on
 //! conflict), so it must have no effect outside the record but what it
 //! returns.
+//!
+//! Every write to a cluster record bumps the store's revision and is kept
+//! as a [`ClusterChange`] (the last [`CHANGE_LOG_CAPACITY`] of them), so a
+//! watcher can resume from the revision it last saw, across hub restarts:
+//! what etcd's revisions and watch-from-revision give an etcd backend. The
+//! file store keeps the changes in `changes.jsonl` beside `store.json`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferry::ids::{ClusterId, TokenId};
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tracing::warn;
 
 use crate::files;
 
@@ -26,6 +36,18 @@ pub const EXPIRED_TOKEN_GRACE: u64 = 7 * 24 * 3600;
 /// Bootstrap tokens kept per cluster (pending, used and superseded), so a
 /// replayed token gets a message that says what happened to it.
 pub const BOOTSTRAP_HISTORY: usize = 8;
+
+/// Cluster changes kept for watchers to resume from. A watcher away for
+/// longer than this many changes lists again (each change is one cluster
+/// record, about 1-2 KiB).
+pub const CHANGE_LOG_CAPACITY: usize = 1024;
+
+/// Changes buffered per live watcher before it is cut off (it resumes from
+/// its last revision, out of the change log).
+pub const WATCH_BUFFER: usize = 256;
+
+/// Phase changes kept per cluster.
+pub const PHASE_HISTORY: usize = 16;
 
 /// How a newly enrolled cluster becomes usable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +103,176 @@ pub struct ClusterRecord {
     /// Agent client certificates that are still valid (serials only).
     #[serde(default)]
     pub agent_certs: Vec<AgentCert>,
+    /// What the hub last observed of the cluster's agents and apiserver.
+    #[serde(default)]
+    pub status: ObservedStatus,
+    /// The store revision of the record's last write (set by the store).
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// A cluster's phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// Awaits an admin's approval.
+    Pending,
+    /// An agent is connected and its apiserver is healthy.
+    Ready,
+    /// An agent is connected but its apiserver is unreachable or
+    /// unhealthy, or the agent lacks permissions.
+    NotReady,
+    /// No agent is connected.
+    #[default]
+    Offline,
+    /// Denied by an admin.
+    Denied,
+}
+
+/// One phase change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseChange {
+    /// The phase entered.
+    pub phase: Phase,
+    /// Why.
+    pub reason: String,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// The outcome of an apiserver health endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CheckState {
+    /// Not checked.
+    #[default]
+    Unknown,
+    /// Passing.
+    Ok,
+    /// Failing.
+    Failed,
+}
+
+/// An apiserver health endpoint as an agent found it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// Passing or not.
+    pub state: CheckState,
+    /// For a failing one: what failed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// Nodes by their `Ready` condition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCount {
+    /// Ready nodes.
+    pub ready: u32,
+    /// Other nodes.
+    pub not_ready: u32,
+}
+
+/// CPU and memory summed over nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// Millicores.
+    pub cpu_millis: u64,
+    /// Bytes.
+    pub memory_bytes: u64,
+}
+
+/// What the hub last observed of a cluster, written when something shown
+/// of it changes (never for a heartbeat alone), so it survives hub restarts
+/// and the cluster's last known version and nodes show while it is Offline.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedStatus {
+    /// The phase its agents put it in (Ready, NotReady or Offline; the
+    /// approval decides whether it is shown as Pending or Denied instead).
+    pub health: Phase,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+    /// The last phase changes as shown (approval included), oldest first,
+    /// at most [`PHASE_HISTORY`].
+    #[serde(default)]
+    pub history: Vec<PhaseChange>,
+    /// Connected agent sessions.
+    #[serde(default)]
+    pub agents: u32,
+    /// Kubernetes version.
+    #[serde(default)]
+    pub kubernetes_version: String,
+    /// Platform (`linux/amd64`).
+    #[serde(default)]
+    pub platform: String,
+    /// `/readyz`.
+    #[serde(default)]
+    pub readyz: Check,
+    /// `/livez`.
+    #[serde(default)]
+    pub livez: Check,
+    /// Node counts, if known.
+    #[serde(default)]
+    pub nodes: Option<NodeCount>,
+    /// Summed node capacity, if known.
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+    /// Summed node allocatable, if known.
+    #[serde(default)]
+    pub allocatable: Option<Capacity>,
+    /// Permissions the agents lack.
+    #[serde(default)]
+    pub missing_permissions: Vec<String>,
+    /// Last time an agent was heard from when this was written, seconds
+    /// since the Unix epoch (0: never).
+    #[serde(default)]
+    pub last_seen: u64,
+}
+
+impl ObservedStatus {
+    /// The phase shown and when it was entered, from the history.
+    pub fn current(&self) -> Option<&PhaseChange> {
+        self.history.last()
+    }
+}
+
+/// What a change did to a cluster record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeKind {
+    /// Registered.
+    Created,
+    /// Written.
+    Updated,
+    /// Deleted.
+    Deleted,
+}
+
+/// One write to a cluster record, as watchers see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterChange {
+    /// The store revision of the write.
+    pub revision: u64,
+    /// What it did.
+    pub kind: ChangeKind,
+    /// The record after the write (as it was, for a deletion).
+    pub record: ClusterRecord,
+}
+
+/// Clusters read at one revision.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterList {
+    /// By name.
+    pub clusters: Vec<ClusterRecord>,
+    /// The store revision they were read at.
+    pub revision: u64,
+}
+
+/// A watch on cluster changes: those after the revision asked for, then
+/// every new one as it is written.
+pub struct ClusterWatch {
+    /// Changes after the revision asked for, oldest first.
+    pub backlog: Vec<Arc<ClusterChange>>,
+    /// New changes; a receiver that lags behind [`WATCH_BUFFER`] gets
+    /// `Lagged` and should resume from its last revision.
+    pub live: broadcast::Receiver<Arc<ClusterChange>>,
 }
 
 impl ClusterRecord {
@@ -210,6 +402,22 @@ pub enum StoreError {
     /// A record with that key exists.
     #[error("already exists")]
     AlreadyExists,
+    /// A watch asked for changes older than the store keeps.
+    #[error("revision {requested} is too old: changes from revision {oldest} on are kept")]
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The oldest revision whose change is kept.
+        oldest: u64,
+    },
+    /// A watch asked for a revision the store has not reached.
+    #[error("revision {requested} is newer than the store's ({current})")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: u64,
+        /// The store's revision.
+        current: u64,
+    },
 }
 
 /// Seconds since the Unix epoch.
@@ -232,6 +440,11 @@ pub trait Store: Send + Sync + 'static {
     async fn cluster_by_id(&self, id: ClusterId) -> Result<Option<ClusterRecord>, StoreError>;
     /// All clusters, by name.
     async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError>;
+    /// All clusters, by name, with the revision they were read at.
+    async fn list_clusters(&self) -> Result<ClusterList, StoreError>;
+    /// Cluster changes after `revision`, then live ones;
+    /// [`StoreError::Compacted`] when changes after it are no longer kept.
+    async fn watch_clusters(&self, revision: u64) -> Result<ClusterWatch, StoreError>;
     /// Adds a cluster; [`StoreError::AlreadyExists`] if the name is taken.
     async fn create_cluster(&self, record: ClusterRecord) -> Result<ClusterRecord, StoreError>;
     /// Applies `update` to cluster `name` atomically and returns the record
@@ -266,6 +479,9 @@ pub trait Store: Send + Sync + 'static {
 /// Everything the embedded store keeps, as written to `store.json`.
 #[derive(Clone, Default, Serialize, Deserialize)]
 struct FileState {
+    /// Bumped by every cluster write.
+    #[serde(default)]
+    revision: u64,
     /// Keyed by name.
     #[serde(default)]
     clusters: BTreeMap<String, ClusterRecord>,
@@ -298,21 +514,109 @@ impl FileState {
 }
 
 /// The embedded store: one JSON file in the data dir (`store.json`, 0600),
-/// rewritten atomically (temp file, fsync, rename) on every change.
+/// rewritten atomically (temp file, fsync, rename) on every change, and the
+/// change log `changes.jsonl` (0600), appended (and fsynced) before it.
 ///
 /// Readers take a snapshot (an `Arc` clone) and never wait for a write;
-/// writers are serialised by an async mutex and write the file on a
+/// writers are serialised by an async mutex and write the files on a
 /// blocking thread, so no async worker waits on fsync. Fine for thousands of
 /// clusters and one hub replica.
+///
+/// A crash between the two writes leaves changes in the log that
+/// `store.json` never got (their revision is above its own): they are
+/// dropped when the store is opened again.
 pub struct FileStore {
     path: PathBuf,
     snapshot: RwLock<Arc<FileState>>,
     writer: tokio::sync::Mutex<()>,
+    changes: Mutex<ChangeLog>,
+    feed: broadcast::Sender<Arc<ClusterChange>>,
+}
+
+/// The kept changes, newest last, and their file.
+struct ChangeLog {
+    path: PathBuf,
+    kept: VecDeque<Arc<ClusterChange>>,
+    /// Lines in the file (compacted when it reaches twice the capacity).
+    lines: usize,
+}
+
+impl ChangeLog {
+    fn open(path: PathBuf, revision: u64) -> Result<Self, StoreError> {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut kept: VecDeque<Arc<ClusterChange>> = VecDeque::new();
+        let mut lines = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            lines += 1;
+            match serde_json::from_str::<ClusterChange>(line) {
+                // Written before a crash kept it out of store.json.
+                Ok(c) if c.revision > revision => {}
+                Ok(c) => {
+                    kept.push_back(Arc::new(c));
+                    if kept.len() > CHANGE_LOG_CAPACITY {
+                        kept.pop_front();
+                    }
+                }
+                // A line cut short by a crash.
+                Err(e) => warn!(file = %path.display(), error = %e, "skipping an unreadable change"),
+            }
+        }
+        let mut log = ChangeLog { path, kept, lines };
+        if log.lines > log.kept.len() {
+            log.rewrite()?;
+        }
+        Ok(log)
+    }
+
+    /// Writes the kept changes as the whole file.
+    fn rewrite(&mut self) -> Result<(), StoreError> {
+        let mut text = Vec::new();
+        for c in &self.kept {
+            serde_json::to_writer(&mut text, c.as_ref()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            text.push(b'\n');
+        }
+        files::write_private(&self.path, &text)?;
+        self.lines = self.kept.len();
+        Ok(())
+    }
+
+    /// Appends `changes` to the file (fsynced).
+    fn append(path: &Path, changes: &[ClusterChange]) -> Result<(), StoreError> {
+        let mut text = Vec::new();
+        for c in changes {
+            serde_json::to_writer(&mut text, c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            text.push(b'\n');
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path)?;
+        file.write_all(&text)?;
+        file.sync_data()?;
+        Ok(())
+    }
+
+    /// The oldest revision a watcher can resume after: changes after it are
+    /// all kept.
+    fn resumable_from(&self, current: u64) -> u64 {
+        match self.kept.front() {
+            Some(c) => c.revision - 1,
+            None => current,
+        }
+    }
 }
 
 impl FileStore {
-    /// Opens (or creates) `DIR/store.json`. A file that does not decode is
-    /// an error, never silently replaced.
+    /// Opens (or creates) `DIR/store.json` and `DIR/changes.jsonl`. A store
+    /// file that does not decode is an error, never silently replaced.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("store.json");
         let state = match std::fs::read(&path) {
@@ -329,36 +633,110 @@ impl FileStore {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut state = state;
+        let mut state: FileState = state;
         state.reindex();
-        Ok(FileStore { path, snapshot: RwLock::new(Arc::new(state)), writer: tokio::sync::Mutex::new(()) })
+        let changes = ChangeLog::open(dir.join("changes.jsonl"), state.revision)?;
+        let (feed, _) = broadcast::channel(WATCH_BUFFER);
+        Ok(FileStore {
+            path,
+            snapshot: RwLock::new(Arc::new(state)),
+            writer: tokio::sync::Mutex::new(()),
+            changes: Mutex::new(changes),
+            feed,
+        })
     }
 
     fn read(&self) -> Arc<FileState> {
         self.snapshot.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    fn changes(&self) -> std::sync::MutexGuard<'_, ChangeLog> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Applies `change` to a copy of the state; when it returns `Ok(true)`,
-    /// writes the copy and makes it current.
+    /// logs the cluster records it changed, writes the copy and makes it
+    /// current, then tells watchers.
     async fn write<T>(
         &self,
         change: impl FnOnce(&mut FileState) -> Result<(bool, T), StoreError>,
     ) -> Result<T, StoreError> {
         let _guard = self.writer.lock().await;
-        let mut next = (*self.read()).clone();
+        let prev = self.read();
+        let mut next = (*prev).clone();
         let (changed, out) = change(&mut next)?;
         if !changed {
             return Ok(out);
         }
         next.prune(unix_now());
+        let logged = stamp_changes(&prev, &mut next);
         next.reindex();
         let path = self.path.clone();
-        let next = tokio::task::spawn_blocking(move || write_file(&path, &next).map(|()| next))
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let log_path = self.changes().path.clone();
+        let (next, logged) = tokio::task::spawn_blocking(move || {
+            if !logged.is_empty() {
+                ChangeLog::append(&log_path, &logged)?;
+            }
+            write_file(&path, &next).map(|()| (next, logged))
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        // The new state, its changes in the log and their broadcast become
+        // visible together (see `watch_clusters`).
+        let mut log = self.changes();
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        for c in logged {
+            let c = Arc::new(c);
+            log.kept.push_back(c.clone());
+            log.lines += 1;
+            if log.kept.len() > CHANGE_LOG_CAPACITY {
+                log.kept.pop_front();
+            }
+            // No receiver is fine; a lagging one is told so when it reads.
+            let _ = self.feed.send(c);
+        }
+        if log.lines >= 2 * CHANGE_LOG_CAPACITY
+            && let Err(e) = log.rewrite()
+        {
+            // The appended file is still complete; compaction waits.
+            warn!(error = %e, "could not compact the change log");
+        }
         Ok(out)
     }
+}
+
+/// Gives every cluster record that differs between `prev` and `next` the
+/// next revision, and returns the changes in revision order.
+fn stamp_changes(prev: &FileState, next: &mut FileState) -> Vec<ClusterChange> {
+    let mut names: Vec<&String> = prev.clusters.keys().chain(next.clusters.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut revision = prev.revision;
+    let mut out = Vec::new();
+    let names: Vec<String> = names.into_iter().cloned().collect();
+    for name in names {
+        let before = prev.clusters.get(&name);
+        match next.clusters.get_mut(&name) {
+            Some(after) if before == Some(after) => {}
+            Some(after) => {
+                revision += 1;
+                after.revision = revision;
+                let kind = match before {
+                    Some(b) if b.id == after.id => ChangeKind::Updated,
+                    _ => ChangeKind::Created,
+                };
+                out.push(ClusterChange { revision, kind, record: after.clone() });
+            }
+            None => {
+                if let Some(b) = before {
+                    revision += 1;
+                    out.push(ClusterChange { revision, kind: ChangeKind::Deleted, record: b.clone() });
+                }
+            }
+        }
+    }
+    next.revision = revision;
+    out
 }
 
 fn write_file(path: &Path, state: &FileState) -> Result<(), StoreError> {
@@ -380,6 +758,27 @@ impl Store for FileStore {
 
     async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
         Ok(self.read().clusters.values().cloned().collect())
+    }
+
+    async fn list_clusters(&self) -> Result<ClusterList, StoreError> {
+        let state = self.read();
+        Ok(ClusterList { clusters: state.clusters.values().cloned().collect(), revision: state.revision })
+    }
+
+    async fn watch_clusters(&self, revision: u64) -> Result<ClusterWatch, StoreError> {
+        // Under the log's lock no write can publish between the backlog and
+        // the subscription: nothing is missed, nothing sent twice.
+        let log = self.changes();
+        let current = self.read().revision;
+        if revision > current {
+            return Err(StoreError::FutureRevision { requested: revision, current });
+        }
+        let oldest = log.resumable_from(current);
+        if revision < oldest {
+            return Err(StoreError::Compacted { requested: revision, oldest: oldest + 1 });
+        }
+        let backlog = log.kept.iter().filter(|c| c.revision > revision).cloned().collect();
+        Ok(ClusterWatch { backlog, live: self.feed.subscribe() })
     }
 
     async fn create_cluster(&self, record: ClusterRecord) -> Result<ClusterRecord, StoreError> {
@@ -487,6 +886,8 @@ mod tests {
             approval: Approval::Pending,
             bootstrap_tokens: Vec::new(),
             agent_certs: Vec::new(),
+            status: ObservedStatus::default(),
+            revision: 0,
         }
     }
 
@@ -590,6 +991,93 @@ mod tests {
         assert_eq!(rec.name, "c");
         assert_eq!(std::fs::read(dir.path().join("store.json")).expect("read"), before);
         assert!(matches!(store.update_cluster("nope", &mut |_| true).await, Err(StoreError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn every_cluster_write_is_a_change_a_watcher_can_resume_from_after_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::open(dir.path()).expect("open");
+        let mut live = store.watch_clusters(0).await.expect("watch from the start");
+        assert!(live.backlog.is_empty());
+        store.create_cluster(cluster("a")).await.expect("create");
+        store
+            .update_cluster("a", &mut |c| c.labels.insert("x".into(), "1".into()).is_none())
+            .await
+            .expect("label");
+        // A write that changes nothing is no change.
+        store.update_cluster("a", &mut |_| false).await.expect("nothing");
+        store
+            .put_grant(GrantRecord {
+                cluster: "a".into(),
+                subject: Subject::User("u".into()),
+                allow_impersonate: false,
+                created_at: 0,
+                created_by: "x".into(),
+            })
+            .await
+            .expect("grants are not cluster changes");
+        store.delete_cluster("a").await.expect("delete");
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let c = live.live.recv().await.expect("change");
+            seen.push((c.revision, c.kind, c.record.labels.get("x").cloned()));
+        }
+        assert_eq!(
+            seen,
+            [
+                (1, ChangeKind::Created, None),
+                (2, ChangeKind::Updated, Some("1".into())),
+                (3, ChangeKind::Deleted, Some("1".into()))
+            ]
+        );
+        assert_eq!(store.list_clusters().await.expect("list").revision, 3);
+
+        let reopened = FileStore::open(dir.path()).expect("reopen");
+        let w = reopened.watch_clusters(1).await.expect("resume");
+        let revisions: Vec<u64> = w.backlog.iter().map(|c| c.revision).collect();
+        assert_eq!(revisions, [2, 3]);
+        assert!(reopened.watch_clusters(3).await.expect("caught up").backlog.is_empty());
+        assert!(matches!(
+            reopened.watch_clusters(9).await.err(),
+            Some(StoreError::FutureRevision { requested: 9, current: 3 })
+        ));
+        reopened.create_cluster(cluster("b")).await.expect("create");
+        assert_eq!(reopened.cluster("b").await.expect("get").expect("b").revision, 4);
+    }
+
+    #[tokio::test]
+    async fn old_changes_are_compacted_and_uncommitted_ones_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::open(dir.path()).expect("open");
+        store.create_cluster(cluster("c")).await.expect("create");
+        for i in 0..CHANGE_LOG_CAPACITY + 10 {
+            store
+                .update_cluster("c", &mut |c| {
+                    c.created_at = i as u64;
+                    true
+                })
+                .await
+                .expect("update");
+        }
+        let current = store.list_clusters().await.expect("list").revision;
+        assert_eq!(current, CHANGE_LOG_CAPACITY as u64 + 11);
+        match store.watch_clusters(5).await.err() {
+            Some(StoreError::Compacted { requested: 5, oldest }) => {
+                assert_eq!(oldest, current - CHANGE_LOG_CAPACITY as u64 + 1)
+            }
+            other => panic!("expected compacted, got {other:?}"),
+        }
+        let w = store.watch_clusters(current - 3).await.expect("recent");
+        assert_eq!(w.backlog.len(), 3);
+        // A change logged but never committed to store.json (a crash between
+        // the two writes) is dropped on open.
+        let mut phantom = (*w.backlog[2]).clone();
+        phantom.revision = current + 1;
+        ChangeLog::append(&dir.path().join("changes.jsonl"), &[phantom]).expect("append");
+        let reopened = FileStore::open(dir.path()).expect("reopen");
+        assert!(reopened.watch_clusters(current).await.expect("watch").backlog.is_empty());
+        let lines = std::fs::read_to_string(dir.path().join("changes.jsonl")).expect("log").lines().count();
+        assert_eq!(lines, CHANGE_LOG_CAPACITY, "the file is compacted on open");
     }
 
     #[test]

@@ -31,9 +31,14 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::auth::Peer;
 use crate::gateway::close_stream;
 use crate::pki::{AgentPeer, IssuedAgentCert};
-use crate::registry::{LiveCluster, MAX_PARKED_PER_SESSION, PARKED_IDLE_TRIM, Parked, SessionInfo};
+use crate::registry::{
+    AgentReport, LiveCluster, MAX_PARKED_PER_SESSION, PARKED_IDLE_TRIM, Parked, SessionInfo, unix_ms,
+};
 use crate::state::HubState;
-use crate::store::{AgentCert, Approval, ClusterRecord, StoreError, TokenUse, unix_now};
+use crate::store::{
+    AgentCert, Approval, Capacity, Check, CheckState, ClusterRecord, NodeCount, StoreError, TokenUse,
+    unix_now,
+};
 
 /// How long an agent has to send its hello after opening the control stream.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +58,8 @@ pub const MAX_KUBERNETES_VERSION_LEN: usize = 64;
 pub const MAX_REPORTED_PERMISSIONS: usize = 16;
 /// Longest missing-permission description kept.
 pub const MAX_PERMISSION_LEN: usize = 128;
+/// Longest platform, health detail or apiserver error kept from a report.
+pub const MAX_REPORT_TEXT_LEN: usize = 256;
 
 /// The `Tunnel` service.
 #[derive(Clone)]
@@ -120,10 +127,6 @@ fn internal(e: StoreError) -> Status {
     Status::unavailable("hub store unavailable")
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default()
-}
-
 /// Keeps agent-supplied text printable and short before it is stored,
 /// logged or shown.
 pub(crate) fn clean(text: &str, max: usize) -> String {
@@ -132,6 +135,37 @@ pub(crate) fn clean(text: &str, max: usize) -> String {
 
 fn clean_permissions(reported: &[String]) -> Vec<String> {
     reported.iter().take(MAX_REPORTED_PERMISSIONS).map(|p| clean(p, MAX_PERMISSION_LEN)).collect()
+}
+
+/// An agent's status report as the hub keeps it.
+fn report(status: &ferry::proto::v1::ClusterStatus) -> AgentReport {
+    use ferry::proto::v1::HealthState;
+    let check = |c: &Option<ferry::proto::v1::HealthCheck>| {
+        let c = c.clone().unwrap_or_default();
+        let state = match HealthState::try_from(c.state).unwrap_or(HealthState::Unknown) {
+            HealthState::Ok => CheckState::Ok,
+            HealthState::Failed => CheckState::Failed,
+            HealthState::Unknown => CheckState::Unknown,
+        };
+        Check { state, detail: clean(&c.detail, MAX_REPORT_TEXT_LEN) }
+    };
+    let capacity = |r: &Option<ferry::proto::v1::Resources>| {
+        r.as_ref().map(|r| Capacity { cpu_millis: r.cpu_millis, memory_bytes: r.memory_bytes })
+    };
+    AgentReport {
+        kubernetes_version: clean(&status.kubernetes_version, MAX_KUBERNETES_VERSION_LEN),
+        platform: clean(&status.platform, MAX_REPORT_TEXT_LEN),
+        apiserver_reachable: status.apiserver_reachable,
+        apiserver_error: clean(&status.apiserver_error, MAX_REPORT_TEXT_LEN),
+        missing_permissions: clean_permissions(&status.missing_permissions),
+        readyz: check(&status.readyz),
+        livez: check(&status.livez),
+        nodes: status.nodes.as_ref().map(|n| NodeCount { ready: n.ready, not_ready: n.not_ready }),
+        capacity: capacity(&status.capacity),
+        allocatable: capacity(&status.allocatable),
+        observed_at_ms: status.observed_at_unix_ms,
+        heartbeat_rtt_micros: status.heartbeat_rtt_micros,
+    }
 }
 
 /// What became of a bootstrap token at enrollment.
@@ -207,14 +241,19 @@ impl Tunnel for TunnelService {
         if let Approval::Denied { .. } = record.approval {
             return Err(denied(&record.name));
         }
-        // Sign first (the serial goes into the same store update that
-        // consumes the token); an unrecorded certificate opens nothing.
+        let hash = Secret::new(req.bootstrap_token.as_str()).hash();
+        // Nothing is signed for a token the cluster never issued.
+        if !record.bootstrap_tokens.iter().any(|t| hashes_equal(&t.hash, &hash)) {
+            return Err(invalid());
+        }
+        // Sign before the store update that consumes the token (the serial
+        // goes into that same update); an unrecorded certificate opens
+        // nothing.
         let issued = self
             .state
             .ca
             .agent_cert(&req.csr_der, id, &record.name, self.state.limits.agent_cert_ttl)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let hash = Secret::new(req.bootstrap_token.as_str()).hash();
         let now = unix_now();
         let retry_window = ENROLL_RETRY_WINDOW.as_secs();
         let mut check = TokenCheck::Unknown;
@@ -332,18 +371,16 @@ impl Tunnel for TunnelService {
         };
         tx.try_send(Ok(welcome)).map_err(|_| Status::internal("control channel full"))?;
         let revoke = CancellationToken::new();
-        let reported = hello.status.is_some();
-        let status = hello.status.clone().unwrap_or_default();
         live.try_add_session(
             session,
             SessionInfo {
                 agent_id: agent_id.clone(),
                 agent_version: agent_version.clone(),
-                kubernetes_version: clean(&status.kubernetes_version, MAX_KUBERNETES_VERSION_LEN),
                 // Agents older than the status in the hello report with
                 // their first heartbeat.
-                apiserver_reachable: reported.then_some(status.apiserver_reachable),
-                missing_permissions: clean_permissions(&status.missing_permissions),
+                report: hello.status.as_ref().map(report),
+                connected_at: unix_now(),
+                last_heartbeat_ms: unix_ms(),
                 control: tx.clone(),
                 revoke: revoke.clone(),
             },
@@ -443,18 +480,22 @@ impl ControlLoop {
                 Ok(Ok(None)) => break "control stream closed",
                 Ok(Err(_)) => break "control stream failed",
                 Ok(Ok(Some(AgentControl { msg: Some(agent_control::Msg::Heartbeat(hb)) }))) => {
-                    if let Some(status) = hb.status {
-                        let version = clean(&status.kubernetes_version, MAX_KUBERNETES_VERSION_LEN);
-                        let missing = clean_permissions(&status.missing_permissions);
-                        self.live.report(self.session, version, status.apiserver_reachable, missing);
+                    match &hb.status {
+                        Some(status) => self.live.report(self.session, report(status)),
+                        None => self.live.heartbeat(self.session),
                     }
                     for parked in self.live.trim_idle(pool_size, PARKED_IDLE_TRIM) {
                         self.state.tasks.spawn(close_stream(parked.tx, parked.rx, false));
                     }
-                    let echo = Heartbeat { sent_at_unix_ms: unix_ms(), status: None };
+                    let echo = Heartbeat {
+                        sent_at_unix_ms: unix_ms(),
+                        status: None,
+                        echo_unix_ms: hb.sent_at_unix_ms,
+                    };
                     let _ = self.tx.try_send(Ok(HubControl { msg: Some(hub_control::Msg::Heartbeat(echo)) }));
                 }
                 Ok(Ok(Some(AgentControl { msg: Some(agent_control::Msg::Renew(renew)) }))) => {
+                    self.live.heartbeat(self.session);
                     let answer = self.renew(&renew.csr_der).await;
                     let _ =
                         self.tx.send(Ok(HubControl { msg: Some(hub_control::Msg::Renewed(answer)) })).await;

@@ -404,7 +404,7 @@ impl Tunnel for HubService {
                             if !state.echo.load(Ordering::SeqCst) {
                                 continue;
                             }
-                            let echo = Heartbeat { sent_at_unix_ms: hb.sent_at_unix_ms, status: None };
+                            let echo = Heartbeat { sent_at_unix_ms: hb.sent_at_unix_ms, status: None, echo_unix_ms: hb.sent_at_unix_ms };
                             if tx.send(msg(hub_control::Msg::Heartbeat(echo))).await.is_err() {
                                 return;
                             }
@@ -565,6 +565,14 @@ async fn handle(
         let body = format!(r#"{{"major":"1","minor":"31","gitVersion":"{KUBE_VERSION}"}}"#);
         return Ok(Response::new(Full::new(Bytes::from(body)).boxed()));
     }
+    // The agent's own status probes: healthy, one Ready node.
+    if matches!(req.uri().path(), "/readyz" | "/livez") {
+        return Ok(Response::new(Full::new(Bytes::from_static(b"ok")).boxed()));
+    }
+    if req.uri().path() == "/api/v1/nodes" {
+        let body = r#"{"kind":"NodeList","apiVersion":"v1","metadata":{},"items":[{"metadata":{"name":"n1"},"status":{"capacity":{"cpu":"2","memory":"8Gi"},"allocatable":{"cpu":"1900m","memory":"7Gi"},"conditions":[{"type":"Ready","status":"True"}]}}]}"#;
+        return Ok(Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed()));
+    }
     // The agent's own permission checks: all granted.
     if req.uri().path() == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
         let body = r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectAccessReview","status":{"allowed":true}}"#;
@@ -647,6 +655,7 @@ pub fn config(
         agent_id: None,
         health_listen: None,
         allow_system_identity: Vec::new(),
+        status_interval: std::time::Duration::from_secs(10),
     }
     .into_config()
     .expect("valid config")

@@ -14,7 +14,7 @@ use ferry::secret::{TokenKind, generate_token};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::{admin, caller, lifetime, store_error};
+use super::{admin, caller, lifetime, store_error, unknown_cluster};
 use crate::access;
 use crate::auth::ADMIN_GROUP;
 use crate::config::MAX_CREDENTIAL_TTL;
@@ -41,12 +41,7 @@ impl AccessService {
     }
 
     async fn cluster(&self, name: &str) -> Result<ClusterRecord, Status> {
-        self.state
-            .store
-            .cluster(name)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| Status::not_found(format!("cluster {name:?} is not registered")))
+        self.state.store.cluster(name).await.map_err(store_error)?.ok_or_else(|| unknown_cluster(name))
     }
 
     /// Checks an identity a credential is issued for: a user name that is

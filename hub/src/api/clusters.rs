@@ -1,53 +1,64 @@
-//! `ferry.v1.Clusters`: register, approve, deny, delete, list and wait for
-//! clusters; and the phase the hub derives for each.
+//! `ferry.v1.Clusters`: register, approve, deny, delete, label, get, list,
+//! watch and wait for clusters. Phases come from [`crate::status`], the
+//! shape of each answer from [`super::view`], watches from [`super::watch`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use base64::Engine as _;
 use ferry::ids::ClusterId;
 use ferry::proto::v1::clusters_server::Clusters;
 use ferry::proto::v1::{
     ApprovalMode as PbApprovalMode, Cluster, ClusterNameRequest, ClusterPhase, DeleteClusterResponse,
     GetClusterRequest, ListClustersRequest, ListClustersResponse, RegisterRequest, RegisterResponse,
-    WaitClusterRequest,
+    UpdateLabelsRequest, WaitClusterRequest, WatchClustersRequest,
 };
 use ferry::secret::{TokenKind, generate_token};
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use super::{admin, caller, lifetime, store_error, valid_cluster_name};
+use super::selector::Selector;
+use super::view::live as view;
+use super::watch::{self, EventStream, MAX_WATCHES};
+use super::{admin, caller, lifetime, store_error, unknown_cluster, valid_cluster_name};
 use crate::access;
 use crate::auth::Authenticated;
 use crate::config::MAX_BOOTSTRAP_TTL;
 use crate::manifest::{self, ManifestSpec};
 use crate::state::HubState;
-use crate::store::{Approval, ApprovalMode, BootstrapToken, ClusterRecord, StoreError, unix_now};
+use crate::store::{
+    Approval, ApprovalMode, BootstrapToken, ClusterRecord, ObservedStatus, StoreError, unix_now,
+};
 
 /// Longest wait a `Wait` call may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
 /// Labels one cluster may carry.
 pub const MAX_LABELS: usize = 64;
+/// Clusters per `List` page when the caller names no size.
+pub const DEFAULT_PAGE_SIZE: usize = 500;
+/// Most clusters per `List` page (about 2 KiB each, well below gRPC's 4 MiB
+/// message limit).
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Prefix of page tokens (a version, should their format change).
+const PAGE_TOKEN_PREFIX: &str = "v1:";
 
 /// The `Clusters` service.
 #[derive(Clone)]
 pub struct ClustersService {
     state: Arc<HubState>,
+    watches: Arc<Semaphore>,
 }
 
 impl ClustersService {
     /// A service over the hub's shared state.
     pub fn new(state: Arc<HubState>) -> Self {
-        ClustersService { state }
+        ClustersService { state, watches: Arc::new(Semaphore::new(MAX_WATCHES)) }
     }
 
     async fn record(&self, name: &str) -> Result<ClusterRecord, Status> {
-        self.state
-            .store
-            .cluster(name)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| Status::not_found(format!("cluster {name:?} is not registered")))
+        self.state.store.cluster(name).await.map_err(store_error)?.ok_or_else(|| unknown_cluster(name))
     }
 
     /// A cluster the caller may see: admins see all, users those they hold
@@ -72,70 +83,29 @@ impl ClustersService {
             })
             .await
             .map_err(|e| match e {
-                StoreError::NotFound => Status::not_found(format!("cluster {name:?} is not registered")),
+                StoreError::NotFound => unknown_cluster(name),
                 e => store_error(e),
             })?;
         if let Some(live) = self.state.registry.get(name) {
             live.changed();
         }
+        self.state.registry.touch(name);
         Ok(record)
     }
 }
 
-/// A cluster as the API shows it, with the phase derived from its approval
-/// and its agents' reports.
-pub fn view(state: &HubState, r: &ClusterRecord) -> Cluster {
-    let live = state.registry.get(&r.name).filter(|l| Some(l.id) == r.cluster_id());
-    let summary = live.map(|l| l.summary()).unwrap_or_default();
-    let (phase, reason) = match &r.approval {
-        Approval::Denied { by, at } => (
-            ClusterPhase::Denied,
-            format!(
-                "denied by {by} at {}",
-                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(*at))
-            ),
-        ),
-        Approval::Pending => {
-            (ClusterPhase::Pending, format!("awaits approval (ferryctl approve {})", r.name))
-        }
-        Approval::Approved if summary.sessions == 0 && summary.last_seen == 0 => {
-            (ClusterPhase::Offline, "no agent has connected yet".to_owned())
-        }
-        Approval::Approved if summary.sessions == 0 => {
-            (ClusterPhase::Offline, "no agent is connected".to_owned())
-        }
-        Approval::Approved if !summary.missing_permissions.is_empty() => (
-            ClusterPhase::NotReady,
-            format!(
-                "the agent lacks permissions in the cluster ({}); apply the agent.yaml from `ferryctl register {}` again",
-                summary.missing_permissions.join(", "),
-                r.name
-            ),
-        ),
-        Approval::Approved => match summary.apiserver_reachable {
-            Some(true) => (ClusterPhase::Ready, String::new()),
-            Some(false) => {
-                (ClusterPhase::NotReady, "the agents cannot reach the cluster's apiserver".to_owned())
-            }
-            None => (ClusterPhase::NotReady, "no status report from the agents yet".to_owned()),
-        },
-    };
-    Cluster {
-        name: r.name.clone(),
-        id: r.id.clone(),
-        connected: summary.sessions > 0,
-        agents: summary.sessions as u32,
-        kubernetes_version: summary.kubernetes_version,
-        created_at_unix: r.created_at,
-        phase: phase as i32,
-        reason,
-        approval: match r.approval_mode {
-            ApprovalMode::Auto => PbApprovalMode::Auto,
-            ApprovalMode::Manual => PbApprovalMode::Manual,
-        } as i32,
-        labels: r.labels.clone().into_iter().collect(),
-        last_seen_unix: summary.last_seen,
-    }
+/// The page token that continues after cluster `name`.
+fn page_token(name: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{name}"))
+}
+
+/// The cluster name a page token continues after.
+fn page_after(token: &str) -> Result<String, Status> {
+    let bad =
+        || Status::invalid_argument("invalid page_token: pass the next_page_token of the previous page");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    text.strip_prefix(PAGE_TOKEN_PREFIX).map(str::to_owned).ok_or_else(bad)
 }
 
 /// Checks labels as Kubernetes does for keys and values (simplified: an
@@ -216,6 +186,8 @@ impl Clusters for ClustersService {
             },
             bootstrap_tokens: Vec::new(),
             agent_certs: Vec::new(),
+            status: ObservedStatus::default(),
+            revision: 0,
         };
         let record = match self.state.store.create_cluster(fresh).await {
             Ok(r) => r,
@@ -258,6 +230,7 @@ impl Clusters for ClustersService {
             image: &self.state.agent_image,
             admin_group: child_group.as_deref(),
         });
+        self.state.registry.touch(&record.name);
         info!(cluster = %record.name, by = %who.identity.user, expires = %expires, "bootstrap token issued");
         Ok(Response::new(RegisterResponse {
             cluster: Some(view(&self.state, &record)),
@@ -280,14 +253,94 @@ impl Clusters for ClustersService {
         request: Request<ListClustersRequest>,
     ) -> Result<Response<ListClustersResponse>, Status> {
         let who = caller(&self.state, &request).await?;
-        let mut records = self.state.store.clusters().await.map_err(store_error)?;
-        if !who.is_admin() {
-            let grants = self.state.store.grants().await.map_err(store_error)?;
-            records.retain(|r| grants.iter().any(|g| access::grant_applies(g, &r.name, &who.identity)));
-        }
+        let req = request.into_inner();
+        let selector = Selector::parse(&req.label_selector).map_err(Status::invalid_argument)?;
+        let size = match req.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size {n} is above the limit of {MAX_PAGE_SIZE}"
+                )));
+            }
+            n => n,
+        };
+        let after = if req.page_token.is_empty() { None } else { Some(page_after(&req.page_token)?) };
+        let list = self.state.store.list_clusters().await.map_err(store_error)?;
+        let grants =
+            if who.is_admin() { Vec::new() } else { self.state.store.grants().await.map_err(store_error)? };
+        let mut matching = list
+            .clusters
+            .iter()
+            .filter(|r| after.as_ref().is_none_or(|a| r.name > *a))
+            .filter(|r| selector.matches(&r.labels))
+            .filter(|r| {
+                who.is_admin() || grants.iter().any(|g| access::grant_applies(g, &r.name, &who.identity))
+            });
+        let page: Vec<&ClusterRecord> = matching.by_ref().take(size).collect();
+        let next_page_token = match (matching.next(), page.last()) {
+            (Some(_), Some(last)) => page_token(&last.name),
+            _ => String::new(),
+        };
         Ok(Response::new(ListClustersResponse {
-            clusters: records.iter().map(|r| view(&self.state, r)).collect(),
+            clusters: page.into_iter().map(|r| view(&self.state, r)).collect(),
+            next_page_token,
+            revision: list.revision,
         }))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(&self, request: Request<WatchClustersRequest>) -> Result<Response<EventStream>, Status> {
+        let who = caller(&self.state, &request).await?;
+        let req = request.into_inner();
+        if !req.name.is_empty() && self.state.store.cluster(&req.name).await.map_err(store_error)?.is_some() {
+            self.visible(&who, &req.name).await?;
+        }
+        let permit = self.watches.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "the hub serves {MAX_WATCHES} watches already; try again later"
+            ))
+        })?;
+        let stream = watch::start(self.state.clone(), who, req, permit).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn update_labels(
+        &self,
+        request: Request<UpdateLabelsRequest>,
+    ) -> Result<Response<Cluster>, Status> {
+        let who = admin(&self.state, &request).await?;
+        let req = request.into_inner();
+        if let Some(k) = req.remove.iter().find(|k| req.set.contains_key(*k)) {
+            return Err(Status::invalid_argument(format!("label {k:?} is both set and removed")));
+        }
+        let record = self.record(&req.name).await?;
+        let mut labels = record.labels.clone();
+        for k in &req.remove {
+            labels.remove(k);
+        }
+        labels.extend(req.set.clone());
+        validate_labels(&labels).map_err(Status::invalid_argument)?;
+        let record = self
+            .state
+            .store
+            .update_cluster(&req.name, &mut |r| {
+                if r.id != record.id {
+                    return false;
+                }
+                for k in &req.remove {
+                    r.labels.remove(k);
+                }
+                r.labels.extend(req.set.clone());
+                true
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => unknown_cluster(&req.name),
+                e => store_error(e),
+            })?;
+        info!(cluster = %record.name, by = %who.identity.user, labels = ?record.labels, "labels updated");
+        Ok(Response::new(view(&self.state, &record)))
     }
 
     async fn wait(&self, request: Request<WaitClusterRequest>) -> Result<Response<Cluster>, Status> {
@@ -365,7 +418,7 @@ impl Clusters for ClustersService {
             .delete_cluster(&name)
             .await
             .map_err(store_error)?
-            .ok_or_else(|| Status::not_found(format!("cluster {name:?} is not registered")))?;
+            .ok_or_else(|| unknown_cluster(&name))?;
         let before = view(&self.state, &record);
         let ended =
             record.cluster_id().map(|id| self.state.registry.disconnect(&name, id, true)).unwrap_or(0);

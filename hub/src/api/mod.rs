@@ -1,5 +1,6 @@
-//! The management API: `ferry.v1.Clusters` ([`clusters`]) and
-//! `ferry.v1.Access` ([`access`]), served on the hub's one address.
+//! The management API: `ferry.v1.Clusters` ([`clusters`], with [`watch`],
+//! [`selector`] and [`view`]), `ferry.v1.Access` ([`access`]) and
+//! `ferry.v1.Proxy` ([`proxy`]), served on the hub's one address.
 //!
 //! Every call is authenticated (client certificate or bearer token) and
 //! authorized here: credentials bound to one cluster (those in issued
@@ -8,6 +9,10 @@
 
 pub mod access;
 pub mod clusters;
+pub mod proxy;
+pub mod selector;
+pub mod view;
+pub mod watch;
 
 use std::time::Duration;
 
@@ -25,6 +30,13 @@ pub fn valid_cluster_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
+}
+
+/// NOT_FOUND for a cluster that is not registered, with what to do next.
+pub(crate) fn unknown_cluster(name: &str) -> Status {
+    Status::not_found(format!(
+        "cluster {name:?} is not registered; `ferryctl clusters` lists the clusters you may see"
+    ))
 }
 
 pub(crate) fn store_error(e: StoreError) -> Status {
@@ -69,7 +81,7 @@ pub(crate) async fn admin<T>(state: &HubState, req: &Request<T>) -> Result<Authe
         Ok(caller)
     } else {
         Err(Status::permission_denied(format!(
-            "user {:?} is not a hub administrator (group {ADMIN_GROUP:?})",
+            "user {:?} is not a hub administrator (group {ADMIN_GROUP:?}); this call needs an admin credential, such as DATA_DIR/admin.kubeconfig on the hub",
             caller.identity.user
         )))
     }

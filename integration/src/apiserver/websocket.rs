@@ -238,6 +238,8 @@ where
     };
     let status_tx = out_tx.clone();
     drop(out_tx);
+    // As the kubelet does, the status follows the last output: clients such
+    // as kube-rs stop reading at the status.
     let run = async {
         // The status only once the forwarders have passed every byte of
         // output on (they end when the command has dropped its outputs).

@@ -180,7 +180,7 @@ impl SimAgent {
                 _ = tick.tick() => {
                     let sent_at_unix_ms =
                         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-                    let hb = Heartbeat { sent_at_unix_ms, status: None };
+                    let hb = Heartbeat { sent_at_unix_ms, status: None, echo_unix_ms: 0 };
                     if tx.send(AgentControl { msg: Some(agent_control::Msg::Heartbeat(hb)) }).await.is_err() {
                         return Ok(true);
                     }
