@@ -314,7 +314,10 @@ impl Hub {
                 };
                 let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     let (routes, state, principal) = (routes.clone(), state2.clone(), principal.clone());
-                    async move {
+                    // Boxed: hyper spawns a task per request around this
+                    // future, and moving the unboxed one (several KiB: the
+                    // whole gateway path) cost more than the allocation.
+                    Box::pin(async move {
                         let grpc = req
                             .headers()
                             .get(http::header::CONTENT_TYPE)
@@ -335,7 +338,7 @@ impl Hub {
                             gateway::handle(state, principal, peer, req).await
                         };
                         Ok::<_, std::convert::Infallible>(resp)
-                    }
+                    })
                 });
                 let http = if is_agent { &http.agents } else { &http.callers };
                 let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);
