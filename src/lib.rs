@@ -15,6 +15,7 @@ pub mod limits;
 pub mod metadata;
 pub mod path;
 pub mod proto;
+pub mod request_info;
 pub mod secret;
 pub mod status;
 pub mod tls;

@@ -21,7 +21,8 @@ use crate::config::AgentConfig;
 use crate::credential::{CredentialStore, StateDir, StoredCredential};
 use crate::enroll;
 use crate::error::AgentError;
-use crate::health;
+use crate::health::{self, Apiserver};
+use crate::metrics::AgentMetrics;
 use crate::session::{self, SessionError, SessionParams};
 use crate::upstream::Upstream;
 
@@ -59,12 +60,25 @@ pub enum AgentState {
 pub struct Agent {
     config: AgentConfig,
     state: watch::Sender<AgentState>,
+    /// What the last status probe found of the apiserver (for `/readyz`).
+    apiserver: watch::Sender<Apiserver>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Agent {
     /// An agent for `config` (nothing is dialled until [`Agent::run`]).
     pub fn new(config: AgentConfig) -> Self {
-        Self { config, state: watch::Sender::new(AgentState::Starting) }
+        Self {
+            config,
+            state: watch::Sender::new(AgentState::Starting),
+            apiserver: watch::Sender::new(Apiserver::Unknown),
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The agent's metrics (what `--metrics-listen` serves).
+    pub fn metrics(&self) -> &Arc<AgentMetrics> {
+        &self.metrics
     }
 
     /// Follows the agent's state (e.g. to wait until it is connected).
@@ -76,21 +90,44 @@ impl Agent {
     /// happens: no bootstrap token and no credential, an unusable state
     /// directory or kubeconfig (`Err`).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        use std::io::Write;
         let health = match self.config.health_listen {
             Some(addr) => {
-                let h = health::serve(addr, self.state.subscribe(), shutdown.child_token()).await?;
+                let h = health::serve(
+                    addr,
+                    self.state.subscribe(),
+                    self.apiserver.subscribe(),
+                    shutdown.child_token(),
+                )
+                .await?;
                 // The bound address (port 0 picks one), for scripts and tests.
-                use std::io::Write;
                 println!("ferry-agent health: http://{}", h.addr);
                 let _ = std::io::stdout().flush();
                 Some(h)
             }
             None => None,
         };
+        let metrics = match self.config.metrics_listen {
+            Some(addr) => {
+                let m = self.metrics.clone();
+                let served = health::listen(addr, shutdown.child_token(), move |req| {
+                    let accept = req.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok());
+                    let (code, content_type, body) =
+                        crate::metrics::answer(&m, req.uri().path(), accept.unwrap_or_default());
+                    (http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::OK), content_type, body)
+                })
+                .await
+                .map_err(|source| AgentError::Metrics { addr, source })?;
+                println!("ferry-agent metrics: http://{}/metrics", served.addr);
+                let _ = std::io::stdout().flush();
+                Some(served)
+            }
+            None => None,
+        };
         let result = self.run_inner(&shutdown).await;
         self.state.send_replace(AgentState::Stopped);
-        if let Some(h) = health {
-            h.stop().await;
+        for server in [health, metrics].into_iter().flatten() {
+            server.stop().await;
         }
         result
     }
@@ -141,6 +178,8 @@ impl Agent {
                 store: store.clone(),
                 agent_id,
                 upstream: upstream.clone(),
+                metrics: self.metrics.clone(),
+                apiserver: self.apiserver.clone(),
             };
             match self.keep_connected(&params, shutdown).await {
                 None => {
@@ -181,6 +220,7 @@ impl Agent {
                 Ok(()) => return None,
                 Err(e) => e,
             };
+            self.metrics.session_failed(&error);
             if end.connected_for.is_some_and(|d| d >= HEALTHY_AFTER) {
                 backoff.reset();
                 refused.reset();

@@ -62,6 +62,13 @@ pub struct Args {
     /// Kubernetes probes); off by default.
     #[arg(long = "health-listen", env = "FERRY_HEALTH_LISTEN", value_name = "ADDR")]
     pub health_listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP; port 0
+    /// picks one); off by default.
+    #[arg(long = "metrics-listen", env = "FERRY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Log format on stderr: `text` or `json` (one object per line).
+    #[arg(long = "log-format", env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// A Kubernetes system user or group (`system:...`) the agent may
     /// impersonate after all; a trailing `*` matches any rest (e.g.
     /// `system:serviceaccount:ci:*`). Repeat for several. By default it
@@ -78,6 +85,16 @@ pub struct Args {
         value_parser = parse_status_interval
     )]
     pub status_interval: Duration,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the span fields (cluster, request_id).
+    Json,
 }
 
 fn parse_status_interval(s: &str) -> Result<Duration, String> {
@@ -192,6 +209,8 @@ pub struct AgentConfig {
     pub agent_id: Option<AgentId>,
     /// Address of the health endpoint, if any.
     pub health_listen: Option<std::net::SocketAddr>,
+    /// Address of the metrics endpoint, if any.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Which system identities the agent may impersonate.
     pub system_identities: ferry::identity::SystemIdentityPolicy,
     /// How often the cluster's status is taken and reported.
@@ -221,6 +240,7 @@ impl Args {
             credential_secret: self.credential_secret,
             agent_id: self.agent_id,
             health_listen: self.health_listen,
+            metrics_listen: self.metrics_listen,
             system_identities: ferry::identity::SystemIdentityPolicy { allowed: self.allow_system_identity },
             status_interval: self.status_interval,
         })
@@ -348,6 +368,8 @@ mod tests {
             credential_secret: None,
             agent_id: None,
             health_listen: None,
+            metrics_listen: None,
+            log_format: LogFormat::Text,
             allow_system_identity: Vec::new(),
             status_interval: Duration::from_secs(10),
         };

@@ -37,6 +37,15 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The metrics endpoint cannot listen.
+    #[error("cannot listen on {addr} for metrics (--metrics-listen)")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// An error and its sources on one line (`outer: inner: root`), for logs:

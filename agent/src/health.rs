@@ -1,6 +1,9 @@
 //! The agent's health endpoint (`--health-listen`), plain HTTP for
 //! Kubernetes probes: `/healthz` answers while the process runs, `/readyz`
-//! only while a hub session is up.
+//! only while a hub session is up and the last status probe found the
+//! apiserver reachable with its `/readyz` passing (what the agent manifest's
+//! readiness probe asks). The same small server serves `/metrics` on
+//! `--metrics-listen`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,14 +44,47 @@ impl HealthServer {
     }
 }
 
-/// Binds `addr` and serves until `stop`.
+/// What the last status probe found of the apiserver.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Apiserver {
+    /// Not probed yet.
+    #[default]
+    Unknown,
+    /// Reachable, and its `/readyz` passes.
+    Ready,
+    /// Unreachable or not ready, and why.
+    Failing(String),
+}
+
+/// Binds `addr` and serves the health paths until `stop`.
 pub(crate) async fn serve(
     addr: SocketAddr,
     state: watch::Receiver<AgentState>,
+    apiserver: watch::Receiver<Apiserver>,
     stop: CancellationToken,
 ) -> Result<HealthServer, AgentError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| AgentError::Health { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| AgentError::Health { addr, source })?;
+    listen(addr, stop, move |req| {
+        let (code, text) = answer(req, &state.borrow(), &apiserver.borrow());
+        (code, "text/plain; charset=utf-8", text)
+    })
+    .await
+    .map_err(|source| AgentError::Health { addr, source })
+}
+
+/// An answer: status, content type, body.
+pub(crate) type Answer = (StatusCode, &'static str, String);
+
+/// Binds `addr` and answers every request with `handler` until `stop`.
+pub(crate) async fn listen<F>(
+    addr: SocketAddr,
+    stop: CancellationToken,
+    handler: F,
+) -> std::io::Result<HealthServer>
+where
+    F: Fn(&Request<Incoming>) -> Answer + Clone + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
     let token = stop.clone();
     let task = tokio::spawn(async move {
         let mut connections = JoinSet::new();
@@ -59,11 +95,15 @@ pub(crate) async fn serve(
                 Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             };
             let Ok((tcp, _)) = accepted else { continue };
-            let state = state.clone();
+            let handler = handler.clone();
             connections.spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(answer(&req, &state.borrow())) }
+                    let (code, content_type, text) = handler(&req);
+                    let mut resp = Response::new(Full::new(Bytes::from(text)));
+                    *resp.status_mut() = code;
+                    resp.headers_mut()
+                        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+                    async move { Ok::<_, Infallible>(resp) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -79,25 +119,29 @@ pub(crate) async fn serve(
     Ok(HealthServer { addr: bound, stop, task })
 }
 
-fn answer(req: &Request<Incoming>, state: &AgentState) -> Response<Full<Bytes>> {
+fn answer(req: &Request<Incoming>, state: &AgentState, apiserver: &Apiserver) -> (StatusCode, String) {
     let (status, text) = match req.uri().path() {
         "/healthz" | "/livez" => match state {
             AgentState::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "stopped".to_owned()),
             _ => (StatusCode::OK, "ok".to_owned()),
         },
-        "/readyz" => match state {
-            AgentState::Connected { cluster, .. } => {
+        "/readyz" => match (state, apiserver) {
+            (AgentState::Connected { cluster, .. }, Apiserver::Ready) => {
                 (StatusCode::OK, format!("ok: connected for cluster {cluster}"))
             }
-            other => {
+            (AgentState::Connected { .. }, Apiserver::Failing(why)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, format!("the apiserver is not ready: {why}"))
+            }
+            (AgentState::Connected { .. }, Apiserver::Unknown) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "the apiserver was not probed yet".to_owned())
+            }
+            (other, _) => {
                 (StatusCode::SERVICE_UNAVAILABLE, format!("not connected to the hub: {}", describe(other)))
             }
         },
         _ => (StatusCode::NOT_FOUND, "not found".to_owned()),
     };
-    let mut resp = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
-    *resp.status_mut() = status;
-    resp
+    (status, format!("{text}\n"))
 }
 
 fn describe(state: &AgentState) -> String {
@@ -129,16 +173,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ready_only_while_connected() {
+    async fn ready_only_while_connected_and_the_apiserver_is_ready() {
         let (tx, rx) = watch::channel(AgentState::Connecting);
+        let (apiserver, apiserver_rx) = watch::channel(Apiserver::Ready);
         let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-        let server = serve(any, rx, CancellationToken::new()).await.expect("serve");
+        let server = serve(any, rx, apiserver_rx, CancellationToken::new()).await.expect("serve");
         let addr = server.addr;
         assert_eq!(get(addr, "/healthz").await.0, 200);
         let (code, text) = get(addr, "/readyz").await;
         assert_eq!(code, 503);
         assert!(text.contains("connecting"), "{text}");
         tx.send_replace(AgentState::Connected { cluster: "edge".into(), session_id: "s".into() });
+        assert_eq!(get(addr, "/readyz").await.0, 200);
+        apiserver.send_replace(Apiserver::Failing("connection refused".into()));
+        let (code, text) = get(addr, "/readyz").await;
+        assert_eq!(code, 503);
+        assert!(text.contains("connection refused"), "{text}");
+        assert_eq!(get(addr, "/healthz").await.0, 200, "alive all the same");
+        apiserver.send_replace(Apiserver::Ready);
         assert_eq!(get(addr, "/readyz").await.0, 200);
         tx.send_replace(AgentState::Refused { reason: "cluster denied".into() });
         let (code, text) = get(addr, "/readyz").await;

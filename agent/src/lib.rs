@@ -7,7 +7,8 @@
 //! - [`credential`]: the credential (certificate and key) and where it is
 //!   kept: the state directory or a Secret.
 //! - `enroll`: bootstrap token and key for a certificate.
-//! - `health`: `/healthz` and `/readyz` for probes.
+//! - `health`: `/healthz` and `/readyz` for probes; [`metrics`]: Prometheus
+//!   metrics (`--metrics-listen`).
 //! - `impersonation`: checking a caller's `--as` with the child cluster.
 //! - `permissions`: whether the agent itself may do what it needs.
 //! - [`hub`]: the TLS/HTTP/2 channel to the hub and call metadata.
@@ -31,6 +32,7 @@ pub mod error;
 mod health;
 pub mod hub;
 mod impersonation;
+pub mod metrics;
 mod permissions;
 mod pool;
 mod proxy;

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use ferry::frame::{agent_error, decode_request_head, response_head};
 use ferry::limits::FRAME_CHANNEL_CAPACITY;
 use ferry::proto::v1::{self as pb, AgentFrame, ErrorCode, HubFrame, RequestHead, agent_frame, hub_frame};
+use ferry::request_info::RequestInfo;
 use ferry::status::KubeStatus;
 use http::{Response, StatusCode};
 use http_body::Frame;
@@ -31,6 +32,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::error::report;
 use crate::impersonation;
+use crate::metrics::{AgentMetrics, Answer, RequestCount};
 use crate::pool::ParkSlot;
 use crate::upgrade;
 use crate::upstream::{Upstream, UpstreamBody, UpstreamError, empty_body};
@@ -75,6 +77,8 @@ impl RequestStream {
 
 /// What the request runs with.
 pub(crate) struct ProxyContext {
+    /// The agent's metrics.
+    pub metrics: Arc<AgentMetrics>,
     /// The apiserver.
     pub upstream: Arc<Upstream>,
     /// Cluster name, for logs.
@@ -187,6 +191,9 @@ pub(crate) async fn serve(
         method = %proxied.method,
         path = %proxied.path_and_query.path(),
     );
+    let _open = ctx.metrics.request_open();
+    let pq = &proxied.path_and_query;
+    let count = ctx.metrics.request(&RequestInfo::parse(&proxied.method, pq.path(), pq.query()).verb);
     async move {
         let mut stream = stream;
         let refused = ctx.system_identities.check(&proxied.identity).err().or_else(|| {
@@ -217,10 +224,15 @@ pub(crate) async fn serve(
         }
         let upgrade = proxied.upgrade;
         let outcome = if upgrade {
-            upgrade::serve(&mut stream, &proxied, &ctx.upstream, abort).await
+            upgrade::serve(&mut stream, &proxied, &ctx.upstream, abort, &ctx.metrics, &count).await
         } else {
-            serve_http(&mut stream, &proxied, &ctx.upstream, abort, keep).await
+            serve_http(&mut stream, &proxied, &ctx.upstream, abort, keep, &ctx.metrics, &count).await
         };
+        count.ended(match &outcome {
+            Outcome::Completed { status, .. } => Answer::Status(status.as_u16()),
+            Outcome::Failed => Answer::Error,
+            Outcome::Cancelled(_) | Outcome::HubGone | Outcome::Aborted => Answer::Cancelled,
+        });
         let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match outcome {
             Outcome::Completed { status, bytes, kept } => {
@@ -271,6 +283,8 @@ async fn serve_http(
     upstream: &Upstream,
     abort: &CancellationToken,
     keep: Keep<'_>,
+    metrics: &AgentMetrics,
+    count: &RequestCount<'_>,
 ) -> Outcome {
     let RequestStream { out, inbound } = stream;
     // An immediate End means no body at all, so a GET goes out without one
@@ -298,10 +312,12 @@ async fn serve_http(
     let out = &*out;
     let hub_ended = AtomicBool::new(ended);
     let exchange = async {
+        let sent = Instant::now();
         match upstream.send_on_lane(request).await {
             Ok((response, _slot)) => {
+                metrics.apiserver_head(sent.elapsed());
                 let offer = || if hub_ended.load(Ordering::Acquire) { keep() } else { None };
-                forward_response(response, out, offer).await
+                forward_response(response, out, offer, count).await
             }
             Err(e) => upstream_failed(e, out).await,
         }
@@ -414,10 +430,12 @@ pub(crate) async fn forward_response(
     response: Response<Incoming>,
     out: &mpsc::Sender<AgentFrame>,
     keep: impl FnOnce() -> Option<ParkSlot>,
+    count: &RequestCount<'_>,
 ) -> Outcome {
     let status = response.status();
     let head =
         AgentFrame { frame: Some(agent_frame::Frame::Head(response_head(status, response.headers()))) };
+    count.answered(status.as_u16());
     if out.send(head).await.is_err() {
         return Outcome::HubGone;
     }

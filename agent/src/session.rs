@@ -32,7 +32,9 @@ use crate::agent::AgentState;
 use crate::config::AgentConfig;
 use crate::credential::{CredentialStore, StoredCredential, new_key_and_request};
 use crate::error::report;
+use crate::health::Apiserver;
 use crate::hub::{self, CallAuth, HubError};
+use crate::metrics::AgentMetrics;
 use crate::pool::{Pool, SessionShared};
 use crate::proxy::ProxyContext;
 use crate::status::{self, PROBE_TIMEOUT, StatusProbe, unix_ms};
@@ -120,6 +122,10 @@ pub(crate) struct SessionParams {
     pub agent_id: AgentId,
     /// The apiserver.
     pub upstream: Arc<Upstream>,
+    /// The agent's metrics.
+    pub metrics: Arc<AgentMetrics>,
+    /// Where status probes publish what they found of the apiserver.
+    pub apiserver: watch::Sender<Apiserver>,
 }
 
 impl SessionParams {
@@ -166,7 +172,8 @@ async fn run_inner(
     };
 
     let (control_tx, control_rx) = mpsc::channel(CONTROL_CHANNEL_CAPACITY);
-    let mut probe = StatusProbe::new(params.upstream.clone(), params.config.credential_secret.clone());
+    let mut probe = StatusProbe::new(params.upstream.clone(), params.config.credential_secret.clone())
+        .publishing(params.apiserver.clone(), params.metrics.clone());
     let status = tokio::select! {
         s = probe.status(PROBE_TIMEOUT) => s,
         () = shutdown.cancelled() => return Ok(()),
@@ -207,6 +214,7 @@ async fn run_inner(
         client,
         auth: CallAuth::for_session(&welcome.session_id)?,
         proxy: ProxyContext {
+            metrics: params.metrics.clone(),
             upstream: params.upstream.clone(),
             cluster: cluster.clone(),
             system_identities: params.config.system_identities.clone(),
@@ -232,6 +240,8 @@ async fn run_inner(
     let mut renewal = Renewal::new(credential);
 
     info!(%cluster, session = %welcome.session_id, heartbeat_ms = interval.as_millis(), "connected to the hub");
+    let _connected = params.metrics.session_up();
+    params.metrics.certificate_expires(unix_seconds(renewal.not_after));
     if !welcome.notice.is_empty() {
         warn!(hub_says = %welcome.notice, "connected, but the hub routes no traffic yet");
     }
@@ -254,7 +264,9 @@ async fn run_inner(
                 }
                 Ok(Some(HubControl { msg: Some(hub_control::Msg::Heartbeat(echo)) })) => {
                     deadline.as_mut().reset(Instant::now() + silence);
-                    round_trip.answered(echo.echo_unix_ms);
+                    if let Some(rtt) = round_trip.answered(echo.echo_unix_ms) {
+                        params.metrics.heartbeat_rtt(rtt);
+                    }
                 }
                 Ok(Some(message)) => {
                     deadline.as_mut().reset(Instant::now() + silence);
@@ -381,11 +393,17 @@ impl Renewal {
         }
         *params.credential.lock().unwrap_or_else(|p| p.into_inner()) = renewed.clone();
         self.not_after = renewed.not_after;
+        params.metrics.certificate_expires(unix_seconds(renewed.not_after));
         self.at = instant_at(renewed.renew_at());
         let expires = humantime::format_rfc3339_seconds(renewed.not_after);
         info!(%expires, "agent certificate renewed");
         announce_renewal(&renewed.cluster, &expires.to_string());
     }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The tokio instant of a wall-clock time (now, if it has passed).
@@ -438,17 +456,20 @@ impl RoundTrip {
         *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some((sent_at_unix_ms, Instant::now()));
     }
 
-    /// The hub echoed `echo_unix_ms`; an echo of an older heartbeat (or of
-    /// none) is ignored.
-    fn answered(&self, echo_unix_ms: u64) {
+    /// The hub echoed `echo_unix_ms`; returns the round trip. An echo of
+    /// an older heartbeat (or of none) is ignored.
+    fn answered(&self, echo_unix_ms: u64) -> Option<Duration> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((sent, at)) = *pending
             && sent == echo_unix_ms
         {
-            let micros = u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+            let elapsed = at.elapsed();
+            let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
             self.last_micros.store(micros, Ordering::Relaxed);
             *pending = None;
+            return Some(elapsed);
         }
+        None
     }
 
     fn last_micros(&self) -> u64 {

@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::SecretRef;
+use crate::health::Apiserver;
+use crate::metrics::AgentMetrics;
 use crate::permissions;
 use crate::quantity;
 use crate::upstream::Upstream;
@@ -67,6 +69,8 @@ pub(crate) struct StatusProbe {
     nodes: Option<NodeSummary>,
     counted_at: Option<Instant>,
     nodes_error: Option<String>,
+    /// Where to publish whether the apiserver is ready, for `/readyz`.
+    publish: Option<(watch::Sender<Apiserver>, Arc<AgentMetrics>)>,
 }
 
 impl StatusProbe {
@@ -80,6 +84,44 @@ impl StatusProbe {
             nodes: None,
             counted_at: None,
             nodes_error: None,
+            publish: None,
+        }
+    }
+
+    /// Publishes what each probe finds of the apiserver (the agent's
+    /// `/readyz` and `ferry_agent_apiserver_up`), logging each change.
+    pub(crate) fn publishing(
+        mut self,
+        apiserver: watch::Sender<Apiserver>,
+        metrics: Arc<AgentMetrics>,
+    ) -> Self {
+        self.publish = Some((apiserver, metrics));
+        self
+    }
+
+    fn publish(&self, status: &ClusterStatus) {
+        let Some((apiserver, metrics)) = &self.publish else { return };
+        let readyz = status.readyz.as_ref();
+        let now = if !status.apiserver_reachable {
+            Apiserver::Failing(format!("unreachable: {}", status.apiserver_error))
+        } else if readyz.is_some_and(|c| c.state == HealthState::Failed as i32) {
+            let detail = readyz.map(|c| c.detail.as_str()).unwrap_or_default();
+            Apiserver::Failing(format!("its /readyz fails: {detail}"))
+        } else {
+            Apiserver::Ready
+        };
+        metrics.apiserver_up(now == Apiserver::Ready);
+        // Published before it is logged: whoever reads the log line finds
+        // `/readyz` already answering accordingly.
+        let before = apiserver.send_replace(now.clone());
+        if before != now {
+            match &now {
+                Apiserver::Ready => info!("agent ready: the apiserver is reachable and ready"),
+                Apiserver::Failing(why) => {
+                    warn!(reason = %why, "agent not ready: the apiserver is not ready")
+                }
+                Apiserver::Unknown => {}
+            }
         }
     }
 
@@ -126,6 +168,7 @@ impl StatusProbe {
             status.capacity = Some(n.capacity);
             status.allocatable = Some(n.allocatable);
         }
+        self.publish(&status);
         status
     }
 

@@ -28,6 +28,7 @@ use tonic::Streaming;
 use tracing::{info, warn};
 
 use crate::error::report;
+use crate::metrics::{AgentMetrics, RequestCount};
 use crate::proxy::{
     Gone, HubEvent, Outcome, RequestStream, body_frame, end_frame, forward_response, next_event, send_error,
     upstream_failed, watch_hub,
@@ -40,6 +41,8 @@ pub(crate) async fn serve(
     proxied: &ProxiedRequest,
     upstream: &Upstream,
     abort: &CancellationToken,
+    metrics: &AgentMetrics,
+    count: &RequestCount<'_>,
 ) -> Outcome {
     let RequestStream { out, inbound } = stream;
     let out = &*out;
@@ -54,6 +57,7 @@ pub(crate) async fn serve(
 
     // Until the apiserver answers, the hub may only cancel or half-close.
     let mut hub_open = true;
+    let started = Instant::now();
     let sent = upstream.send(request, true);
     tokio::pin!(sent);
     let response = loop {
@@ -74,6 +78,7 @@ pub(crate) async fn serve(
         Ok(r) => r,
         Err(e) => return upstream_failed(e, out).await,
     };
+    metrics.apiserver_head(started.elapsed());
 
     let status = response.status();
     if status != StatusCode::SWITCHING_PROTOCOLS {
@@ -82,13 +87,14 @@ pub(crate) async fn serve(
         return tokio::select! {
             biased;
             () = abort.cancelled() => Outcome::Aborted,
-            outcome = forward_response(response, out, || None) => outcome,
+            outcome = forward_response(response, out, || None, count) => outcome,
             gone = watch_hub(inbound, None, &hub_ended, out) => Outcome::Cancelled(gone),
         };
     }
 
     let head =
         AgentFrame { frame: Some(agent_frame::Frame::Head(response_head(status, response.headers()))) };
+    count.answered(status.as_u16());
     if out.send(head).await.is_err() {
         return Outcome::HubGone;
     }
@@ -105,6 +111,7 @@ pub(crate) async fn serve(
             return Outcome::Failed;
         }
     };
+    let _session = metrics.upgraded_open();
     pump(io, inbound, out, hub_open, abort).await
 }
 

@@ -30,11 +30,13 @@
 //!   whose requests travel through the hub to a child cluster.
 //! - [`Hub::proxy`] and [`Hub::proxy_upgrade`] ([`proxy`]): raw HTTP
 //!   requests and upgraded connections over the hub's gRPC `Proxy` call.
+//! - [`Hub::audit_events`] ([`audit`]): the hub's audit log (admins).
 //! - [`duration`] and [`output`]: what the `ferryctl` binary needs to parse
 //!   its arguments and print results; public so other tools print the same.
 
 #![deny(missing_docs)]
 
+pub mod audit;
 mod diagnose;
 pub mod duration;
 pub mod error;
@@ -45,6 +47,7 @@ pub mod output;
 pub mod proxy;
 pub mod watch;
 
+pub use self::audit::{AuditEvent, AuditQuery};
 pub use self::kube::{KubeClientError, kube_client};
 pub use error::ManagementError;
 pub use kubeconfig::{HubConfig, HubConfigError, HubCredential, InvalidKubeconfig};

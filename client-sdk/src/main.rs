@@ -15,8 +15,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_client_sdk::duration::parse_duration;
 use ferry_client_sdk::output::Columns;
 use ferry_client_sdk::{
-    ApprovalMode, Cluster, ClusterEvent, ClusterPhase, CredentialKind, GrantSubject, Hub, HubConfig,
-    HubConfigError, KubeconfigRequest, RegisterOptions, WatchOptions, output,
+    ApprovalMode, AuditQuery, Cluster, ClusterEvent, ClusterPhase, CredentialKind, GrantSubject, Hub,
+    HubConfig, HubConfigError, KubeconfigRequest, RegisterOptions, WatchOptions, output,
 };
 use futures_util::StreamExt as _;
 use tracing_subscriber::EnvFilter;
@@ -186,6 +186,38 @@ enum Command {
     },
     /// Show who the hub thinks you are.
     Whoami,
+    /// Show the hub's audit log (admins): proxied requests, exec/attach/
+    /// port-forward sessions and management changes, oldest first.
+    Audit {
+        /// Only events of this cluster.
+        #[arg(long, value_name = "NAME")]
+        cluster: Option<String>,
+        /// Only events of this user.
+        #[arg(long, value_name = "U")]
+        user: Option<String>,
+        /// Only events newer than this, e.g. 10m, 1h, 7d.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// Then print new events as they happen (until interrupted).
+        #[arg(short, long)]
+        follow: bool,
+        /// At most this many logged events, the newest (default: the hub's
+        /// maximum, 10000).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Output format: aligned columns, or the log's JSON, one event per line.
+        #[arg(short, long, value_enum, default_value_t = AuditOutput::Table)]
+        output: AuditOutput,
+    },
+}
+
+/// `audit` output formats.
+#[derive(Clone, Copy, ValueEnum)]
+enum AuditOutput {
+    /// TIME USER CLUSTER WHAT CODE DURATION REQUEST-ID.
+    Table,
+    /// One JSON object per line, as in the hub's audit log.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -602,6 +634,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ListOutput::Json => emit(&output::grants_json(&grants)),
                 ListOutput::Yaml => emit(&json_to_yaml(&output::grants_json(&grants))?),
             }
+        }
+        Command::Audit { cluster, user, since, follow, limit, output } => {
+            let query = AuditQuery { cluster, user, since: since.map(|d| now - d), follow, limit };
+            let mut events = std::pin::pin!(client.audit_events(&query).await?);
+            if matches!(output, AuditOutput::Table) {
+                emit(&output::audit_header())?;
+            }
+            while let Some(event) = events.next().await {
+                let event = event?;
+                match output {
+                    AuditOutput::Table => emit(&output::audit_line(&event))?,
+                    AuditOutput::Json => emit(&format!("{}\n", output::audit_json(&event)))?,
+                }
+            }
+            Ok(())
         }
         Command::Whoami => {
             let me = client.who_am_i().await?;

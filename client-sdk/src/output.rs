@@ -482,6 +482,115 @@ pub fn human_age(age: Option<Duration>) -> String {
     format!("{years}y")
 }
 
+/// Columns of `ferryctl audit`.
+pub const AUDIT_COLUMNS: [&str; 7] = ["TIME", "USER", "CLUSTER", "WHAT", "CODE", "DURATION", "REQUEST-ID"];
+
+/// One audit event as a line of `ferryctl audit`: time, user, cluster,
+/// what (verb and resource, path, or the management action), status,
+/// duration, request id; padded to the widths of [`audit_header`].
+pub fn audit_line(e: &crate::audit::AuditEvent) -> String {
+    let what = if !e.action.is_empty() {
+        if e.target.is_empty() { e.action.clone() } else { format!("{} {}", e.action, e.target) }
+    } else {
+        let object = if !e.resource.is_empty() {
+            let mut r = e.resource.clone();
+            if !e.api_group.is_empty() {
+                r = format!("{r}.{}", e.api_group);
+            }
+            if !e.name.is_empty() {
+                r = format!("{r}/{}", e.name);
+            }
+            if !e.subresource.is_empty() {
+                r = format!("{r}/{}", e.subresource);
+            }
+            if !e.namespace.is_empty() {
+                r = format!("{r} -n {}", e.namespace);
+            }
+            r
+        } else {
+            e.path.clone()
+        };
+        let kind = match e.kind.as_str() {
+            "session.start" => " (session start)",
+            "session.end" => " (session end)",
+            _ => "",
+        };
+        format!("{} {object}{kind}", e.verb)
+    };
+    let code = if e.code == 0 && e.kind == "management" { "-".to_owned() } else { e.code.to_string() };
+    let duration = if e.duration_ms > 0.0 { format!("{:.1}ms", e.duration_ms) } else { "-".to_owned() };
+    let user = if e.user.is_empty() { "-" } else { &e.user };
+    let cluster = if e.cluster.is_empty() { "-" } else { &e.cluster };
+    let id = if e.request_id.is_empty() { "-" } else { &e.request_id };
+    format!(
+        "{:<24}  {:<16}  {:<12}  {:<48}  {:<4}  {:>10}  {id}\n",
+        e.time, user, cluster, what, code, duration
+    )
+}
+
+/// The header line of `ferryctl audit`.
+pub fn audit_header() -> String {
+    let c = AUDIT_COLUMNS;
+    format!("{:<24}  {:<16}  {:<12}  {:<48}  {:<4}  {:>10}  {}\n", c[0], c[1], c[2], c[3], c[4], c[5], c[6])
+}
+
+/// One audit event as the JSON object the hub writes to its log (empty
+/// fields left out).
+pub fn audit_json(e: &crate::audit::AuditEvent) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    let mut text = |k: &str, v: &str| {
+        if !v.is_empty() {
+            m.insert(k.to_owned(), serde_json::Value::from(v));
+        }
+    };
+    text("time", &e.time);
+    text("kind", &e.kind);
+    text("requestId", &e.request_id);
+    m.insert("user".into(), e.user.clone().into());
+    if !e.groups.is_empty() {
+        m.insert("groups".into(), e.groups.clone().into());
+    }
+    let mut text = |k: &str, v: &str| {
+        if !v.is_empty() {
+            m.insert(k.to_owned(), serde_json::Value::from(v));
+        }
+    };
+    for (k, v) in [
+        ("authMethod", &e.auth_method),
+        ("impersonatedUser", &e.impersonated_user),
+        ("clientAddress", &e.client_address),
+        ("cluster", &e.cluster),
+        ("via", &e.via),
+        ("verb", &e.verb),
+        ("apiGroup", &e.api_group),
+        ("apiVersion", &e.api_version),
+        ("resource", &e.resource),
+        ("subresource", &e.subresource),
+        ("namespace", &e.namespace),
+        ("name", &e.name),
+        ("path", &e.path),
+    ] {
+        text(k, v);
+    }
+    if e.kind != "management" || e.code != 0 {
+        m.insert("code".into(), e.code.into());
+    }
+    if e.kind != "management" && e.kind != "session.start" {
+        m.insert("bytesIn".into(), e.bytes_in.into());
+        m.insert("bytesOut".into(), e.bytes_out.into());
+        m.insert("durationMs".into(), e.duration_ms.into());
+    }
+    let mut text = |k: &str, v: &str| {
+        if !v.is_empty() {
+            m.insert(k.to_owned(), serde_json::Value::from(v));
+        }
+    };
+    text("outcome", &e.outcome);
+    text("action", &e.action);
+    text("target", &e.target);
+    serde_json::Value::Object(m)
+}
+
 #[cfg(test)]
 mod tests {
     use ferry::ids::ClusterId;

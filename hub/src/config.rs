@@ -63,6 +63,22 @@ pub struct HubConfig {
     /// A plain-text address serving only `grpc.health.v1` and `/healthz`
     /// (for Kubernetes probes); `None`: none.
     pub health_listen: Option<SocketAddr>,
+    /// Where `/metrics` is served.
+    pub metrics_listen: MetricsListen,
+    /// Where audit events go.
+    pub audit: crate::audit::Sink,
+}
+
+/// Where the hub serves its metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// Nowhere.
+    Off,
+    /// The default address: skipped with a warning when it is taken, so a
+    /// second hub on the machine still starts.
+    Default(SocketAddr),
+    /// An address asked for: failing to bind it fails the start.
+    At(SocketAddr),
 }
 
 /// Bounds on what callers and agents can make the hub hold.
@@ -129,6 +145,8 @@ impl HubConfig {
             agent_image: DEFAULT_AGENT_IMAGE.to_owned(),
             identity_policy: IdentityPolicy::default(),
             health_listen: None,
+            metrics_listen: MetricsListen::Off,
+            audit: crate::audit::Sink::Off,
         }
     }
 }

@@ -35,6 +35,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::access;
 use crate::api::valid_cluster_name;
 use crate::auth::{self, AuthError, Authenticated, Peer};
+use crate::observe::{ObservedBody, Outcome, RequestRecord, Via};
 use crate::registry::{Busy, FrameTx, LiveCluster, NoStream, Parked};
 use crate::request_body::{self, BodySource, Piece};
 use crate::state::HubState;
@@ -132,9 +133,44 @@ pub async fn handle(
     // The hub's own health, unless a credential bound to one cluster asks
     // (then `kubectl get --raw /readyz` means the cluster's).
     let bound = matches!(&auth, Ok(Some(c)) if c.bound_cluster().is_some());
-    if !bound && matches!(path, "/healthz" | "/readyz" | "/livez") {
-        return Response::new(full("ok"));
+    if !bound && let Some((code, text)) = crate::health::answer(&state, path).await {
+        let mut resp = Response::new(full(text));
+        *resp.status_mut() = code;
+        return resp;
     }
+    let request_id = RequestId::new();
+    let mut record = Some(RequestRecord::start(
+        &state,
+        request_id,
+        Via::Gateway,
+        req.method(),
+        path,
+        req.uri().query(),
+        Some(client.ip()),
+    ));
+    let resp = route(state, auth, client, req, request_id, &mut record).await;
+    match record {
+        // Upgraded: the relay task has the record.
+        None => resp,
+        Some(mut record) => {
+            let status = resp.status();
+            record.head(status.as_u16(), false);
+            resp.map(|body| ObservedBody::wrap(body, record, status))
+        }
+    }
+}
+
+/// Authorizes, routes and forwards one gateway request; `record` is left
+/// for the response body, or taken by an upgraded connection.
+async fn route(
+    state: Arc<HubState>,
+    auth: Result<Option<Authenticated>, AuthError>,
+    client: std::net::SocketAddr,
+    req: Request<Incoming>,
+    request_id: RequestId,
+    record: &mut Option<RequestRecord>,
+) -> Response<HubBody> {
+    let path = req.uri().path();
     let caller = match auth {
         Ok(Some(caller)) => caller,
         Ok(None) => {
@@ -148,6 +184,9 @@ pub async fn handle(
         }
         Err(e) => return status_response(&KubeStatus::unauthorized(e.to_string())),
     };
+    if let Some(r) = record.as_mut() {
+        r.caller(&caller);
+    }
     let route = match (split_cluster_path(path), caller.bound_cluster()) {
         (Some((name, _)), Some((bound, _))) if name != bound => Err(KubeStatus::forbidden(format!(
             "this credential of user {:?} is valid for cluster {bound:?} only; get one for {name:?} with `ferryctl kubeconfig {name}`",
@@ -168,9 +207,12 @@ pub async fn handle(
     };
 
     let rest_path = rest.clone();
-    let request_id = RequestId::new();
+    if let Some(r) = record.as_mut() {
+        r.set_path(&rest);
+        r.cluster(&state, &name, false);
+    }
     let span = info_span!("request", cluster = %name, request_id = %request_id, method = %req.method(), path = %rest, user = %caller.identity.user);
-    match forward(state, name, rest, caller, request_id, client, req).instrument(span.clone()).await {
+    match forward(state, name, rest, caller, request_id, client, req, record).instrument(span.clone()).await {
         Ok(resp) => {
             span.in_scope(|| debug!(status = resp.status().as_u16(), "response head sent"));
             resp
@@ -327,7 +369,10 @@ pub(crate) async fn open(
     let mut attempt = 0;
     let parked: Parked = loop {
         attempt += 1;
-        let p = live.take_stream(state.limits.stream_wait).await.map_err(|e| match e {
+        let waiting = std::time::Instant::now();
+        let p = live.take_stream(state.limits.stream_wait).await;
+        state.metrics.stream_wait(waiting.elapsed());
+        let p = p.map_err(|e| match e {
             NoStream::NoAgent => unavailable(),
             NoStream::Timeout => KubeStatus::unavailable(format!("cluster {name:?}: {e}")),
         })?;
@@ -403,6 +448,7 @@ pub(crate) fn response_body(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     state: Arc<HubState>,
     name: String,
@@ -411,6 +457,7 @@ async fn forward(
     request_id: RequestId,
     client: std::net::SocketAddr,
     mut req: Request<Incoming>,
+    record: &mut Option<RequestRecord>,
 ) -> Result<Response<HubBody>, KubeStatus> {
     let max_body = state.limits.max_request_body;
     let query = req.uri().query().map(|q| format!("{rest}?{q}")).unwrap_or_else(|| rest.clone());
@@ -430,6 +477,11 @@ async fn forward(
         Some(client.ip()),
     )
     .await?;
+    let Some(rec) = record.as_mut() else { return Err(KubeStatus::unavailable("request record missing")) };
+    rec.cluster(&state, &name, true);
+    if let Ok(Some(target)) = access::requested(req.headers()) {
+        rec.impersonating(&target.user);
+    }
 
     let too_large = Arc::new(AtomicBool::new(false));
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -443,16 +495,22 @@ async fn forward(
         None
     } else {
         let (tx, flag) = (opened.parked.tx.clone(), too_large.clone());
+        let (count, flow) = (rec.body_count(), state.metrics.flow());
+        let counted = move |n| count.add(n);
         Some(tokio::spawn(
-            request_body::pump(HttpBody(req.into_body()), tx, max_body, flag).in_current_span(),
+            request_body::pump(HttpBody(req.into_body()), tx, max_body, flag, counted, Some(flow))
+                .in_current_span(),
         ))
     };
     let pump = AbortOnDrop(pump);
 
     let (status, mut resp_headers) =
         response_head(&mut opened.parked.rx, &too_large, max_body, upgrade).await?;
+    rec.head(status.as_u16(), true);
 
-    if let (Some(on_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (on_upgrade, status) {
+    if let (Some(on_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (on_upgrade, status)
+        && let Some(mut session) = record.take()
+    {
         resp_headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         let mut resp = Response::new(full(Bytes::new()));
         *resp.status_mut() = status;
@@ -460,12 +518,14 @@ async fn forward(
         let shutdown = state.shutdown.clone();
         let idle_timeout = state.limits.upgrade_idle_timeout;
         let Opened { permit, parked, .. } = opened;
+        session.session_started();
         state.tasks.spawn(
             async move {
                 let _permit = permit;
+                let meter = session.meter();
                 tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    () = crate::upgraded::relay(on_upgrade, parked, idle_timeout) => {}
+                    _ = shutdown.cancelled() => session.end(Outcome::Failed("the hub shut down".into())),
+                    r = crate::upgraded::relay(on_upgrade, parked, idle_timeout, &meter) => session.relayed(r),
                 }
             }
             .in_current_span(),

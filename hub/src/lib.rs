@@ -10,16 +10,25 @@
 //! - [`store`]: durable state; [`registry`]: live sessions and streams;
 //!   [`status`]: phases, and recording them as they change.
 //! - [`manifest`]: `agent.yaml`; [`kubeconfig`]: issued kubeconfigs.
+//! - [`metrics`]: Prometheus metrics; [`audit`]: the audit log;
+//!   [`observe`]: one request as both see it; [`health`]: `/readyz`.
+//! - [`console`]: the web console under `/ui/`, on the management API.
 
 pub mod access;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod files;
 pub mod gateway;
+pub mod health;
 mod idle;
 pub mod kubeconfig;
 pub mod manifest;
+pub mod metered_store;
+pub mod metrics;
+pub mod observe;
 pub mod pki;
 pub mod registry;
 mod request_body;

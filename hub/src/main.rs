@@ -6,10 +6,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferry::identity::IdentityPolicy;
+use ferry_hub::audit::{MAX_BACKUPS, MIN_MAX_SIZE, Sink};
+use ferry_hub::config::MetricsListen;
 use ferry_hub::config::{
     DEFAULT_AGENT_IMAGE, DEFAULT_DATA_DIR, DEFAULT_LISTEN, DEFAULT_MAX_AGENT_SESSIONS,
     DEFAULT_MAX_STREAMS_PER_CALLER, MAX_HEARTBEAT_INTERVAL, MIN_AGENT_CERT_TTL, MIN_HEARTBEAT_INTERVAL,
 };
+use ferry_hub::metrics::DEFAULT_METRICS_LISTEN;
 use ferry_hub::{Hub, HubConfig};
 
 /// mimalloc instead of the system allocator: a proxy allocates and frees
@@ -89,20 +92,89 @@ struct ServeArgs {
     /// (`system:masters` always is).
     #[arg(long = "deny-group", value_name = "GROUP")]
     deny_groups: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP; port 0
+    /// picks one), or `off`. Default 127.0.0.1:9090, skipped with a warning
+    /// when that port is taken; an address given here must bind.
+    #[arg(long, env = "FERRY_METRICS_LISTEN", value_name = "ADDR|off")]
+    metrics_listen: Option<String>,
+    /// Audit log: a file (rotated by size), `-` for stdout, or `off`.
+    /// Default: DATA_DIR/audit.log.
+    #[arg(long, env = "FERRY_AUDIT_LOG", value_name = "PATH|-|off")]
+    audit_log: Option<String>,
+    /// Rotate the audit file when it would grow past this many bytes.
+    #[arg(long, default_value_t = ferry_hub::audit::DEFAULT_MAX_SIZE, value_name = "BYTES")]
+    audit_log_max_size: u64,
+    /// Rotated audit files kept (AUDIT.1 newest, ...).
+    #[arg(long, default_value_t = ferry_hub::audit::DEFAULT_MAX_BACKUPS, value_name = "N")]
+    audit_log_max_backups: u32,
+    /// Log format on stderr: `text` or `json` (one object per line).
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (with the span fields: cluster, request_id).
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .fmt_fields(plain_fields())
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => {
+            builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init()
+        }
+    }
+}
+
+/// `--metrics-listen`: an address, `off`, or the default.
+fn metrics_listen(value: Option<&str>) -> anyhow::Result<MetricsListen> {
+    Ok(match value.map(str::trim) {
+        None => MetricsListen::Default(DEFAULT_METRICS_LISTEN.parse()?),
+        Some("off") => MetricsListen::Off,
+        Some(addr) => MetricsListen::At(
+            addr.parse().with_context(|| format!("--metrics-listen {addr:?}: not an address or `off`"))?,
+        ),
+    })
+}
+
+/// `--audit-log`: a file, `-`, `off`, or DATA_DIR/audit.log.
+fn audit_sink(args: &ServeArgs) -> anyhow::Result<Sink> {
+    if args.audit_log_max_size < MIN_MAX_SIZE {
+        anyhow::bail!("--audit-log-max-size must be at least {MIN_MAX_SIZE} bytes");
+    }
+    if args.audit_log_max_backups > MAX_BACKUPS {
+        anyhow::bail!("--audit-log-max-backups must be at most {MAX_BACKUPS}");
+    }
+    let file = |path: PathBuf| Sink::File {
+        path,
+        max_size: args.audit_log_max_size,
+        max_backups: args.audit_log_max_backups,
+    };
+    Ok(match args.audit_log.as_deref().map(str::trim) {
+        None => file(args.data_dir.join("audit.log")),
+        Some("off") => Sink::Off,
+        Some("-") => Sink::Stdout,
+        Some("") => anyhow::bail!("--audit-log needs a path, `-` or `off`"),
+        Some(path) => file(PathBuf::from(path)),
+    })
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .fmt_fields(plain_fields())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let Command::Serve(args) = Cli::parse().command;
+    init_logging(args.log_format);
     let mut config = HubConfig::new(args.data_dir.clone(), args.listen);
+    config.metrics_listen = metrics_listen(args.metrics_listen.as_deref())?;
+    config.audit = audit_sink(&args)?;
     config.advertise_url = args.advertise_url;
     config.health_listen = args.health_listen;
     config.limits.max_request_body = args.max_request_body;
@@ -139,6 +211,14 @@ async fn main() -> anyhow::Result<()> {
     );
     if let Some(addr) = hub.health_addr() {
         println!("ferry-hub health: http://{addr} (grpc.health.v1 and /healthz, plain text)");
+    }
+    if let Some(addr) = hub.metrics_addr() {
+        println!("ferry-hub metrics: http://{addr}/metrics");
+    }
+    match hub.audit_sink() {
+        Sink::File { path, .. } => println!("ferry-hub audit log: {}", path.display()),
+        Sink::Stdout => eprintln!("ferry-hub audit log: stdout"),
+        Sink::Off => {}
     }
     hub.serve(shutdown_signal()).await;
     Ok(())

@@ -567,6 +567,11 @@ impl Registry {
         self.clusters.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
+    /// Every cluster's live state (for metrics).
+    pub fn clusters(&self) -> Vec<Arc<LiveCluster>> {
+        self.clusters.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
     /// A token cancelled when cluster `id`'s agents are disconnected; each
     /// agent connection watches one.
     pub fn agent_connection(&self, id: ClusterId) -> CancellationToken {

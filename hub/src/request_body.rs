@@ -16,6 +16,7 @@ use ferry::frame;
 use ferry::proto::v1::{End, ErrorCode, HubFrame, hub_frame};
 
 use crate::gateway::error_frame;
+use crate::metrics::FlowMeter;
 use crate::registry::FrameTx;
 
 /// One step of a caller's request body.
@@ -39,8 +40,17 @@ pub(crate) trait BodySource: Send {
 /// Streams `source` to the agent in frame-sized chunks, then `End`. Past
 /// `max` bytes it sets `too_large` (so the response says 413) and sends a
 /// `Limit` error frame instead; a failed source sends its error frame.
+/// `counted` hears of every piece forwarded (the request's byte count);
+/// `flow`, when given, counts the sends that had to wait for the agent.
 /// Returns early, without a word, when the request stream is gone.
-pub(crate) async fn pump(mut source: impl BodySource, tx: FrameTx, max: u64, too_large: Arc<AtomicBool>) {
+pub(crate) async fn pump(
+    mut source: impl BodySource,
+    tx: FrameTx,
+    max: u64,
+    too_large: Arc<AtomicBool>,
+    mut counted: impl FnMut(usize) + Send,
+    flow: Option<FlowMeter>,
+) {
     let mut total: u64 = 0;
     let last = loop {
         let data = match source.next_piece().await {
@@ -53,8 +63,14 @@ pub(crate) async fn pump(mut source: impl BodySource, tx: FrameTx, max: u64, too
             too_large.store(true, Ordering::Relaxed);
             break error_frame(ErrorCode::Limit, "request body too large");
         }
+        counted(data.len());
         for chunk in frame::chunks(data) {
-            if tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) })).await.is_err() {
+            let body = Ok(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) });
+            let sent = match &flow {
+                Some(flow) => flow.send(&tx, body).await.is_ok(),
+                None => tx.send(body).await.is_ok(),
+            };
+            if !sent {
                 return;
             }
         }
@@ -83,7 +99,7 @@ mod tests {
     async fn run(pieces: Vec<Piece>, max: u64) -> (Vec<hub_frame::Frame>, bool) {
         let (tx, mut rx) = mpsc::channel(4);
         let flag = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(pump(Script(pieces.into()), tx, max, flag.clone()));
+        let task = tokio::spawn(pump(Script(pieces.into()), tx, max, flag.clone(), |_| {}, None));
         let mut frames = Vec::new();
         while let Some(f) = rx.recv().await {
             let HubFrame { frame: Some(f) } = f.expect("frame") else { panic!("empty frame") };
@@ -169,6 +185,6 @@ mod tests {
         drop(rx);
         let pieces = vec![Piece::Data(Bytes::from_static(b"x")), Piece::End];
         // Returns instead of reading on (the script would fail past its end).
-        pump(Script(pieces.into()), tx, u64::MAX, Arc::new(AtomicBool::new(false))).await;
+        pump(Script(pieces.into()), tx, u64::MAX, Arc::new(AtomicBool::new(false)), |_| {}, None).await;
     }
 }

@@ -11,11 +11,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ferry::identity::Identity;
 use ferry::limits::MAX_FRAME_SIZE;
 use ferry::proto::v1::access_server::AccessServer;
+use ferry::proto::v1::audit_server::AuditServer;
 use ferry::proto::v1::clusters_server::ClustersServer;
 use ferry::proto::v1::proxy_server::ProxyServer;
 use ferry::proto::v1::tunnel_server::TunnelServer;
@@ -35,16 +37,20 @@ use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 use crate::api::access::AccessService;
+use crate::api::audit::AuditService;
 use crate::api::clusters::ClustersService;
 use crate::api::proxy::ProxyService;
+use crate::audit::{AuditLog, Sink};
 use crate::auth::{self, ADMIN_GROUP, ADMIN_USER, Peer};
-use crate::config::HubConfig;
+use crate::config::{HubConfig, MetricsListen};
 use crate::files;
 use crate::gateway::{self, BoxError, HubBody};
 use crate::kubeconfig::{Credential, KubeconfigSpec, render};
+use crate::metered_store::MeteredStore;
+use crate::metrics::HubMetrics;
 use crate::pki::{ADMIN_CERT_LIFETIME, Ca, CertScope, PeerCert, PkiError, parse_peer_cert};
 use crate::state::HubState;
-use crate::store::{FileStore, StoreError};
+use crate::store::{FileStore, Store, StoreError};
 use crate::tunnel::TunnelService;
 
 /// Time a client has to finish the TLS handshake.
@@ -104,6 +110,24 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// Binding the metrics address failed.
+    #[error("metrics endpoint on {addr}: {source}")]
+    MetricsBind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The audit log could not be opened.
+    #[error("audit log {path}: {source}")]
+    Audit {
+        /// The file.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Binding the listen address failed.
     #[error("listen on {addr}: {source}")]
     Bind {
@@ -120,6 +144,7 @@ pub struct Hub {
     state: Arc<HubState>,
     listener: TcpListener,
     health_listener: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
     tls: TlsAcceptor,
     local_addr: SocketAddr,
     admin_kubeconfig: std::path::PathBuf,
@@ -141,7 +166,19 @@ impl Hub {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         }
         let ca = Ca::load_or_create(&dir)?;
-        let store = FileStore::open(&dir)?;
+        let metrics = Arc::new(HubMetrics::default());
+        let store: Arc<dyn Store> =
+            Arc::new(MeteredStore::new(Arc::new(FileStore::open(&dir)?), metrics.clone()));
+        let audit = match AuditLog::open(config.audit.clone(), metrics.clone()) {
+            Ok(a) => Arc::new(a),
+            Err(source) => {
+                let path = match &config.audit {
+                    Sink::File { path, .. } => path.display().to_string(),
+                    other => format!("{other:?}"),
+                };
+                return Err(StartError::Audit { path, source });
+            }
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| StartError::Bind { addr: config.listen, source })?;
@@ -152,6 +189,15 @@ impl Hub {
                 TcpListener::bind(addr).await.map_err(|source| StartError::HealthBind { addr, source })?,
             ),
             None => None,
+        };
+        let metrics_listener = match config.metrics_listen {
+            MetricsListen::Off => None,
+            MetricsListen::Default(addr) => crate::metrics::bind(addr, false)
+                .await
+                .map_err(|source| StartError::MetricsBind { addr, source })?,
+            MetricsListen::At(addr) => crate::metrics::bind(addr, true)
+                .await
+                .map_err(|source| StartError::MetricsBind { addr, source })?,
         };
         let advertise_url = config.advertise_url.clone().unwrap_or_else(|| format!("https://{local_addr}"));
         let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
@@ -186,7 +232,7 @@ impl Hub {
         write_admin_kubeconfig(&admin_kubeconfig, &ca, &admin, &advertise_url).map_err(io)?;
 
         let state = Arc::new(HubState {
-            store: Arc::new(store),
+            store,
             registry: Default::default(),
             ca,
             advertise_url,
@@ -195,11 +241,15 @@ impl Hub {
             identity_policy: config.identity_policy,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            metrics,
+            audit,
+            serving: AtomicBool::new(false),
         });
         Ok(Hub {
             state,
             listener,
             health_listener,
+            metrics_listener,
             tls: TlsAcceptor::from(Arc::new(tls)),
             local_addr,
             admin_kubeconfig,
@@ -216,6 +266,16 @@ impl Hub {
         self.health_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The bound metrics address (`--metrics-listen`), if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where audit events go.
+    pub fn audit_sink(&self) -> &Sink {
+        self.state.audit.sink()
+    }
+
     /// The URL agents and kubectl use.
     pub fn url(&self) -> &str {
         &self.state.advertise_url
@@ -229,30 +289,34 @@ impl Hub {
     /// Serves until `shutdown` completes, then stops every connection and
     /// task it started and waits for them.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let Hub { state, listener, health_listener, tls, .. } = self;
+        let Hub { state, listener, health_listener, metrics_listener, tls, .. } = self;
+        state.audit.start();
         state.tasks.spawn(crate::status::run_recorder(state.clone()));
+        if let Some(listener) = metrics_listener {
+            state.tasks.spawn(crate::metrics::serve(listener, state.clone()));
+        }
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TunnelServer<TunnelService>>().await;
         health.set_serving::<ClustersServer<ClustersService>>().await;
         health.set_serving::<AccessServer<AccessService>>().await;
         health.set_serving::<ProxyServer<ProxyService>>().await;
+        health.set_serving::<AuditServer<AuditService>>().await;
+        // One instance of each management service, shared by gRPC and the
+        // console (so limits such as concurrent watches are the same).
+        let (clusters, access) = (ClustersService::new(state.clone()), AccessService::new(state.clone()));
         let mut routes = Routes::new(
             TunnelServer::new(TunnelService::new(state.clone()))
                 .max_decoding_message_size(MAX_FRAME_SIZE)
                 .max_encoding_message_size(MAX_FRAME_SIZE),
         )
-        .add_service(
-            ClustersServer::new(ClustersService::new(state.clone()))
-                .max_decoding_message_size(MAX_FRAME_SIZE),
-        )
-        .add_service(
-            AccessServer::new(AccessService::new(state.clone())).max_decoding_message_size(MAX_FRAME_SIZE),
-        )
+        .add_service(ClustersServer::new(clusters.clone()).max_decoding_message_size(MAX_FRAME_SIZE))
+        .add_service(AccessServer::new(access.clone()).max_decoding_message_size(MAX_FRAME_SIZE))
         .add_service(
             ProxyServer::new(ProxyService::new(state.clone()))
                 .max_decoding_message_size(MAX_FRAME_SIZE)
                 .max_encoding_message_size(MAX_FRAME_SIZE),
         )
+        .add_service(AuditServer::new(AuditService::new(state.clone())))
         .add_service(health_service.clone());
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -269,8 +333,10 @@ impl Hub {
             let health_routes = Routes::new(health_service);
             state.tasks.spawn(serve_health(listener, health_routes, state.clone()));
         }
+        let console = Arc::new(crate::console::Console::new(state.clone(), clusters.clone(), access.clone()));
         let http = Arc::new(Protocols { agents: http_builder(true), callers: http_builder(false) });
         tokio::pin!(shutdown);
+        state.serving.store(true, Ordering::Release);
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => break,
@@ -284,6 +350,7 @@ impl Hub {
             };
             let _ = tcp.set_nodelay(true);
             let (tls, routes, http, state2) = (tls.clone(), routes.clone(), http.clone(), state.clone());
+            let console = console.clone();
             let cancel = state.shutdown.clone();
             state.tasks.spawn(async move {
                 let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
@@ -314,6 +381,7 @@ impl Hub {
                 };
                 let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     let (routes, state, principal) = (routes.clone(), state2.clone(), principal.clone());
+                    let console = console.clone();
                     // Boxed: hyper spawns a task per request around this
                     // future, and moving the unboxed one (several KiB: the
                     // whole gateway path) cost more than the allocation.
@@ -334,6 +402,8 @@ impl Hub {
                                 Ok(r) => r.map(|b| b.map_err(BoxError::from).boxed_unsync()),
                                 Err(never) => match never {},
                             }
+                        } else if crate::console::serves(req.uri().path()) {
+                            console.handle(principal, req).await
                         } else {
                             gateway::handle(state, principal, peer, req).await
                         };
@@ -356,10 +426,13 @@ impl Hub {
             });
         }
         info!("hub shutting down");
+        state.serving.store(false, Ordering::Release);
         health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         state.shutdown.cancel();
         state.tasks.close();
         state.tasks.wait().await;
+        // Last: the tasks above may still have ended requests and sessions.
+        state.audit.close().await;
     }
 }
 
@@ -424,9 +497,11 @@ async fn serve_health(listener: TcpListener, routes: Routes, state: Arc<HubState
             },
         };
         let (routes, http, cancel) = (routes.clone(), http.clone(), state.shutdown.clone());
+        let state2 = state.clone();
         state.tasks.spawn(async move {
+            let state = state2.clone();
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let routes = routes.clone();
+                let (routes, state) = (routes.clone(), state.clone());
                 async move {
                     let grpc = req
                         .headers()
@@ -438,12 +513,10 @@ async fn serve_health(listener: TcpListener, routes: Routes, state: Arc<HubState
                             Err(never) => match never {},
                         }
                     } else {
-                        let (code, text): (_, &'static [u8]) =
-                            match matches!(req.uri().path(), "/healthz" | "/readyz" | "/livez") {
-                                true => (http::StatusCode::OK, b"ok"),
-                                false => (http::StatusCode::NOT_FOUND, b"not found"),
-                            };
-                        let body = http_body_util::Full::new(bytes::Bytes::from_static(text));
+                        let (code, text) = crate::health::answer(&state, req.uri().path())
+                            .await
+                            .unwrap_or((http::StatusCode::NOT_FOUND, "not found".into()));
+                        let body = http_body_util::Full::new(bytes::Bytes::from(text));
                         let mut r = Response::new(body.map_err(|never| match never {}).boxed_unsync());
                         *r.status_mut() = code;
                         r

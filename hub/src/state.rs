@@ -7,7 +7,9 @@ use tokio_util::task::TaskTracker;
 
 use ferry::identity::IdentityPolicy;
 
+use crate::audit::AuditLog;
 use crate::config::Limits;
+use crate::metrics::HubMetrics;
 use crate::pki::Ca;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -32,4 +34,10 @@ pub struct HubState {
     pub tasks: TaskTracker,
     /// Cancelled when the hub shuts down.
     pub shutdown: CancellationToken,
+    /// Prometheus metrics.
+    pub metrics: Arc<HubMetrics>,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
+    /// Whether the main listener is accepting connections (for `/readyz`).
+    pub serving: std::sync::atomic::AtomicBool,
 }

@@ -474,6 +474,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the grant for `cluster` and `subject`; returns it.
     async fn delete_grant(&self, cluster: &str, subject: &Subject)
     -> Result<Option<GrantRecord>, StoreError>;
+
+    /// Whether the store answers (for the hub's `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.cluster("").await.map(|_| ())
+    }
 }
 
 /// Everything the embedded store keeps, as written to `store.json`.
@@ -869,6 +874,12 @@ impl Store for FileStore {
             Ok((removed.is_some(), removed))
         })
         .await
+    }
+
+    /// Readers use a snapshot in memory; what can fail is the file under
+    /// it (a removed data dir, a lost disk).
+    async fn ping(&self) -> Result<(), StoreError> {
+        tokio::fs::metadata(&self.path).await.map(|_| ()).map_err(StoreError::Io)
     }
 }
 

@@ -28,8 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::audit::{self, AuditEvent};
 use crate::auth::Peer;
 use crate::gateway::close_stream;
+use crate::metrics::DisconnectReason;
 use crate::pki::{AgentPeer, IssuedAgentCert};
 use crate::registry::{
     AgentReport, LiveCluster, MAX_PARKED_PER_SESSION, PARKED_IDLE_TRIM, Parked, SessionInfo, unix_ms,
@@ -107,6 +109,118 @@ impl TunnelService {
             )));
         }
         Ok((peer, record))
+    }
+
+    /// Enrollment: a bootstrap token and a certificate request for the
+    /// agent's first certificate.
+    async fn enroll_agent(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let client = request.extensions().get::<crate::gateway::ClientAddr>().map(|a| a.0.ip());
+        let req = request.into_inner();
+        let invalid = || Status::unauthenticated("invalid bootstrap token");
+        let id = bootstrap_token_cluster(&req.bootstrap_token).ok_or_else(invalid)?;
+        let agent_id = clean(&req.agent_id, MAX_AGENT_ID_LEN);
+        let record = self.state.store.cluster_by_id(id).await.map_err(internal)?.ok_or_else(|| {
+            Status::unauthenticated(
+                "invalid bootstrap token: its cluster is no longer registered; run `ferryctl register NAME` for a new one",
+            )
+        })?;
+        if let Approval::Denied { .. } = record.approval {
+            return Err(denied(&record.name));
+        }
+        let hash = Secret::new(req.bootstrap_token.as_str()).hash();
+        // Nothing is signed for a token the cluster never issued.
+        if !record.bootstrap_tokens.iter().any(|t| hashes_equal(&t.hash, &hash)) {
+            return Err(invalid());
+        }
+        // Sign before the store update that consumes the token (the serial
+        // goes into that same update); an unrecorded certificate opens
+        // nothing.
+        let issued = self
+            .state
+            .ca
+            .agent_cert(&req.csr_der, id, &record.name, self.state.limits.agent_cert_ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let now = unix_now();
+        let retry_window = ENROLL_RETRY_WINDOW.as_secs();
+        let mut check = TokenCheck::Unknown;
+        self.state
+            .store
+            .update_cluster(&record.name, &mut |r| {
+                if r.id != record.id {
+                    check = TokenCheck::Unknown;
+                    return false;
+                }
+                let Some(t) = r.bootstrap_tokens.iter().position(|t| hashes_equal(&t.hash, &hash)) else {
+                    check = TokenCheck::Unknown;
+                    return false;
+                };
+                let token = r.bootstrap_tokens[t].clone();
+                check = match &token.used {
+                    Some(u) if u.agent_id == agent_id && now.saturating_sub(u.at) <= retry_window => {
+                        TokenCheck::Retry
+                    }
+                    Some(u) => TokenCheck::Used(u.clone()),
+                    None if token.superseded => TokenCheck::Superseded,
+                    None if token.expires_at <= now => TokenCheck::Expired(token.expires_at),
+                    None => TokenCheck::Accepted,
+                };
+                if !matches!(check, TokenCheck::Accepted | TokenCheck::Retry) {
+                    return false;
+                }
+                if !record_cert(r, &issued, &agent_id, now) {
+                    check = TokenCheck::TooManyCerts;
+                    return false;
+                }
+                if matches!(check, TokenCheck::Accepted) {
+                    r.bootstrap_tokens[t].used = Some(TokenUse { at: now, agent_id: agent_id.clone() });
+                }
+                true
+            })
+            .await
+            .map_err(internal)?;
+        let name = &record.name;
+        let again = format!("run `ferryctl register {name}` again for a new one");
+        let refused = match check {
+            TokenCheck::Accepted | TokenCheck::Retry => None,
+            TokenCheck::Unknown => Some(invalid()),
+            TokenCheck::Used(u) => Some(Status::unauthenticated(format!(
+                "bootstrap token already used (by agent {} at {}): {again}",
+                u.agent_id,
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(u.at))
+            ))),
+            TokenCheck::Expired(at) => Some(Status::unauthenticated(format!(
+                "bootstrap token expired at {}: {again}",
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(at))
+            ))),
+            TokenCheck::Superseded => Some(Status::unauthenticated(format!(
+                "bootstrap token was replaced by a newer one: use the token from the latest `ferryctl register {name}`"
+            ))),
+            TokenCheck::TooManyCerts => Some(Status::resource_exhausted(format!(
+                "cluster {name:?} holds {MAX_AGENT_CERTS_PER_CLUSTER} valid agent certificates already"
+            ))),
+        };
+        if let Some(status) = refused {
+            info!(cluster = %name, %agent_id, reason = %status.message(), "enrollment refused");
+            return Err(status);
+        }
+        info!(cluster = %name, %agent_id, serial = %issued.serial, "agent enrolled");
+        if self.state.audit.enabled() {
+            let mut event = AuditEvent::new(audit::kind::MANAGEMENT);
+            event.action = "agent.enroll".into();
+            event.auth_method = "bootstrap-token".into();
+            event.cluster = name.clone();
+            event.target = format!("agent {agent_id}, certificate {}", issued.serial);
+            event.client_address = client.map(|c| c.to_string()).unwrap_or_default();
+            self.state.audit.record(event);
+        }
+        Ok(Response::new(EnrollResponse {
+            cluster_name: record.name,
+            certificate_pem: issued.cert_pem,
+            not_after_unix: issued.not_after,
+        }))
     }
 
     /// The live state of a cluster.
@@ -229,100 +343,9 @@ async fn issue_agent_cert(
 #[tonic::async_trait]
 impl Tunnel for TunnelService {
     async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
-        let req = request.into_inner();
-        let invalid = || Status::unauthenticated("invalid bootstrap token");
-        let id = bootstrap_token_cluster(&req.bootstrap_token).ok_or_else(invalid)?;
-        let agent_id = clean(&req.agent_id, MAX_AGENT_ID_LEN);
-        let record = self.state.store.cluster_by_id(id).await.map_err(internal)?.ok_or_else(|| {
-            Status::unauthenticated(
-                "invalid bootstrap token: its cluster is no longer registered; run `ferryctl register NAME` for a new one",
-            )
-        })?;
-        if let Approval::Denied { .. } = record.approval {
-            return Err(denied(&record.name));
-        }
-        let hash = Secret::new(req.bootstrap_token.as_str()).hash();
-        // Nothing is signed for a token the cluster never issued.
-        if !record.bootstrap_tokens.iter().any(|t| hashes_equal(&t.hash, &hash)) {
-            return Err(invalid());
-        }
-        // Sign before the store update that consumes the token (the serial
-        // goes into that same update); an unrecorded certificate opens
-        // nothing.
-        let issued = self
-            .state
-            .ca
-            .agent_cert(&req.csr_der, id, &record.name, self.state.limits.agent_cert_ttl)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let now = unix_now();
-        let retry_window = ENROLL_RETRY_WINDOW.as_secs();
-        let mut check = TokenCheck::Unknown;
-        self.state
-            .store
-            .update_cluster(&record.name, &mut |r| {
-                if r.id != record.id {
-                    check = TokenCheck::Unknown;
-                    return false;
-                }
-                let Some(t) = r.bootstrap_tokens.iter().position(|t| hashes_equal(&t.hash, &hash)) else {
-                    check = TokenCheck::Unknown;
-                    return false;
-                };
-                let token = r.bootstrap_tokens[t].clone();
-                check = match &token.used {
-                    Some(u) if u.agent_id == agent_id && now.saturating_sub(u.at) <= retry_window => {
-                        TokenCheck::Retry
-                    }
-                    Some(u) => TokenCheck::Used(u.clone()),
-                    None if token.superseded => TokenCheck::Superseded,
-                    None if token.expires_at <= now => TokenCheck::Expired(token.expires_at),
-                    None => TokenCheck::Accepted,
-                };
-                if !matches!(check, TokenCheck::Accepted | TokenCheck::Retry) {
-                    return false;
-                }
-                if !record_cert(r, &issued, &agent_id, now) {
-                    check = TokenCheck::TooManyCerts;
-                    return false;
-                }
-                if matches!(check, TokenCheck::Accepted) {
-                    r.bootstrap_tokens[t].used = Some(TokenUse { at: now, agent_id: agent_id.clone() });
-                }
-                true
-            })
-            .await
-            .map_err(internal)?;
-        let name = &record.name;
-        let again = format!("run `ferryctl register {name}` again for a new one");
-        let refused = match check {
-            TokenCheck::Accepted | TokenCheck::Retry => None,
-            TokenCheck::Unknown => Some(invalid()),
-            TokenCheck::Used(u) => Some(Status::unauthenticated(format!(
-                "bootstrap token already used (by agent {} at {}): {again}",
-                u.agent_id,
-                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(u.at))
-            ))),
-            TokenCheck::Expired(at) => Some(Status::unauthenticated(format!(
-                "bootstrap token expired at {}: {again}",
-                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(at))
-            ))),
-            TokenCheck::Superseded => Some(Status::unauthenticated(format!(
-                "bootstrap token was replaced by a newer one: use the token from the latest `ferryctl register {name}`"
-            ))),
-            TokenCheck::TooManyCerts => Some(Status::resource_exhausted(format!(
-                "cluster {name:?} holds {MAX_AGENT_CERTS_PER_CLUSTER} valid agent certificates already"
-            ))),
-        };
-        if let Some(status) = refused {
-            info!(cluster = %name, %agent_id, reason = %status.message(), "enrollment refused");
-            return Err(status);
-        }
-        info!(cluster = %name, %agent_id, serial = %issued.serial, "agent enrolled");
-        Ok(Response::new(EnrollResponse {
-            cluster_name: record.name,
-            certificate_pem: issued.cert_pem,
-            not_after_unix: issued.not_after,
-        }))
+        let enrolled = self.enroll_agent(request).await;
+        self.state.metrics.certificate(false, enrolled.is_ok());
+        enrolled
     }
 
     type ControlStream = ReceiverStream<Result<HubControl, Status>>;
@@ -404,6 +427,7 @@ impl Tunnel for TunnelService {
             not_after: peer.not_after,
         };
         info!(parent: &span, %agent_version, serial = %peer.serial, "agent connected");
+        self.state.metrics.agent_connected(&control.record.name);
         self.state.tasks.spawn(control.run(inbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -497,6 +521,7 @@ impl ControlLoop {
                 Ok(Ok(Some(AgentControl { msg: Some(agent_control::Msg::Renew(renew)) }))) => {
                     self.live.heartbeat(self.session);
                     let answer = self.renew(&renew.csr_der).await;
+                    self.state.metrics.certificate(true, answer.error.is_empty());
                     let _ =
                         self.tx.send(Ok(HubControl { msg: Some(hub_control::Msg::Renewed(answer)) })).await;
                 }
@@ -505,6 +530,7 @@ impl ControlLoop {
         };
         self.live.remove_session(self.session);
         info!(reason, "agent disconnected");
+        self.state.metrics.agent_disconnected(&self.record.name, disconnect_reason(reason));
     }
 
     /// Signs a fresh certificate for the session's agent, which the current
@@ -538,6 +564,19 @@ impl ControlLoop {
                 refuse(status.message().to_owned())
             }
         }
+    }
+}
+
+/// The metrics label of a session's end, from the reason it logs.
+fn disconnect_reason(reason: &str) -> DisconnectReason {
+    match reason {
+        "hub shutting down" => DisconnectReason::Shutdown,
+        "cluster deleted or denied" => DisconnectReason::Revoked,
+        "certificate expired" => DisconnectReason::CertificateExpired,
+        "heartbeats missed" => DisconnectReason::HeartbeatsMissed,
+        "control stream closed" => DisconnectReason::Closed,
+        "control stream failed" => DisconnectReason::Failed,
+        _ => DisconnectReason::ProtocolError,
     }
 }
 

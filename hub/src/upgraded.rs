@@ -34,6 +34,7 @@ use tracing::info;
 
 use crate::gateway::{BoxError, close_stream};
 use crate::idle::IdleTimer;
+use crate::observe::{Meter, Relayed};
 use crate::registry::Parked;
 
 /// How long the hub keeps reading a caller that has not closed its side
@@ -98,6 +99,8 @@ impl fmt::Display for Failure {
 struct Ended {
     /// The caller half-closed, so all it sent reached the agent.
     caller_eof: bool,
+    /// The agent ended its side in order before anything failed.
+    cluster_ended: bool,
     failure: Option<Failure>,
 }
 
@@ -111,7 +114,12 @@ impl Ended {
 
 /// Relays an upgraded connection until both directions have ended (or one
 /// fails), then closes the request stream in order and logs the session.
-pub(crate) async fn relay(on_upgrade: OnUpgrade, parked: Parked, idle_timeout: Option<Duration>) {
+pub(crate) async fn relay(
+    on_upgrade: OnUpgrade,
+    parked: Parked,
+    idle_timeout: Option<Duration>,
+    meter: &Meter,
+) -> Relayed {
     let started = Instant::now();
     let Parked { tx, mut rx, .. } = parked;
     let upgraded = match on_upgrade.await {
@@ -119,7 +127,10 @@ pub(crate) async fn relay(on_upgrade: OnUpgrade, parked: Parked, idle_timeout: O
         Err(e) => {
             info!(error = %e, "upgraded connection never started: the caller's upgrade failed");
             close_stream(tx, rx, true).await;
-            return;
+            return Relayed {
+                failure: Some(format!("the caller's upgrade failed: {e}")),
+                ..Default::default()
+            };
         }
     };
     let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
@@ -144,10 +155,12 @@ pub(crate) async fn relay(on_upgrade: OnUpgrade, parked: Parked, idle_timeout: O
             }
             for chunk in frame::chunks(buf.split().freeze()) {
                 let len = chunk.len();
-                if tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) })).await.is_err() {
+                let body = Ok(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) });
+                if meter.flow.send(&tx, body).await.is_err() {
                     return Ok(CallerSide::TunnelClosed);
                 }
                 Traffic::add(&traffic.caller_to_agent, len);
+                meter.to_cluster.inc_by(len as u64);
             }
         }
     };
@@ -166,6 +179,7 @@ pub(crate) async fn relay(on_upgrade: OnUpgrade, parked: Parked, idle_timeout: O
                     touch();
                     wr.write_all(&b).await.map_err(|e| Failure::Caller(e.into()))?;
                     Traffic::add(&traffic.agent_to_caller, b.len());
+                    meter.to_caller.inc_by(b.len() as u64);
                 }
                 agent_frame::Frame::End(_) => break Ok(()),
                 agent_frame::Frame::Error(e) => {
@@ -190,21 +204,24 @@ pub(crate) async fn relay(on_upgrade: OnUpgrade, parked: Parked, idle_timeout: O
         tokio::pin!(up, down);
         tokio::select! {
             u = &mut up => match u {
-                Ok(side) => Ended { caller_eof: side == CallerSide::Eof, failure: down.await.err() },
-                Err(f) => Ended { caller_eof: false, failure: Some(f) },
+                Ok(side) => {
+                    let down = down.await;
+                    Ended { caller_eof: side == CallerSide::Eof, cluster_ended: down.is_ok(), failure: down.err() }
+                }
+                Err(f) => Ended { caller_eof: false, cluster_ended: false, failure: Some(f) },
             },
             d = &mut down => match d {
                 Ok(()) => match up.await {
-                    Ok(side) => Ended { caller_eof: side == CallerSide::Eof, failure: None },
-                    Err(f) => Ended { caller_eof: false, failure: Some(f) },
+                    Ok(side) => Ended { caller_eof: side == CallerSide::Eof, cluster_ended: true, failure: None },
+                    Err(f) => Ended { caller_eof: false, cluster_ended: true, failure: Some(f) },
                 },
-                Err(f) => Ended { caller_eof: false, failure: Some(f) },
+                Err(f) => Ended { caller_eof: false, cluster_ended: false, failure: Some(f) },
             },
         }
     };
     let ended = tokio::select! {
         e = both => e,
-        limit = idle => Ended { caller_eof: false, failure: Some(Failure::Idle(limit)) },
+        limit = idle => Ended { caller_eof: false, cluster_ended: false, failure: Some(Failure::Idle(limit)) },
     };
 
     let cancelled = ended.failure.is_some();
@@ -238,6 +255,14 @@ pub(crate) async fn relay(on_upgrade: OnUpgrade, parked: Parked, idle_timeout: O
             "upgraded connection closed early"
         ),
     }
+    // For the audit log, a session the cluster ended in order is complete
+    // even if the caller then reset its connection rather than closing it
+    // (kubectl's SPDY client does): the caller had every byte.
+    let failure = match ended.failure {
+        Some(Failure::Caller(_)) if ended.cluster_ended => None,
+        f => f.map(|f| f.to_string()),
+    };
+    Relayed { to_cluster: up_bytes, to_caller: down_bytes, failure }
 }
 
 /// Reads and discards what the caller still sends until it closes (or

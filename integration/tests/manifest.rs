@@ -13,9 +13,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use base64::Engine as _;
+use common::manifest::AgentManifest;
 use common::*;
-use serde::Deserialize;
 
 /// A test apiserver with strict RBAC, a hub, and what the test wrote.
 struct World {
@@ -79,7 +78,7 @@ impl World {
     /// One agent replica as the manifest's Deployment runs it: its
     /// arguments, with the mounted Secret's files and the pod's health port
     /// moved into the test dir, and its ServiceAccount's credential.
-    fn replica(&self, manifest: &Manifest, name: &str, kubeconfig: &Path) -> Proc {
+    fn replica(&self, manifest: &AgentManifest, name: &str, kubeconfig: &Path) -> Proc {
         let mut cmd = Command::new(bin("ferry-agent"));
         for arg in &manifest.args {
             let arg = arg.replace("/etc/ferry/bootstrap", self.path("bootstrap").to_str().expect("utf8"));
@@ -88,41 +87,6 @@ impl World {
         cmd.arg("--kubeconfig").arg(kubeconfig);
         cmd.env("FERRY_AGENT_ID", uuid::Uuid::new_v4().to_string()).env_remove("FERRY_TOKEN");
         Proc::spawn_logging(name, cmd)
-    }
-}
-
-/// What the test reads out of `agent.yaml`.
-struct Manifest {
-    docs: Vec<serde_yaml::Value>,
-    args: Vec<String>,
-}
-
-impl Manifest {
-    fn parse(text: &str) -> Manifest {
-        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(text)
-            .map(|d| serde_yaml::Value::deserialize(d).expect("yaml"))
-            .collect();
-        let deploy = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
-        let container = &deploy["spec"]["template"]["spec"]["containers"][0];
-        let args = container["args"]
-            .as_sequence()
-            .expect("args")
-            .iter()
-            .filter_map(|a| a.as_str().map(str::to_owned))
-            .collect();
-        Manifest { docs, args }
-    }
-
-    /// Writes the bootstrap Secret's keys as the pod would see them mounted.
-    fn mount_secret(&self, dir: &Path) {
-        let secret =
-            self.docs.iter().find(|d| d["metadata"]["name"] == "ferry-agent-bootstrap").expect("secret");
-        std::fs::create_dir_all(dir).expect("mkdir");
-        for key in ["token", "ca.crt"] {
-            let b64 = secret["data"][key].as_str().unwrap_or_else(|| panic!("no {key} in the Secret"));
-            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
-            std::fs::write(dir.join(key), bytes).expect("write");
-        }
     }
 }
 
@@ -146,7 +110,7 @@ fn register_apply_run_the_replicas_and_reach_the_cluster_with_kubectl() {
     let world = World::start();
     let yaml = world.ferryctl_ok(&["register", "prod", "--admin-group", "platform", "--labels", "env=prod"]);
     let manifest_file = world.write("agent.yaml", &yaml);
-    let manifest = Manifest::parse(&yaml);
+    let manifest = AgentManifest::parse(&yaml);
     let child = world.child();
     let file = manifest_file.to_str().expect("utf8");
 
@@ -227,7 +191,7 @@ fn a_manifest_missing_a_verb_is_reported_by_the_agent_and_the_hub() {
     assert_ne!(trimmed, yaml, "the manifest lists users and groups together");
     let file = world.write("agent.yaml", &trimmed);
     kubectl_ok(&world.child(), &["apply", "-f", file.to_str().expect("utf8")]);
-    let manifest = Manifest::parse(&trimmed);
+    let manifest = AgentManifest::parse(&trimmed);
     manifest.mount_secret(&world.path("bootstrap"));
     let mut agent = world.replica(&manifest, "agent", &world.agent_kubeconfig());
     agent.wait_line("ferry-agent connected: cluster=edge", READY_TIMEOUT);
@@ -259,7 +223,7 @@ fn kubectl_as_needs_a_hub_grant_and_the_child_clusters_consent() {
     let file = world.write("agent.yaml", &yaml);
     let child = world.child();
     kubectl_ok(&child, &["apply", "-f", file.to_str().expect("utf8")]);
-    let manifest = Manifest::parse(&yaml);
+    let manifest = AgentManifest::parse(&yaml);
     manifest.mount_secret(&world.path("bootstrap"));
     let mut agent = world.replica(&manifest, "agent", &world.agent_kubeconfig());
     agent.wait_line("ferry-agent connected: cluster=prod", READY_TIMEOUT);

@@ -654,6 +654,8 @@ pub fn config(
         credential_secret: None,
         agent_id: None,
         health_listen: None,
+        metrics_listen: None,
+        log_format: ferry_agent::config::LogFormat::Text,
         allow_system_identity: Vec::new(),
         status_interval: std::time::Duration::from_secs(10),
     }

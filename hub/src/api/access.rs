@@ -14,7 +14,7 @@ use ferry::secret::{TokenKind, generate_token};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::{admin, caller, lifetime, store_error, unknown_cluster};
+use super::{Actor, admin, audit, caller, lifetime, store_error, unknown_cluster};
 use crate::access;
 use crate::auth::ADMIN_GROUP;
 use crate::config::MAX_CREDENTIAL_TTL;
@@ -91,6 +91,14 @@ fn grant_view(g: &GrantRecord) -> Grant {
     }
 }
 
+/// `user alice` or `group dev`, for audit events.
+fn subject_text(subject: &Subject) -> String {
+    match subject {
+        Subject::User(u) => format!("user {u}"),
+        Subject::Group(g) => format!("group {g}"),
+    }
+}
+
 fn subject(user: &str, group: &str) -> Result<Subject, Status> {
     match (user.trim(), group.trim()) {
         (u, "") if !u.is_empty() => Ok(Subject::User(u.to_owned())),
@@ -117,6 +125,7 @@ impl Access for AccessService {
         request: Request<IssueKubeconfigRequest>,
     ) -> Result<Response<IssueKubeconfigResponse>, Status> {
         let who = caller(&self.state, &request).await?;
+        let actor = Actor::of(&request, &who);
         let req = request.into_inner();
         let target = if req.user.is_empty() && req.groups.is_empty() {
             who.identity.clone()
@@ -186,6 +195,15 @@ impl Access for AccessService {
             (yaml, issued.not_after)
         };
         info!(cluster = %record.name, user = %target.user, by = %who.identity.user, kind = ?kind, "kubeconfig issued");
+        let what = if kind == CredentialKind::Token { "token" } else { "certificate" };
+        let groups = target.groups.join(",");
+        audit(
+            &self.state,
+            &actor,
+            "kubeconfig.issue",
+            &record.name,
+            format!("user {} groups [{groups}] ({what}, {}s)", target.user, ttl.as_secs()),
+        );
         Ok(Response::new(IssueKubeconfigResponse { kubeconfig, expires_at_unix: expires_at }))
     }
 
@@ -194,6 +212,7 @@ impl Access for AccessService {
         request: Request<CreateTokenRequest>,
     ) -> Result<Response<CreateTokenResponse>, Status> {
         let who = admin(&self.state, &request).await?;
+        let actor = Actor::of(&request, &who);
         let req = request.into_inner();
         let identity = Identity { user: req.user.clone(), groups: req.groups.clone(), ..Default::default() };
         self.check_identity(&identity)?;
@@ -219,6 +238,9 @@ impl Access for AccessService {
         };
         self.state.store.create_token(record.clone()).await.map_err(store_error)?;
         info!(token = %id, user = %record.user, by = %who.identity.user, "token created");
+        let cluster = record.cluster.as_ref().map(|c| c.name.as_str()).unwrap_or_default();
+        let target = format!("token {id} for user {} groups [{}]", record.user, record.groups.join(","));
+        audit(&self.state, &actor, "token.create", cluster, target);
         Ok(Response::new(CreateTokenResponse {
             token: Some(token_view(&record)),
             secret: secret.expose().to_owned(),
@@ -236,6 +258,7 @@ impl Access for AccessService {
 
     async fn revoke_token(&self, request: Request<RevokeTokenRequest>) -> Result<Response<Token>, Status> {
         let who = admin(&self.state, &request).await?;
+        let actor = Actor::of(&request, &who);
         let raw = request.into_inner().id;
         let id = TokenId::parse(raw.trim()).ok_or_else(|| {
             Status::invalid_argument(format!("{raw:?} is not a token id (see ferryctl token list)"))
@@ -248,11 +271,14 @@ impl Access for AccessService {
             .map_err(store_error)?
             .ok_or_else(|| Status::not_found(format!("no token with id {id}")))?;
         info!(token = %id, by = %who.identity.user, "token revoked");
+        let cluster = removed.cluster.as_ref().map(|c| c.name.as_str()).unwrap_or_default();
+        audit(&self.state, &actor, "token.revoke", cluster, format!("token {id} of user {}", removed.user));
         Ok(Response::new(token_view(&removed)))
     }
 
     async fn grant(&self, request: Request<GrantRequest>) -> Result<Response<Grant>, Status> {
         let who = admin(&self.state, &request).await?;
+        let actor = Actor::of(&request, &who);
         let req = request.into_inner();
         let subject = subject(&req.user, &req.group)?;
         if let Subject::Group(g) = &subject
@@ -272,11 +298,20 @@ impl Access for AccessService {
         };
         self.state.store.put_grant(grant.clone()).await.map_err(store_error)?;
         info!(cluster = %grant.cluster, subject = ?grant.subject, by = %who.identity.user, "grant created");
+        let extra = if grant.allow_impersonate { " (may impersonate)" } else { "" };
+        audit(
+            &self.state,
+            &actor,
+            "grant.create",
+            &grant.cluster,
+            format!("{}{extra}", subject_text(&grant.subject)),
+        );
         Ok(Response::new(grant_view(&grant)))
     }
 
     async fn revoke(&self, request: Request<RevokeRequest>) -> Result<Response<RevokeResponse>, Status> {
         let who = admin(&self.state, &request).await?;
+        let actor = Actor::of(&request, &who);
         let req = request.into_inner();
         let subject = subject(&req.user, &req.group)?;
         let removed =
@@ -284,6 +319,7 @@ impl Access for AccessService {
                 || Status::not_found(format!("no grant for {subject:?} on cluster {:?}", req.cluster)),
             )?;
         info!(cluster = %removed.cluster, subject = ?removed.subject, by = %who.identity.user, "grant revoked");
+        audit(&self.state, &actor, "grant.revoke", &removed.cluster, subject_text(&removed.subject));
         Ok(Response::new(RevokeResponse { grant: Some(grant_view(&removed)) }))
     }
 

@@ -22,7 +22,7 @@ use tracing::info;
 use super::selector::Selector;
 use super::view::live as view;
 use super::watch::{self, EventStream, MAX_WATCHES};
-use super::{admin, caller, lifetime, store_error, unknown_cluster, valid_cluster_name};
+use super::{Actor, admin, audit, caller, lifetime, store_error, unknown_cluster, valid_cluster_name};
 use crate::access;
 use crate::auth::Authenticated;
 use crate::config::MAX_BOOTSTRAP_TTL;
@@ -147,6 +147,7 @@ impl Clusters for ClustersService {
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         let who = admin(&self.state, &request).await?;
+        let actor = Actor::of(&request, &who);
         let req = request.into_inner();
         if !valid_cluster_name(&req.name) {
             return Err(Status::invalid_argument(format!(
@@ -232,6 +233,14 @@ impl Clusters for ClustersService {
         });
         self.state.registry.touch(&record.name);
         info!(cluster = %record.name, by = %who.identity.user, expires = %expires, "bootstrap token issued");
+        self.state.metrics.registered();
+        audit(
+            &self.state,
+            &actor,
+            "cluster.register",
+            &record.name,
+            format!("bootstrap token expiring {expires}"),
+        );
         Ok(Response::new(RegisterResponse {
             cluster: Some(view(&self.state, &record)),
             bootstrap_token: token.expose().to_owned(),
@@ -310,6 +319,7 @@ impl Clusters for ClustersService {
         request: Request<UpdateLabelsRequest>,
     ) -> Result<Response<Cluster>, Status> {
         let who = admin(&self.state, &request).await?;
+        let actor = Actor::of(&request, &who);
         let req = request.into_inner();
         if let Some(k) = req.remove.iter().find(|k| req.set.contains_key(*k)) {
             return Err(Status::invalid_argument(format!("label {k:?} is both set and removed")));
@@ -340,6 +350,8 @@ impl Clusters for ClustersService {
                 e => store_error(e),
             })?;
         info!(cluster = %record.name, by = %who.identity.user, labels = ?record.labels, "labels updated");
+        let labels: Vec<String> = record.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        audit(&self.state, &actor, "cluster.labels", &record.name, labels.join(","));
         Ok(Response::new(view(&self.state, &record)))
     }
 
@@ -390,19 +402,25 @@ impl Clusters for ClustersService {
 
     async fn approve(&self, request: Request<ClusterNameRequest>) -> Result<Response<Cluster>, Status> {
         let who = admin(&self.state, &request).await?;
+        let actor = Actor::of(&request, &who);
         let record = self.set_approval(&request.get_ref().name, Approval::Approved).await?;
         info!(cluster = %record.name, by = %who.identity.user, "cluster approved");
+        self.state.metrics.decided(true);
+        audit(&self.state, &actor, "cluster.approve", &record.name, String::new());
         Ok(Response::new(view(&self.state, &record)))
     }
 
     async fn deny(&self, request: Request<ClusterNameRequest>) -> Result<Response<Cluster>, Status> {
         let who = admin(&self.state, &request).await?;
+        let actor = Actor::of(&request, &who);
         let denied = Approval::Denied { by: who.identity.user.clone(), at: unix_now() };
         let record = self.set_approval(&request.get_ref().name, denied).await?;
         if let Some(id) = record.cluster_id() {
             let ended = self.state.registry.disconnect(&record.name, id, false);
             info!(cluster = %record.name, by = %who.identity.user, disconnected = ended, "cluster denied");
         }
+        self.state.metrics.decided(false);
+        audit(&self.state, &actor, "cluster.deny", &record.name, String::new());
         Ok(Response::new(view(&self.state, &record)))
     }
 
@@ -411,6 +429,7 @@ impl Clusters for ClustersService {
         request: Request<ClusterNameRequest>,
     ) -> Result<Response<DeleteClusterResponse>, Status> {
         let who = admin(&self.state, &request).await?;
+        let actor = Actor::of(&request, &who);
         let name = request.into_inner().name;
         let record = self
             .state
@@ -423,6 +442,7 @@ impl Clusters for ClustersService {
         let ended =
             record.cluster_id().map(|id| self.state.registry.disconnect(&name, id, true)).unwrap_or(0);
         info!(cluster = %name, by = %who.identity.user, disconnected = ended, "cluster deleted");
+        audit(&self.state, &actor, "cluster.delete", &name, format!("{ended} agent session(s) disconnected"));
         Ok(Response::new(DeleteClusterResponse { cluster: Some(before), disconnected_agents: ended as u32 }))
     }
 }

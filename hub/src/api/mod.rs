@@ -1,6 +1,7 @@
 //! The management API: `ferry.v1.Clusters` ([`clusters`], with [`watch`],
 //! [`selector`] and [`view`]), `ferry.v1.Access` ([`access`]) and
-//! `ferry.v1.Proxy` ([`proxy`]), served on the hub's one address.
+//! `ferry.v1.Proxy` ([`proxy`]) and `ferry.v1.Audit` ([`audit`]), served on
+//! the hub's one address.
 //!
 //! Every call is authenticated (client certificate or bearer token) and
 //! authorized here: credentials bound to one cluster (those in issued
@@ -8,6 +9,7 @@
 //! [`ADMIN_GROUP`](crate::auth::ADMIN_GROUP).
 
 pub mod access;
+pub mod audit;
 pub mod clusters;
 pub mod proxy;
 pub mod selector;
@@ -85,6 +87,47 @@ pub(crate) async fn admin<T>(state: &HubState, req: &Request<T>) -> Result<Authe
             caller.identity.user
         )))
     }
+}
+
+/// Who made a management call, for its audit event.
+pub(crate) struct Actor {
+    user: String,
+    groups: Vec<String>,
+    auth_method: &'static str,
+    client: String,
+}
+
+impl Actor {
+    /// The caller `who` of `req`.
+    pub(crate) fn of<T>(req: &Request<T>, who: &Authenticated) -> Actor {
+        let client = req.extensions().get::<crate::gateway::ClientAddr>().map(|a| a.0.ip().to_string());
+        Actor {
+            user: who.identity.user.clone(),
+            groups: who.identity.groups.clone(),
+            auth_method: who.method.as_str(),
+            client: client.unwrap_or_default(),
+        }
+    }
+}
+
+/// Records a management change in the audit log: `action` on `cluster`
+/// (may be empty), to `target` (a user, group, token id; never a secret).
+pub(crate) fn audit(state: &HubState, actor: &Actor, action: &str, cluster: &str, target: String) {
+    if !state.audit.enabled() {
+        return;
+    }
+    let mut event = crate::audit::AuditEvent::new(crate::audit::kind::MANAGEMENT);
+    event.user = actor.user.clone();
+    event.groups = actor.groups.clone();
+    event.auth_method = actor.auth_method.to_owned();
+    event.client_address = actor.client.clone();
+    event.via = "grpc".into();
+    event.action = action.to_owned();
+    event.cluster = cluster.to_owned();
+    event.target = target;
+    event.code = Some(200);
+    event.outcome = "completed".into();
+    state.audit.record(event);
 }
 
 /// A lifetime from a request: `0` means `default`; more than `max` is

@@ -9,7 +9,7 @@
 //! a slow caller holds back only its own request.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry::frame;
@@ -34,6 +34,7 @@ use super::store_error;
 use crate::auth::{self, AuthError, Authenticated, Peer};
 use crate::gateway::{self, Opened};
 use crate::idle::IdleTimer;
+use crate::observe::{Meter, Outcome, Relayed, RequestRecord, Via};
 use crate::request_body::{self, BodySource, Piece};
 use crate::state::HubState;
 
@@ -135,6 +136,10 @@ impl Proxy for ProxyService {
             .map_err(|e| Status::invalid_argument(format!("request headers: {e}")))?;
         let upgrade = gateway::is_upgrade_headers(&request_headers);
         let request_id = RequestId::new();
+        let mut record =
+            RequestRecord::start(state, request_id, Via::Grpc, &method, pq.path(), pq.query(), client);
+        record.caller(&who);
+        record.cluster(state, &head.cluster, false);
         let span = info_span!("proxy", cluster = %head.cluster, request_id = %request_id, method = %method, path = %pq.path(), user = %who.identity.user);
         let mut opened = gateway::open(
             state,
@@ -150,7 +155,14 @@ impl Proxy for ProxyService {
         )
         .instrument(span.clone())
         .await
-        .map_err(|s| grpc_status(&s))?;
+        .map_err(|s| {
+            record.head(s.code.as_u16(), false);
+            grpc_status(&s)
+        })?;
+        record.cluster(state, &head.cluster, true);
+        if let Ok(Some(target)) = crate::access::requested(&request_headers) {
+            record.impersonating(&target.user);
+        }
 
         let max_body = state.limits.max_request_body;
         let too_large = Arc::new(AtomicBool::new(false));
@@ -158,12 +170,10 @@ impl Proxy for ProxyService {
             (Some(inbound), None)
         } else {
             let (tx, flag) = (opened.parked.tx.clone(), too_large.clone());
-            (
-                None,
-                Some(tokio::spawn(
-                    request_body::pump(CallBody(inbound), tx, max_body, flag).instrument(span.clone()),
-                )),
-            )
+            let count = record.body_count();
+            let counted = move |n| count.add(n);
+            let pump = request_body::pump(CallBody(inbound), tx, max_body, flag, counted, None);
+            (None, Some(tokio::spawn(pump.instrument(span.clone()))))
         };
         let (status, response_headers) =
             match gateway::response_head(&mut opened.parked.rx, &too_large, max_body, upgrade)
@@ -175,9 +185,11 @@ impl Proxy for ProxyService {
                     if let Some(p) = &pump {
                         p.abort();
                     }
+                    record.head(s.code.as_u16(), false);
                     return Err(grpc_status(&s));
                 }
             };
+        record.head(status.as_u16(), true);
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let head = frame::response_head(status, &response_headers);
         // A fresh channel has room for the head.
@@ -186,11 +198,13 @@ impl Proxy for ProxyService {
         match inbound {
             Some(inbound) if status == StatusCode::SWITCHING_PROTOCOLS => {
                 let idle = state.limits.upgrade_idle_timeout;
+                record.session_started();
                 state.tasks.spawn(
                     async move {
+                        let meter = record.meter();
                         tokio::select! {
-                            () = shutdown.cancelled() => {}
-                            () = pump_upgraded(inbound, opened, tx, idle) => {}
+                            () = shutdown.cancelled() => record.end(Outcome::Failed("the hub shut down".into())),
+                            r = pump_upgraded(inbound, opened, tx, idle, &meter) => record.relayed(r),
                         }
                     }
                     .instrument(span),
@@ -201,8 +215,8 @@ impl Proxy for ProxyService {
                 state.tasks.spawn(
                     async move {
                         tokio::select! {
-                            () = shutdown.cancelled() => {}
-                            () = stream_body(body, tx) => {}
+                            () = shutdown.cancelled() => record.end(Outcome::Failed("the hub shut down".into())),
+                            () = stream_body(body, tx, &mut record) => {}
                         }
                     }
                     .instrument(span),
@@ -230,7 +244,7 @@ impl BodySource for CallBody {
 /// Sends the response body to the caller as it arrives, then `end`. The
 /// caller going away drops the body, which cancels the request at the
 /// agent.
-async fn stream_body(mut body: gateway::TunnelBody, tx: ResponseTx) {
+async fn stream_body(mut body: gateway::TunnelBody, tx: ResponseTx, record: &mut RequestRecord) {
     loop {
         let next = tokio::select! {
             f = body.frame() => f,
@@ -238,11 +252,20 @@ async fn stream_body(mut body: gateway::TunnelBody, tx: ResponseTx) {
         };
         let msg = match next {
             Some(Ok(f)) => match f.into_data() {
-                Ok(data) => message(proxy_response::Msg::Body(data)),
+                Ok(data) => {
+                    record.sent(data.len());
+                    message(proxy_response::Msg::Body(data))
+                }
                 Err(_) => continue,
             },
-            Some(Err(e)) => Err(Status::unavailable(format!("the response broke off: {e}"))),
-            None => message(proxy_response::Msg::End(ProxyEnd {})),
+            Some(Err(e)) => {
+                record.end(Outcome::Failed(e.to_string()));
+                Err(Status::unavailable(format!("the response broke off: {e}")))
+            }
+            None => {
+                record.end(Outcome::Completed);
+                message(proxy_response::Msg::End(ProxyEnd {}))
+            }
         };
         let last = !matches!(msg, Ok(ProxyResponse { msg: Some(proxy_response::Msg::Body(_)) }));
         if tx.send(msg).await.is_err() || last {
@@ -259,11 +282,13 @@ async fn pump_upgraded(
     opened: Opened,
     tx: ResponseTx,
     idle_timeout: Option<Duration>,
-) {
+    meter: &Meter,
+) -> Relayed {
     let Opened { permit, parked, .. } = opened;
     let _permit = permit;
     let (up_tx, mut rx) = (parked.tx, parked.rx);
     let timer = IdleTimer::new();
+    let (to_cluster, to_caller) = (AtomicU64::new(0), AtomicU64::new(0));
     let touch = || timer.touch();
     let idle = timer.expired(idle_timeout);
     let up = async {
@@ -272,13 +297,13 @@ async fn pump_upgraded(
                 Ok(Some(ProxyRequest { msg: Some(proxy_request::Msg::Body(b)) })) => {
                     touch();
                     for chunk in frame::chunks(b) {
-                        if up_tx
-                            .send(Ok(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) }))
-                            .await
-                            .is_err()
-                        {
+                        let len = chunk.len() as u64;
+                        let body = Ok(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) });
+                        if meter.flow.send(&up_tx, body).await.is_err() {
                             return Ok(());
                         }
+                        to_cluster.fetch_add(len, Ordering::Relaxed);
+                        meter.to_cluster.inc_by(len);
                     }
                 }
                 Ok(Some(ProxyRequest { msg: Some(proxy_request::Msg::End(_)) })) => {
@@ -300,9 +325,12 @@ async fn pump_upgraded(
             match frame {
                 Some(AgentFrame { frame: Some(agent_frame::Frame::Body(b)) }) => {
                     touch();
+                    let len = b.len() as u64;
                     if tx.send(message(proxy_response::Msg::Body(b))).await.is_err() {
                         return Err("the caller went away".to_owned());
                     }
+                    to_caller.fetch_add(len, Ordering::Relaxed);
+                    meter.to_caller.inc_by(len);
                 }
                 Some(AgentFrame { frame: Some(agent_frame::Frame::End(_)) }) | None => {
                     let _ = tx.send(message(proxy_response::Msg::End(ProxyEnd {}))).await;
@@ -334,13 +362,18 @@ async fn pump_upgraded(
         r = both => r,
         _ = idle => {
             let _ = tx.try_send(Err(Status::deadline_exceeded("closed without traffic for the hub's --upgrade-idle-timeout")));
-            Err("idle".to_owned())
+            Err("closed without traffic for the hub's --upgrade-idle-timeout".to_owned())
         }
     };
     if let Err(e) = &result {
         debug!(error = %e, "upgraded proxy stream ended with an error");
     }
     gateway::close_stream(up_tx, rx, result.is_err()).await;
+    Relayed {
+        to_cluster: to_cluster.load(Ordering::Relaxed),
+        to_caller: to_caller.load(Ordering::Relaxed),
+        failure: result.err(),
+    }
 }
 
 #[cfg(test)]

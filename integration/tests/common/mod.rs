@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod manifest;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -731,5 +733,55 @@ impl Proc {
                 }
             }
         }
+    }
+}
+
+impl Proc {
+    /// Every line received so far (stdout, and stderr prefixed `stderr: `
+    /// for [`Proc::spawn_logging`]).
+    pub fn lines_so_far(&mut self) -> Vec<String> {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+}
+
+impl Env {
+    /// Like [`Env::start_with`], but the hub and the agent log to the test
+    /// ([`Proc::spawn_logging`], `RUST_LOG` = `log_filter`), and the agent
+    /// gets `agent_args` too.
+    pub fn start_logging(hub_args: &[&str], agent_args: &[&str], log_filter: &str) -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(bin("test-apiserver"));
+        cmd.args(["--listen", "127.0.0.1:0", "--kubeconfig-out"])
+            .arg(dir.path().join("apiserver.kubeconfig"));
+        let mut apiserver = Proc::spawn("test-apiserver", cmd);
+        let apiserver_url = url_in(&apiserver.wait_line("test-apiserver ready", READY_TIMEOUT));
+        let hub_args: Vec<String> = hub_args.iter().map(|a| (*a).to_owned()).collect();
+        let mut cmd = Command::new(bin("ferry-hub"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("hub"))
+            .args(&hub_args)
+            .env("RUST_LOG", log_filter);
+        let mut hub = Proc::spawn_logging("ferry-hub", cmd);
+        let hub_url = url_in(&hub.wait_line("ferry-hub ready", READY_TIMEOUT));
+        let mut env = Env {
+            dir,
+            apiserver,
+            apiserver_url,
+            hub,
+            hub_url,
+            hub_args,
+            agent: None,
+            cluster: "edge".into(),
+        };
+        let token = env.ferryctl_ok(&["register", "edge", "-o", "token"]);
+        let mut cmd = env.agent_command("agent-state");
+        cmd.args(agent_args).env("FERRY_TOKEN", token.trim()).env("RUST_LOG", log_filter);
+        let mut agent = Proc::spawn_logging("ferry-agent", cmd);
+        agent.wait_line("ferry-agent connected:", READY_TIMEOUT);
+        env.agent = Some(agent);
+        env
     }
 }
