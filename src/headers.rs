@@ -37,8 +37,16 @@ const HOP_BY_HOP: &[&str] = &[
 /// every `Impersonate-*`, and the front-proxy `X-Remote-*` headers an
 /// apiserver may trust for authentication.
 pub fn is_credential_header(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    n == "authorization" || n.starts_with("impersonate-") || n.starts_with("x-remote-")
+    name.eq_ignore_ascii_case("authorization")
+        || starts_with_ignore_case(name, "impersonate-")
+        || starts_with_ignore_case(name, "x-remote-")
+}
+
+/// `prefix` (lower case) starts `name`, in any case. The policy runs on
+/// every header of every request at both ends, so names are compared in
+/// place rather than lower-cased into new strings.
+fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
+    name.as_bytes().get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// True for connection-scoped headers that a proxy must not forward.
@@ -49,8 +57,9 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 /// True for headers that say where a request came from; see the module
 /// docs.
 pub fn is_forwarding_header(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    n.starts_with("x-forwarded-") || n == "forwarded" || n == "x-real-ip"
+    starts_with_ignore_case(name, "x-forwarded-")
+        || name.eq_ignore_ascii_case("forwarded")
+        || name.eq_ignore_ascii_case("x-real-ip")
 }
 
 /// The prefix of `Sec-WebSocket-Protocol` entries that kube-apiserver's
@@ -86,17 +95,16 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
 /// `None` to drop it. `upgrade` keeps the `Upgrade` header; `listed` are
 /// the names a `Connection` header named.
 fn admit_request_header(name: &str, value: &[u8], upgrade: bool, listed: &[String]) -> Option<HeaderValue> {
-    let lower = name.to_ascii_lowercase();
-    if is_credential_header(&lower) || is_forwarding_header(&lower) {
+    if is_credential_header(name) || is_forwarding_header(name) {
         return None;
     }
-    if lower == "upgrade" {
+    if name.eq_ignore_ascii_case("upgrade") {
         return if upgrade { HeaderValue::from_bytes(value).ok() } else { None };
     }
-    if is_hop_by_hop(&lower) || listed.contains(&lower) {
+    if is_hop_by_hop(name) || is_listed(name, listed) {
         return None;
     }
-    if lower == "sec-websocket-protocol" {
+    if name.eq_ignore_ascii_case("sec-websocket-protocol") {
         return without_websocket_bearer(value);
     }
     HeaderValue::from_bytes(value).ok()
@@ -120,8 +128,12 @@ pub fn request_to_frame(headers: &HeaderMap, upgrade: bool) -> Vec<Header> {
 /// `Upgrade` on a 101, so the caller sees the protocol chosen) and not
 /// named by a `Connection` header.
 fn admit_response_header(name: &str, switching: bool, listed: &[String]) -> bool {
-    let lower = name.to_ascii_lowercase();
-    (switching && lower == "upgrade") || !(is_hop_by_hop(&lower) || listed.contains(&lower))
+    (switching && name.eq_ignore_ascii_case("upgrade")) || !(is_hop_by_hop(name) || is_listed(name, listed))
+}
+
+/// Whether a `Connection` header named `name` (`listed` is lower case).
+fn is_listed(name: &str, listed: &[String]) -> bool {
+    listed.iter().any(|l| l.eq_ignore_ascii_case(name))
 }
 
 /// Headers of an apiserver response as frame headers.

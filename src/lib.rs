@@ -4,7 +4,7 @@
 //! gRPC types, the protocol version, ids, caller identity, the header policy
 //! (what is stripped, what is forwarded), which paths may be forwarded,
 //! frame conversion, named limits,
-//! secrets and the Kubernetes `Status` error body.
+//! secrets, the Kubernetes `Status` error body and the TLS crypto provider.
 
 pub mod codec;
 pub mod frame;
@@ -18,6 +18,7 @@ pub mod proto;
 pub mod request_info;
 pub mod secret;
 pub mod status;
+pub mod tls;
 
 /// Version of the tunnel protocol spoken by this build; sent in the agent's
 /// hello and the hub's welcome. Bumped on incompatible changes only.

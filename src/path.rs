@@ -31,34 +31,58 @@ pub enum PathError {
 }
 
 /// Checks a request path (without the query) before it is forwarded.
+///
+/// Runs on every request at the hub and again at the agent, so it reads the
+/// path in place (no lower-cased copy, no list of segments).
 pub fn check(path: &str) -> Result<(), PathError> {
     if !path.starts_with('/') || path.starts_with("//") {
         return Err(PathError::NotAbsolute);
     }
-    if path.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'#') {
+    let bytes = path.as_bytes();
+    if bytes.iter().any(|&b| b.is_ascii_control() || b == b' ' || b == b'#') {
         return Err(PathError::BadCharacter);
     }
-    if path.contains('\\') {
+    if bytes.contains(&b'\\') {
         return Err(PathError::EncodedSlash);
     }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") {
+    let encoded_slash = bytes.windows(3).any(|w| {
+        w[0] == b'%'
+            && ((w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+                || (w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c')))
+    });
+    if encoded_slash {
         return Err(PathError::EncodedSlash);
     }
     // The leading '/' makes the first segment empty; any other empty one is
     // a '//' (a trailing '/' is fine: `/api/` is a real request).
-    let segments: Vec<&str> = lower[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (i, segment) in segments.iter().enumerate() {
-        if segment.is_empty() && i != last {
+    let mut segments = bytes[1..].split(|&b| b == b'/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if segment.is_empty() && !last {
             return Err(PathError::EmptySegment);
         }
-        let decoded = segment.replace("%2e", ".");
-        if decoded == "." || decoded == ".." {
+        if is_dot_segment(segment) {
             return Err(PathError::DotSegment);
         }
     }
     Ok(())
+}
+
+/// Whether a segment is `.` or `..`, each dot raw or as `%2e` (any case).
+fn is_dot_segment(mut segment: &[u8]) -> bool {
+    let mut dots = 0;
+    while !segment.is_empty() {
+        segment = match segment {
+            [b'.', rest @ ..] => rest,
+            [b'%', b'2', e, rest @ ..] if e.eq_ignore_ascii_case(&b'e') => rest,
+            _ => return false,
+        };
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 #[cfg(test)]
@@ -78,6 +102,10 @@ mod tests {
             "/api/v1/namespaces/a/configmaps/x.y",
             "/api/v1/namespaces/a/configmaps/..x",
             "/api/v1/namespaces/a/pods/p:8080/proxy/",
+            "/api/v1/namespaces/a/configmaps/...",
+            "/api/v1/namespaces/a/configmaps/%2e%2e%2e",
+            "/api/v1/namespaces/a/configmaps/%2",
+            "/api/v1/namespaces/a/configmaps/%2%2e",
         ] {
             assert_eq!(check(p), Ok(()), "{p}");
         }
@@ -104,6 +132,9 @@ mod tests {
             ("", PathError::NotAbsolute),
             ("/api/v1\n", PathError::BadCharacter),
             ("/api/v1#x", PathError::BadCharacter),
+            ("/api/%2E", PathError::DotSegment),
+            ("/api/.%2E/", PathError::DotSegment),
+            ("/api/%5Cv1", PathError::EncodedSlash),
         ];
         for (p, want) in cases {
             assert_eq!(check(p), Err(want.clone()), "{p:?}");

@@ -299,8 +299,10 @@ async fn adopt_stored(params: &SessionParams) -> bool {
 }
 
 /// rustls needs one process-wide crypto provider when several are compiled
-/// in; ring is the one this workspace builds with. Installing twice is
-/// harmless (the second attempt is ignored).
+/// in; ring is the one this workspace builds with, in Ferry's suite order
+/// (`ferry::tls`), so the agent's hub and apiserver connections offer
+/// AES-128-GCM first. Installing twice is harmless (the second attempt is
+/// ignored).
 fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = ferry::tls::crypto_provider().install_default();
 }

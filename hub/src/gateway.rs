@@ -35,9 +35,9 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::access;
 use crate::api::valid_cluster_name;
 use crate::auth::{self, AuthError, Authenticated, Peer};
-use crate::metrics::FlowMeter;
-use crate::observe::{BodyCount, ObservedBody, Outcome, RequestRecord, Via};
+use crate::observe::{ObservedBody, Outcome, RequestRecord, Via};
 use crate::registry::{Busy, FrameTx, LiveCluster, NoStream, Parked};
+use crate::request_body::{self, BodySource, Piece};
 use crate::state::HubState;
 use crate::store::{Approval, StoreError};
 
@@ -506,8 +506,12 @@ async fn forward(
         None
     } else {
         let (tx, flag) = (opened.parked.tx.clone(), too_large.clone());
-        let meter = (rec.body_count(), state.metrics.flow());
-        Some(tokio::spawn(pump_request_body(req.into_body(), tx, max_body, flag, meter).in_current_span()))
+        let (count, flow) = (rec.body_count(), state.metrics.flow());
+        let counted = move |n| count.add(n);
+        Some(tokio::spawn(
+            request_body::pump(HttpBody(req.into_body()), tx, max_body, flag, counted, Some(flow))
+                .in_current_span(),
+        ))
     };
     let pump = AbortOnDrop(pump);
 
@@ -563,42 +567,26 @@ fn agent_error_status(code: i32, message: &str) -> KubeStatus {
     }
 }
 
-/// Streams the caller's request body to the agent in frame-sized chunks,
-/// then `End`. Stops (with a `Limit` error frame) past `max` bytes.
-async fn pump_request_body(
-    mut body: Incoming,
-    tx: FrameTx,
-    max: u64,
-    too_large: Arc<AtomicBool>,
-    (count, flow): (Arc<BodyCount>, FlowMeter),
-) {
-    let mut total: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        let data = match frame {
-            Ok(f) => match f.into_data() {
-                Ok(d) => d,
-                Err(_) => continue,
-            },
-            Err(e) => {
-                debug!(error = %e, "caller's request body failed");
-                let _ = tx.send(Ok(error_frame(ErrorCode::Cancelled, "caller's request body failed"))).await;
-                return;
-            }
-        };
-        total += data.len() as u64;
-        if total > max {
-            too_large.store(true, Ordering::Relaxed);
-            let _ = tx.send(Ok(error_frame(ErrorCode::Limit, "request body too large"))).await;
-            return;
-        }
-        count.add(data.len());
-        for chunk in frame::chunks(data) {
-            if flow.send(&tx, Ok(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) })).await.is_err() {
-                return;
+/// The gateway's request body: a hyper body, whose end is the request's.
+struct HttpBody(Incoming);
+
+impl BodySource for HttpBody {
+    async fn next_piece(&mut self) -> Piece {
+        loop {
+            match self.0.frame().await {
+                None => return Piece::End,
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        return Piece::Data(d);
+                    }
+                }
+                Some(Err(e)) => {
+                    debug!(error = %e, "caller's request body failed");
+                    return Piece::Failed(ErrorCode::Cancelled, "caller's request body failed");
+                }
             }
         }
     }
-    let _ = tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End::default())) })).await;
 }
 
 pub(crate) fn error_frame(code: ErrorCode, message: &str) -> HubFrame {

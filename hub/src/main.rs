@@ -18,6 +18,14 @@ use ferry_hub::etcd::{EtcdConfig, EtcdTls};
 use ferry_hub::metrics::DEFAULT_METRICS_LISTEN;
 use ferry_hub::{Hub, HubConfig};
 
+/// mimalloc instead of the system allocator: a proxy allocates and frees
+/// small objects for every request and frame (h2 streams, frames, headers,
+/// tasks); glibc's malloc spent 10-17% of the hub's and the agent's
+/// instructions there and returned large buffers to the kernel only to
+/// fault them back in (docs/benchmarks.md, "Data-plane efficiency").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "ferry-hub", version, about = "Ferry hub: reach clusters behind NAT through one endpoint")]
 struct Cli {
@@ -207,7 +215,10 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Text => builder
+            .fmt_fields(plain_fields())
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
         LogFormat::Json => {
             builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init()
         }
@@ -331,4 +342,17 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Span and event fields as `name=value`, like tracing-subscriber's default
+/// but without its per-field styling calls: every request opens a span with
+/// several fields, and the default formatter spent ~6k instructions per
+/// request on them (docs/benchmarks.md, "Data-plane efficiency").
+fn plain_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| match field.name() {
+        "message" => write!(w, "{value:?}"),
+        name => write!(w, "{name}={value:?}"),
+    })
+    .delimited(" ")
 }

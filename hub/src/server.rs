@@ -221,7 +221,7 @@ impl Hub {
             hosts.push(config.listen.ip().to_string());
         }
         let (chain, key) = ca.serving_cert(&hosts)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(ferry::tls::crypto_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert_der()).map_err(StartError::Tls)?;
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
@@ -233,6 +233,8 @@ impl Hub {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)?;
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The hub's suite order (AES-128-GCM first) decides, not the client's.
+        tls.ignore_client_order = true;
 
         files::write_atomic(&dir.join("ca.crt"), ca.cert_pem().as_bytes()).map_err(io)?;
         let admin_kubeconfig = dir.join("admin.kubeconfig");
@@ -410,7 +412,10 @@ impl Hub {
                 let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                     let (routes, state, principal) = (routes.clone(), state2.clone(), principal.clone());
                     let console = console.clone();
-                    async move {
+                    // Boxed: hyper spawns a task per request around this
+                    // future, and moving the unboxed one (several KiB: the
+                    // whole gateway path) cost more than the allocation.
+                    Box::pin(async move {
                         let grpc = req
                             .headers()
                             .get(http::header::CONTENT_TYPE)
@@ -433,7 +438,7 @@ impl Hub {
                             gateway::handle(state, principal, peer, req).await
                         };
                         Ok::<_, std::convert::Infallible>(resp)
-                    }
+                    })
                 });
                 let http = if is_agent { &http.agents } else { &http.callers };
                 let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc);

@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tracing::info;
 
 use crate::gateway::{BoxError, close_stream};
+use crate::idle::IdleTimer;
 use crate::observe::{Meter, Relayed};
 use crate::registry::Parked;
 
@@ -134,20 +135,9 @@ pub(crate) async fn relay(
     };
     let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
     let traffic = Traffic::default();
-    let last_activity = AtomicU64::new(0);
-    let touch = || last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-
-    let idle = async {
-        let Some(limit) = idle_timeout else { return std::future::pending().await };
-        loop {
-            let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
-            let quiet = started.elapsed().saturating_sub(last);
-            if quiet >= limit {
-                return limit;
-            }
-            tokio::time::sleep(limit - quiet).await;
-        }
-    };
+    let timer = IdleTimer::new();
+    let touch = || timer.touch();
+    let idle = timer.expired(idle_timeout);
     // Caller to agent: ends at the caller's EOF (sent on as `End`).
     let up = async {
         // Read straight into the frame's buffer: no copy per chunk.

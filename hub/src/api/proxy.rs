@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry::frame;
 use ferry::headers;
@@ -32,9 +32,10 @@ use tracing::{Instrument, debug, info_span};
 
 use super::store_error;
 use crate::auth::{self, AuthError, Authenticated, Peer};
-use crate::gateway::{self, Opened, error_frame};
-use crate::observe::{BodyCount, Meter, Outcome, Relayed, RequestRecord, Via};
-use crate::registry::FrameTx;
+use crate::gateway::{self, Opened};
+use crate::idle::IdleTimer;
+use crate::observe::{Meter, Outcome, Relayed, RequestRecord, Via};
+use crate::request_body::{self, BodySource, Piece};
 use crate::state::HubState;
 
 /// How long a caller has to send the request head after opening the call.
@@ -170,7 +171,9 @@ impl Proxy for ProxyService {
         } else {
             let (tx, flag) = (opened.parked.tx.clone(), too_large.clone());
             let count = record.body_count();
-            (None, Some(tokio::spawn(pump_body(inbound, tx, max_body, flag, count).instrument(span.clone()))))
+            let counted = move |n| count.add(n);
+            let pump = request_body::pump(CallBody(inbound), tx, max_body, flag, counted, None);
+            (None, Some(tokio::spawn(pump.instrument(span.clone()))))
         };
         let (status, response_headers) =
             match gateway::response_head(&mut opened.parked.rx, &too_large, max_body, upgrade)
@@ -224,43 +227,18 @@ impl Proxy for ProxyService {
     }
 }
 
-/// Streams the caller's request body to the agent, then `End`; stops with
-/// a `Limit` error frame past `max` bytes.
-async fn pump_body(
-    mut inbound: Streaming<ProxyRequest>,
-    tx: FrameTx,
-    max: u64,
-    too_large: Arc<AtomicBool>,
-    count: Arc<BodyCount>,
-) {
-    let mut total: u64 = 0;
-    loop {
-        let data = match inbound.message().await {
-            Ok(Some(ProxyRequest { msg: Some(proxy_request::Msg::Body(b)) })) => b,
-            Ok(Some(ProxyRequest { msg: Some(proxy_request::Msg::End(_)) })) => break,
-            Ok(Some(_)) => {
-                let _ = tx.send(Ok(error_frame(ErrorCode::Protocol, "a second request head"))).await;
-                return;
-            }
-            Ok(None) | Err(_) => {
-                let _ = tx.send(Ok(error_frame(ErrorCode::Cancelled, "the caller went away"))).await;
-                return;
-            }
-        };
-        total += data.len() as u64;
-        if total > max {
-            too_large.store(true, Ordering::Relaxed);
-            let _ = tx.send(Ok(error_frame(ErrorCode::Limit, "request body too large"))).await;
-            return;
-        }
-        count.add(data.len());
-        for chunk in frame::chunks(data) {
-            if tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::Body(chunk)) })).await.is_err() {
-                return;
-            }
+/// A `Proxy` call's request body: `body` messages up to `end`.
+struct CallBody(Streaming<ProxyRequest>);
+
+impl BodySource for CallBody {
+    async fn next_piece(&mut self) -> Piece {
+        match self.0.message().await {
+            Ok(Some(ProxyRequest { msg: Some(proxy_request::Msg::Body(b)) })) => Piece::Data(b),
+            Ok(Some(ProxyRequest { msg: Some(proxy_request::Msg::End(_)) })) => Piece::End,
+            Ok(Some(_)) => Piece::Failed(ErrorCode::Protocol, "a second request head"),
+            Ok(None) | Err(_) => Piece::Failed(ErrorCode::Cancelled, "the caller went away"),
         }
     }
-    let _ = tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End::default())) })).await;
 }
 
 /// Sends the response body to the caller as it arrives, then `end`. The
@@ -309,21 +287,10 @@ async fn pump_upgraded(
     let Opened { permit, parked, .. } = opened;
     let _permit = permit;
     let (up_tx, mut rx) = (parked.tx, parked.rx);
-    let started = Instant::now();
-    let last_activity = AtomicU64::new(0);
+    let timer = IdleTimer::new();
     let (to_cluster, to_caller) = (AtomicU64::new(0), AtomicU64::new(0));
-    let touch = || last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let idle = async {
-        let Some(limit) = idle_timeout else { return std::future::pending().await };
-        loop {
-            let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
-            let quiet = started.elapsed().saturating_sub(last);
-            if quiet >= limit {
-                return;
-            }
-            tokio::time::sleep(limit - quiet).await;
-        }
-    };
+    let touch = || timer.touch();
+    let idle = timer.expired(idle_timeout);
     let up = async {
         loop {
             match inbound.message().await {
@@ -393,7 +360,7 @@ async fn pump_upgraded(
     };
     let result = tokio::select! {
         r = both => r,
-        () = idle => {
+        _ = idle => {
             let _ = tx.try_send(Err(Status::deadline_exceeded("closed without traffic for the hub's --upgrade-idle-timeout")));
             Err("closed without traffic for the hub's --upgrade-idle-timeout".to_owned())
         }

@@ -82,6 +82,20 @@ impl Target {
         })
     }
 
+    /// Through a proxy at `addr` whose serving certificate `ca_pem` signed
+    /// (for `127.0.0.1`), sending `token` as a bearer token if given.
+    pub fn via(addr: SocketAddr, ca_pem: &str, token: Option<&str>) -> anyhow::Result<Self> {
+        Ok(Self {
+            addr,
+            authority: addr.to_string(),
+            server_name: ServerName::IpAddress(addr.ip().into()),
+            h1: tls_config(ca_pem, None, b"http/1.1")?,
+            h2: tls_config(ca_pem, None, b"h2")?,
+            prefix: String::new(),
+            auth: token.map(|t| HeaderValue::from_str(&format!("Bearer {t}"))).transpose()?,
+        })
+    }
+
     /// Through the hub, with the client certificate of a `ferryctl kubeconfig`.
     pub fn tunnel(config: &HubConfig) -> anyhow::Result<Self> {
         let host = config.server.host().context("hub URL without host")?;
@@ -101,6 +115,11 @@ impl Target {
             prefix: config.server.path().trim_end_matches('/').to_string(),
             auth: None,
         })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Opens a new TCP + TLS + HTTP connection.

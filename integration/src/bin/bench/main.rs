@@ -16,6 +16,7 @@ mod backend;
 mod client;
 mod integrity;
 mod procs;
+mod references;
 mod report;
 mod scenarios;
 mod simagents;
@@ -31,7 +32,8 @@ use ferry_client_sdk::HubConfig;
 use crate::backend::Backend;
 use crate::client::Target;
 use crate::procs::{Binaries, Proc};
-use crate::report::{Goal, Machine, Report, Row, Usage};
+use crate::references::Reference;
+use crate::report::{Goal, Machine, RefRow, Report, Row, Usage};
 use crate::scenarios::{Ctx, Profile};
 
 /// How long the simulated agents get to connect, or to reconnect after the
@@ -63,6 +65,11 @@ struct Args {
     /// Seed of scenario 9's random plan (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
+    /// Also measure the reference paths (two chained HAProxy instances, a
+    /// rathole tunnel) in scenarios 1 to 4, each skipped with a note when
+    /// its binary is not on PATH.
+    #[arg(long)]
+    references: bool,
 }
 
 /// The processes and clients of one run.
@@ -83,6 +90,10 @@ struct Env {
     seed: u64,
     /// An integrity run failed: its evidence is in the working directory.
     integrity_failed: bool,
+    /// Reference paths started with `--references`.
+    references: Vec<Reference>,
+    /// Their figures, filled in by the scenarios.
+    reference_rows: std::sync::Mutex<Vec<RefRow>>,
 }
 
 impl Env {
@@ -107,6 +118,8 @@ impl Env {
             backend: &self.backend,
             hub_pid: self.hub_pid(),
             agent_pid: self.agent.pid,
+            references: &self.references,
+            reference_rows: &self.reference_rows,
         }
     }
 }
@@ -154,6 +167,8 @@ async fn setup(profile: Profile, bins: Binaries, dir: PathBuf, seed: u64) -> any
         retired_hub: procs::ProcStats::default(),
         seed,
         integrity_failed: false,
+        references: Vec::new(),
+        reference_rows: Default::default(),
     })
 }
 
@@ -332,6 +347,18 @@ async fn run(args: &Args, started: Instant) -> anyhow::Result<Report> {
     let mut env = setup(profile, bins, dir.clone(), seed)
         .await
         .with_context(|| format!("setting up (logs in {})", dir.display()))?;
+    let mut reference_notes = Vec::new();
+    if args.references {
+        let (started, notes) = references::start(&dir, &env.backend).await;
+        for r in &started {
+            eprintln!("bench: reference path {} at {:?} (pids {:?})", r.name, r.target_addr(), r.pids());
+        }
+        for n in &notes {
+            eprintln!("bench: reference path {n}");
+        }
+        env.references = started;
+        reference_notes = notes;
+    }
     eprintln!(
         "bench: hub {} (pid {}), agent pid {}, backend {}",
         env.hub_url,
@@ -380,7 +407,10 @@ async fn run(args: &Args, started: Instant) -> anyhow::Result<Report> {
     }
     let hub = env.hub_stats();
     let agent = procs::stats(env.agent.pid).unwrap_or_default();
-    let Env { hub: hub_proc, agent: agent_proc, integrity_failed, .. } = env;
+    let Env { hub: hub_proc, agent: agent_proc, integrity_failed, references, reference_rows, .. } = env;
+    for r in references {
+        r.stop().await;
+    }
     let _ = agent_proc.stop().await;
     if let Some(h) = hub_proc {
         let _ = h.stop().await;
@@ -401,6 +431,8 @@ async fn run(args: &Args, started: Instant) -> anyhow::Result<Report> {
         agent_peak_rss_kib: agent.hwm_kib,
         hub_cpu_s: hub.cpu.as_secs_f64(),
         agent_cpu_s: agent.cpu.as_secs_f64(),
+        reference: reference_rows.into_inner().unwrap_or_else(|p| p.into_inner()),
+        reference_notes,
     })
 }
 

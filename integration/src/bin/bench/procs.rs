@@ -90,6 +90,19 @@ impl Proc {
         Ok((Self { pid, child, ready: count_rx }, line_rx))
     }
 
+    /// Starts a process whose stdout and stderr go to `log`; it prints no
+    /// ready line (the caller checks readiness its own way).
+    pub fn spawn_quiet(mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+        let out = std::fs::File::create(log)?;
+        cmd.stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+        let pid = child.id().context("child without pid")?;
+        Ok(Self { pid, child, ready: watch::channel(0u64).1 })
+    }
+
     /// Waits until the ready-line count exceeds `seen`.
     pub async fn wait_ready(&mut self, seen: u64) -> anyhow::Result<()> {
         tokio::time::timeout(READY_TIMEOUT, self.ready.wait_for(|n| *n > seen))

@@ -132,6 +132,49 @@ impl Row {
     }
 }
 
+/// One figure of a reference path beside Ferry's, from the same run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RefRow {
+    /// The reference path (`haproxy`, `rathole`).
+    pub path: String,
+    /// What was measured (as in the scenario rows).
+    pub figure: String,
+    /// Unit of the figures.
+    pub unit: String,
+    /// The direct path's figure, where there is one.
+    pub direct: Option<f64>,
+    /// Ferry's (the tunnel path's) figure.
+    pub ferry: f64,
+    /// The reference path's figure.
+    pub reference: f64,
+    /// Ferry ÷ reference (below 1 is better for times and CPU, above 1
+    /// for throughput).
+    pub ratio: Option<f64>,
+}
+
+impl RefRow {
+    /// A figure of `path` beside Ferry's.
+    pub fn new(
+        path: &str,
+        figure: &str,
+        unit: &str,
+        direct: Option<f64>,
+        ferry: f64,
+        reference: f64,
+    ) -> Self {
+        let ratio = ferry / reference;
+        Self {
+            path: path.into(),
+            figure: figure.into(),
+            unit: unit.into(),
+            direct,
+            ferry,
+            reference,
+            ratio: ratio.is_finite().then_some(ratio),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +273,11 @@ pub struct Report {
     pub hub_cpu_s: f64,
     /// Agent CPU seconds over the run.
     pub agent_cpu_s: f64,
+    /// Reference paths' figures beside Ferry's (`--references`).
+    pub reference: Vec<RefRow>,
+    /// Reference paths skipped, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reference_notes: Vec<String>,
 }
 
 fn fmt(v: Option<f64>) -> String {
@@ -288,6 +336,27 @@ impl Report {
                 u.wall_s,
                 u.agent_reconnects
             ));
+        }
+        if !self.reference.is_empty() || !self.reference_notes.is_empty() {
+            out.push_str(
+                "\n| figure | unit | direct | Ferry | reference | reference figure | Ferry ÷ reference |\n",
+            );
+            out.push_str("| --- | --- | ---: | ---: | --- | ---: | ---: |\n");
+            for r in &self.reference {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} |\n",
+                    r.figure,
+                    r.unit,
+                    fmt(r.direct),
+                    fmt(Some(r.ferry)),
+                    r.path,
+                    fmt(Some(r.reference)),
+                    fmt(r.ratio)
+                ));
+            }
+            for n in &self.reference_notes {
+                out.push_str(&format!("- {n}\n"));
+            }
         }
         out.push_str(&format!(
             "\nhub: peak RSS {:.1} MiB, CPU {:.1} s; agent: peak RSS {:.1} MiB, CPU {:.1} s; run {:.0} s\n",

@@ -16,7 +16,8 @@ use tokio::task::JoinSet;
 use crate::backend::{self, Backend};
 use crate::client::{Conn, Proto, Target, ms, percentile, timed};
 use crate::procs::{self, ProcStats};
-use crate::report::{Goal, Row};
+use crate::references::Reference;
+use crate::report::{Goal, RefRow, Row};
 
 /// The small GET (1 KiB ConfigMap).
 pub const SMALL: &str = "/api/v1/namespaces/default/configmaps/small";
@@ -130,10 +131,21 @@ pub struct Ctx<'a> {
     pub hub_pid: u32,
     /// Agent pid.
     pub agent_pid: u32,
+    /// Reference paths measured beside the tunnel (`--references`).
+    pub references: &'a [Reference],
+    /// Where scenarios put the reference paths' figures.
+    pub reference_rows: &'a std::sync::Mutex<Vec<RefRow>>,
+}
+
+impl Ctx<'_> {
+    fn reference_row(&self, row: RefRow) {
+        self.reference_rows.lock().unwrap_or_else(|p| p.into_inner()).push(row);
+    }
 }
 
 /// CPU time spent by the bench process (load generators and backend, the
-/// same work on both paths), the hub and the agent.
+/// same work on every path), the hub and the agent (on a reference path:
+/// its proxies, counted as `hub`).
 #[derive(Clone, Copy, Default)]
 struct Cpu {
     bench: Duration,
@@ -141,18 +153,30 @@ struct Cpu {
     agent: Duration,
 }
 
+/// One path the scenarios measure: direct, the tunnel, or a reference.
+struct Path<'a> {
+    name: &'a str,
+    target: &'a Target,
+    /// The processes besides the bench process whose CPU the path costs:
+    /// none (direct), hub and agent (tunnel), a reference's proxies.
+    pids: Vec<u32>,
+}
+
 impl Cpu {
-    fn now(ctx: &Ctx<'_>) -> anyhow::Result<Cpu> {
-        Ok(Cpu {
-            bench: procs::thread_cpu(std::process::id())?,
-            hub: procs::thread_cpu(ctx.hub_pid)?,
-            agent: procs::thread_cpu(ctx.agent_pid)?,
-        })
+    fn of(pids: &[u32]) -> anyhow::Result<Cpu> {
+        let mut cpu = Cpu { bench: procs::thread_cpu(std::process::id())?, ..Cpu::default() };
+        for (i, pid) in pids.iter().enumerate() {
+            let t = procs::thread_cpu(*pid)?;
+            // The tunnel's second process is the agent; every other proxy
+            // counts as the hub's share.
+            if i == 1 && pids.len() == 2 { cpu.agent += t } else { cpu.hub += t }
+        }
+        Ok(cpu)
     }
 
     /// Adds the CPU spent since `start`.
-    fn add_since(&mut self, ctx: &Ctx<'_>, start: Cpu) -> anyhow::Result<()> {
-        let now = Cpu::now(ctx)?;
+    fn add_since(&mut self, pids: &[u32], start: Cpu) -> anyhow::Result<()> {
+        let now = Cpu::of(pids)?;
         self.bench += now.bench.saturating_sub(start.bench);
         self.hub += now.hub.saturating_sub(start.hub);
         self.agent += now.agent.saturating_sub(start.agent);
@@ -160,16 +184,34 @@ impl Cpu {
     }
 
     /// Runs `f`, adding the CPU it took.
-    async fn measure<T>(&mut self, ctx: &Ctx<'_>, f: impl Future<Output = T>) -> anyhow::Result<T> {
-        let start = Cpu::now(ctx)?;
+    async fn measure<T>(&mut self, pids: &[u32], f: impl Future<Output = T>) -> anyhow::Result<T> {
+        let start = Cpu::of(pids)?;
         let out = f.await;
-        self.add_since(ctx, start)?;
+        self.add_since(pids, start)?;
         Ok(out)
     }
 
     fn total(&self) -> Duration {
         self.bench + self.hub + self.agent
     }
+
+    /// The proxies' share: hub + agent, or a reference's processes.
+    fn proxies(&self) -> Duration {
+        self.hub + self.agent
+    }
+}
+
+/// Direct, tunnel, then the reference paths (those carrying upgrades only,
+/// with `upgrades`), in the order every scenario alternates them.
+fn paths<'a>(ctx: &'a Ctx<'_>, upgrades: bool) -> Vec<Path<'a>> {
+    let mut v = vec![
+        Path { name: "direct", target: ctx.direct, pids: vec![] },
+        Path { name: "tunnel", target: ctx.tunnel, pids: vec![ctx.hub_pid, ctx.agent_pid] },
+    ];
+    for r in ctx.references.iter().filter(|r| r.upgrades || !upgrades) {
+        v.push(Path { name: r.name, target: &r.target, pids: r.pids() });
+    }
+    v
 }
 
 /// "CPU per unit" row: all processes' CPU per request (or MB) on each path.
@@ -245,17 +287,20 @@ pub async fn compression(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
 /// Scenario 1: small GET, one client, sequential, one connection each.
 pub async fn small_sequential(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
     let p = ctx.profile;
-    let mut conns = [ctx.direct.connect(Proto::H2).await?, ctx.tunnel.connect(Proto::H2).await?];
-    let targets = [ctx.direct, ctx.tunnel];
-    for (conn, target) in conns.iter_mut().zip(targets) {
+    let paths = paths(ctx, false);
+    let targets: Vec<&Target> = paths.iter().map(|p| p.target).collect();
+    let mut conns = Vec::new();
+    for target in &targets {
+        let mut conn = target.connect(Proto::H2).await?;
         for _ in 0..200 {
-            fetch_timed(conn, target, SMALL).await?;
+            fetch_timed(&mut conn, target, SMALL).await?;
         }
+        conns.push(conn);
     }
-    let mut samples = [Vec::new(), Vec::new()];
-    let mut failed = [Load::default(), Load::default()];
+    let mut samples: Vec<Vec<Duration>> = paths.iter().map(|_| Vec::new()).collect();
+    let mut failed: Vec<Load> = paths.iter().map(|_| Load::default()).collect();
     for _ in 0..p.rounds {
-        for i in 0..2 {
+        for i in 0..paths.len() {
             for _ in 0..p.sequential / p.rounds {
                 match fetch_timed(&mut conns[i], targets[i], SMALL).await {
                     Ok(d) => samples[i].push(d),
@@ -268,7 +313,21 @@ pub async fn small_sequential(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
             }
         }
     }
-    let [mut d, mut t] = samples;
+    for (i, path) in paths.iter().enumerate().skip(2) {
+        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+            let [d, t, r] = [0, 1, i].map(|k| ms(percentile(&mut samples[k], q)));
+            ctx.reference_row(RefRow::new(
+                path.name,
+                &format!("1. small GET sequential {name}"),
+                "ms",
+                Some(d),
+                t,
+                r,
+            ));
+        }
+    }
+    let mut samples = samples.into_iter();
+    let (mut d, mut t) = (samples.next().unwrap_or_default(), samples.next().unwrap_or_default());
     Ok(vec![
         Row::compare(
             "1. small GET sequential failed",
@@ -443,16 +502,46 @@ fn failure_note(first: &Load, second: &Load) -> String {
 /// Scenario 2: 64 concurrent clients.
 pub async fn concurrent(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
     let p = ctx.profile;
-    load(ctx.direct, p.clients, Duration::from_millis(500)).await?;
-    load(ctx.tunnel, p.clients, Duration::from_millis(500)).await?;
-    let mut d = Load::default();
-    let mut t = Load::default();
-    let (mut dcpu, mut tcpu) = (Cpu::default(), Cpu::default());
+    let paths = paths(ctx, false);
+    for path in &paths {
+        load(path.target, p.clients, Duration::from_millis(500)).await?;
+    }
+    let mut loads: Vec<Load> = paths.iter().map(|_| Load::default()).collect();
+    let mut cpus = vec![Cpu::default(); paths.len()];
     for _ in 0..p.rounds.min(3) {
-        d.merge(dcpu.measure(ctx, load(ctx.direct, p.clients, p.load_round)).await??);
-        t.merge(tcpu.measure(ctx, load(ctx.tunnel, p.clients, p.load_round)).await??);
+        for (i, path) in paths.iter().enumerate() {
+            loads[i].merge(cpus[i].measure(&path.pids, load(path.target, p.clients, p.load_round)).await??);
+        }
     }
     let name = |s: &str| format!("2. small GET {} clients {s}", p.clients);
+    let per = |cpu: Duration, l: &Load| cpu.as_secs_f64() * 1e6 / (l.ok as f64).max(1.0);
+    for (i, path) in paths.iter().enumerate().skip(2) {
+        let (d, t, r) = (&loads[0], &loads[1], &loads[i]);
+        let row = |figure: &str, unit: &str, d: Option<f64>, t: f64, r: f64| {
+            RefRow::new(path.name, &name(figure), unit, d, t, r)
+        };
+        ctx.reference_row(row("req/s", "req/s", Some(d.rps()), t.rps(), r.rps()));
+        ctx.reference_row(row(
+            "CPU per request",
+            "µs",
+            Some(per(cpus[0].total(), d)),
+            per(cpus[1].total(), t),
+            per(cpus[i].total(), r),
+        ));
+        ctx.reference_row(row(
+            "proxies' CPU per request",
+            "µs",
+            None,
+            per(cpus[1].proxies(), t),
+            per(cpus[i].proxies(), r),
+        ));
+        let mut lat = |k: usize| ms(percentile(&mut loads[k].latencies, 0.99));
+        let (dp, tp, rp) = (lat(0), lat(1), lat(i));
+        ctx.reference_row(row("p99", "ms", Some(dp), tp, rp));
+    }
+    let mut loads = loads.into_iter();
+    let (mut d, mut t) = (loads.next().unwrap_or_default(), loads.next().unwrap_or_default());
+    let (dcpu, tcpu) = (cpus[0], cpus[1]);
     Ok(vec![
         Row::compare(&name("req/s"), "req/s", d.rps(), t.rps(), Goal::RatioAtLeast(0.7)),
         cpu_row(&name("CPU per request"), "µs", (dcpu, d.ok as f64), (tcpu, t.ok as f64), 1e6),
@@ -472,14 +561,18 @@ pub async fn concurrent(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
 pub async fn large_list(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
     let p = ctx.profile;
     let mut rows = Vec::new();
+    let paths = paths(ctx, false);
     for proto in [Proto::H2, Proto::H1] {
-        let mut conns = [ctx.direct.connect(proto).await?, ctx.tunnel.connect(proto).await?];
-        let targets = [ctx.direct, ctx.tunnel];
-        let mut totals = [(0usize, Duration::ZERO); 2];
-        let mut cpu = [Cpu::default(); 2];
+        let mut conns = Vec::new();
+        for path in &paths {
+            conns.push(path.target.connect(proto).await?);
+        }
+        let targets: Vec<&Target> = paths.iter().map(|p| p.target).collect();
+        let mut totals = vec![(0usize, Duration::ZERO); paths.len()];
+        let mut cpu = vec![Cpu::default(); paths.len()];
         for rep in 0..=p.list_reps {
-            for i in 0..2 {
-                let start = Cpu::now(ctx)?;
+            for i in 0..paths.len() {
+                let start = Cpu::of(&paths[i].pids)?;
                 let (n, dt) = timed(conns[i].fetch(targets[i].get(LIST))).await;
                 let n = n?;
                 if n != p.list_bytes {
@@ -489,7 +582,7 @@ pub async fn large_list(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
                 if rep > 0 {
                     totals[i].0 += n;
                     totals[i].1 += dt;
-                    cpu[i].add_since(ctx, start)?;
+                    cpu[i].add_since(&paths[i].pids, start)?;
                 }
             }
         }
@@ -505,6 +598,28 @@ pub async fn large_list(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
         ));
         let mb = |i: usize| totals[i].0 as f64 / 1e6;
         rows.push(cpu_row(&format!("3. LIST {v} CPU per MB"), "ms", (cpu[0], mb(0)), (cpu[1], mb(1)), 1e3));
+        for (i, path) in paths.iter().enumerate().skip(2) {
+            let per = |c: Duration, k: usize| c.as_secs_f64() * 1e3 / mb(k).max(1e-9);
+            let figure = |f: &str| format!("3. LIST {mib} MiB {v}{}{f}", if f.is_empty() { "" } else { " " });
+            let row = |f: &str, unit: &str, d: Option<f64>, t: f64, r: f64| {
+                RefRow::new(path.name, &figure(f), unit, d, t, r)
+            };
+            ctx.reference_row(row("", "MB/s", Some(mbps(totals[0])), mbps(totals[1]), mbps(totals[i])));
+            ctx.reference_row(row(
+                "CPU per MB",
+                "ms",
+                Some(per(cpu[0].total(), 0)),
+                per(cpu[1].total(), 1),
+                per(cpu[i].total(), i),
+            ));
+            ctx.reference_row(row(
+                "proxies' CPU per MB",
+                "ms",
+                None,
+                per(cpu[1].proxies(), 1),
+                per(cpu[i].proxies(), i),
+            ));
+        }
     }
     Ok(rows)
 }
@@ -557,20 +672,45 @@ async fn echo(target: &Target, bytes: u64) -> anyhow::Result<Duration> {
 /// Scenario 4: upgraded byte stream, the same bytes each way at once.
 pub async fn byte_stream(ctx: &Ctx<'_>) -> anyhow::Result<Vec<Row>> {
     let p = ctx.profile;
+    let paths = paths(ctx, true);
     wait_healthy(ctx.tunnel).await?;
-    echo(ctx.direct, 8 << 20).await?;
-    echo(ctx.tunnel, 8 << 20).await?;
-    let mut times = [Duration::ZERO; 2];
-    let mut cpu = [Cpu::default(); 2];
+    for path in &paths {
+        echo(path.target, 8 << 20).await?;
+    }
+    let mut times = vec![Duration::ZERO; paths.len()];
+    let mut cpu = vec![Cpu::default(); paths.len()];
     for _ in 0..p.stream_reps {
         wait_healthy(ctx.tunnel).await?;
-        times[0] += cpu[0].measure(ctx, echo(ctx.direct, p.stream_bytes)).await??;
-        times[1] += cpu[1].measure(ctx, echo(ctx.tunnel, p.stream_bytes)).await??;
+        for (i, path) in paths.iter().enumerate() {
+            times[i] += cpu[i].measure(&path.pids, echo(path.target, p.stream_bytes)).await??;
+        }
     }
     let total = p.stream_bytes as f64 * p.stream_reps as f64;
     let mbps = |t: Duration| total / 1e6 / t.as_secs_f64();
     // Both directions' bytes count: the echo carries `total` each way.
     let mb = 2.0 * total / 1e6;
+    for (i, path) in paths.iter().enumerate().skip(2) {
+        let per = |c: Duration| c.as_secs_f64() * 1e3 / mb;
+        let figure = |f: &str| format!("4. upgraded stream {f}");
+        let row = |f: &str, unit: &str, d: Option<f64>, t: f64, r: f64| {
+            RefRow::new(path.name, &figure(f), unit, d, t, r)
+        };
+        ctx.reference_row(row("MB/s each way", "MB/s", Some(mbps(times[0])), mbps(times[1]), mbps(times[i])));
+        ctx.reference_row(row(
+            "CPU per MB",
+            "ms",
+            Some(per(cpu[0].total())),
+            per(cpu[1].total()),
+            per(cpu[i].total()),
+        ));
+        ctx.reference_row(row(
+            "proxies' CPU per MB",
+            "ms",
+            None,
+            per(cpu[1].proxies()),
+            per(cpu[i].proxies()),
+        ));
+    }
     Ok(vec![
         Row::compare(
             &format!("4. upgraded stream {} MiB each way", p.stream_bytes >> 20),
