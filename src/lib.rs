@@ -12,6 +12,7 @@ pub mod headers;
 pub mod identity;
 pub mod ids;
 pub mod limits;
+pub mod logging;
 pub mod metadata;
 pub mod path;
 pub mod proto;

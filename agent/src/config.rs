@@ -91,15 +91,7 @@ pub struct Args {
     pub status_interval: Duration,
 }
 
-/// How logs are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line, with the span fields (cluster, request_id).
-    Json,
-}
+pub use ferry::logging::LogFormat;
 
 fn parse_status_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| e.to_string())?;

@@ -198,31 +198,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = ferry_hub::audit::DEFAULT_MAX_BACKUPS, value_name = "N")]
     audit_log_max_backups: u32,
     /// Log format on stderr: `text` or `json` (one object per line).
-    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
-
-/// How logs are written.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line (with the span fields: cluster, request_id).
-    Json,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder
-            .fmt_fields(plain_fields())
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => {
-            builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init()
-        }
-    }
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = ferry::logging::LogFormat::Text)]
+    log_format: ferry::logging::LogFormat,
 }
 
 /// `--metrics-listen`: an address, `off`, or the default.
@@ -263,11 +240,11 @@ async fn main() -> anyhow::Result<()> {
     let args = match Cli::parse().command {
         Command::Serve(args) => args,
         Command::Migrate(args) => {
-            init_logging(LogFormat::Text);
+            ferry::logging::init(ferry::logging::LogFormat::Text);
             return migrate(args).await;
         }
     };
-    init_logging(args.log_format);
+    ferry::logging::init(args.log_format);
     let mut config = HubConfig::new(args.data_dir.clone(), args.listen);
     if let Some(url) = &args.store {
         config.store = StoreConfig::Etcd(args.etcd.config(url)?);
@@ -342,17 +319,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-/// Span and event fields as `name=value`, like tracing-subscriber's default
-/// but without its per-field styling calls: every request opens a span with
-/// several fields, and the default formatter spent ~6k instructions per
-/// request on them (docs/benchmarks.md, "Data-plane efficiency").
-fn plain_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
-    use tracing_subscriber::field::MakeExt;
-    tracing_subscriber::fmt::format::debug_fn(|w, field, value| match field.name() {
-        "message" => write!(w, "{value:?}"),
-        name => write!(w, "{name}={value:?}"),
-    })
-    .delimited(" ")
 }
