@@ -125,6 +125,7 @@ impl World {
     async fn start(setup: &Setup<'_>, etcd: &Etcd) -> anyhow::Result<World> {
         let dir = setup.dir.join("forwarded");
         let (a_data, b_data) = (dir.join("hub-a"), dir.join("hub-b"));
+        std::fs::create_dir_all(&dir)?;
         let store = etcd.store_url();
         let extra = ["--store", store.as_str()];
         let mut procs = Vec::new();
