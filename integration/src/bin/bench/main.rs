@@ -11,9 +11,15 @@
 //! Scenario 9 ([`integrity`]) is of another kind: real `kubectl` exec, cp
 //! and port-forward sessions against the test apiserver behind a second
 //! agent, under load, counting runs whose bytes came back wrong.
+//!
+//! Scenario 10 ([`forwarded`]) starts a real etcd and two hub replicas on
+//! it: the forwarded path (client → replica A → replica B → agent) beside
+//! direct and tunnel, and the etcd-backed hub's registration and watch
+//! latencies; skipped with a note when etcd is not installed.
 
 mod backend;
 mod client;
+mod forwarded;
 mod integrity;
 mod procs;
 mod references;
@@ -315,6 +321,7 @@ fn title(n: u32) -> (&'static str, Goal) {
         6 => ("6. stalled reader", Goal::RatioAtMost(1.2)),
         7 => ("7. fresh TLS connection per GET", Goal::RatioAtMost(1.5)),
         9 => ("9. upgraded-stream integrity", Goal::ValueAtMost(0.0)),
+        10 => (forwarded::TITLE, Goal::Info),
         _ => ("8. idle agents", Goal::ValueAtMost(100.0)),
     }
 }
@@ -331,6 +338,18 @@ async fn run_scenario(env: &mut Env, n: u32) -> anyhow::Result<Vec<Row>> {
         6 => scenarios::head_of_line(&ctx).await,
         7 => scenarios::fresh_connections(&ctx).await,
         9 => integrity(env).await,
+        10 => {
+            forwarded::run(forwarded::Setup {
+                bins: &env.bins,
+                dir: &env.dir,
+                backend_kubeconfig: env.dir.join("backend.kubeconfig"),
+                direct: &env.direct,
+                tunnel: &env.tunnel,
+                clients: env.profile.clients,
+                plan: env.profile.forwarded,
+            })
+            .await
+        }
         _ => many_agents(env).await,
     }
 }
@@ -367,7 +386,7 @@ async fn run(args: &Args, started: Instant) -> anyhow::Result<Report> {
         env.backend.addr
     );
 
-    let order = [0, 1, 7, 2, 3, 6, 4, 5, 9, 8];
+    let order = [0, 1, 7, 2, 3, 6, 4, 5, 10, 9, 8];
     let mut rows = Vec::new();
     let mut usage = Vec::new();
     for n in order {

@@ -129,8 +129,19 @@ pub async fn start_hub(
     listen: &str,
     log: &Path,
 ) -> anyhow::Result<(Proc, String)> {
+    start_hub_with(bins, data_dir, listen, log, &[]).await
+}
+
+/// [`start_hub`] with more `serve` arguments (`--store etcd://...`).
+pub async fn start_hub_with(
+    bins: &Binaries,
+    data_dir: &Path,
+    listen: &str,
+    log: &Path,
+    extra: &[&str],
+) -> anyhow::Result<(Proc, String)> {
     let mut cmd = Command::new(&bins.hub);
-    cmd.arg("serve").arg("--listen").arg(listen).arg("--data-dir").arg(data_dir);
+    cmd.arg("serve").arg("--listen").arg(listen).arg("--data-dir").arg(data_dir).args(extra);
     // The bench plays one caller with 10,000 watches (scenario 5) and 10,000
     // agents of one cluster (scenario 8): lift the per-caller and
     // per-cluster-session bounds, which guard against one identity taking

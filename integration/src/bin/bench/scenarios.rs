@@ -67,6 +67,8 @@ pub struct Profile {
     pub agents: usize,
     /// Runs of scenario 9 (upgraded-stream integrity).
     pub integrity: crate::integrity::Plan,
+    /// Sizes of scenario 10 (the forwarded path between hub replicas).
+    pub forwarded: crate::forwarded::Plan,
 }
 
 impl Profile {
@@ -90,6 +92,12 @@ impl Profile {
                 big_runs: 8,
                 stall_runs: 8,
             },
+            forwarded: crate::forwarded::Plan {
+                sequential: 10_000,
+                rounds: 5,
+                load_round: Duration::from_secs(4),
+                registrations: 50,
+            },
         }
     }
 
@@ -112,6 +120,12 @@ impl Profile {
                 direct_runs: 12,
                 big_runs: 1,
                 stall_runs: 1,
+            },
+            forwarded: crate::forwarded::Plan {
+                sequential: 600,
+                rounds: 2,
+                load_round: Duration::from_millis(500),
+                registrations: 20,
             },
         }
     }
@@ -252,7 +266,7 @@ pub async fn wait_healthy(target: &Target) -> anyhow::Result<usize> {
     }
 }
 
-async fn fetch_timed(conn: &mut Conn, target: &Target, path: &str) -> anyhow::Result<Duration> {
+pub async fn fetch_timed(conn: &mut Conn, target: &Target, path: &str) -> anyhow::Result<Duration> {
     let start = Instant::now();
     tokio::time::timeout(REQUEST_TIMEOUT, conn.fetch(target.get(path)))
         .await
@@ -421,7 +435,7 @@ pub struct Load {
 }
 
 impl Load {
-    fn merge(&mut self, other: Load) {
+    pub fn merge(&mut self, other: Load) {
         self.ok += other.ok;
         self.failed += other.failed;
         self.latencies.extend(other.latencies);
@@ -438,13 +452,13 @@ impl Load {
         v.iter().take(3).map(|(k, n)| format!("{n}x {k}")).collect::<Vec<_>>().join("; ")
     }
 
-    fn record(&mut self, e: &anyhow::Error) {
+    pub fn record(&mut self, e: &anyhow::Error) {
         self.failed += 1;
         let reason: String = format!("{e:#}").chars().take(120).collect();
         *self.errors.entry(reason).or_default() += 1;
     }
 
-    fn rps(&self) -> f64 {
+    pub fn rps(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
@@ -488,7 +502,7 @@ pub async fn load(target: &Target, clients: usize, duration: Duration) -> anyhow
     Ok(total)
 }
 
-fn failure_note(first: &Load, second: &Load) -> String {
+pub fn failure_note(first: &Load, second: &Load) -> String {
     let mut parts = Vec::new();
     if first.failed > 0 {
         parts.push(format!("direct/without: {}", first.reasons()));
