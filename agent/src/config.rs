@@ -73,6 +73,9 @@ pub struct Args {
     /// Log format on stderr: `text` or `json` (one object per line).
     #[arg(long = "log-format", env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Span export (`--otlp-endpoint`, with the `otlp` feature).
+    #[command(flatten)]
+    pub export: ferry::logging::ExportArgs,
     /// A Kubernetes system user or group (`system:...`) the agent may
     /// impersonate after all; a trailing `*` matches any rest (e.g.
     /// `system:serviceaccount:ci:*`). Repeat for several. By default it
@@ -441,6 +444,7 @@ mod tests {
             health_listen: None,
             metrics_listen: None,
             log_format: LogFormat::Text,
+            export: Default::default(),
             allow_system_identity: Vec::new(),
             status_interval: Duration::from_secs(10),
         };

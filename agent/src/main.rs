@@ -16,7 +16,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    ferry::logging::init(args.log_format);
+    let logging = ferry::logging::init(args.log_format, &args.export, "ferry-agent")?;
+    let result = run(args).await;
+    // Flushing spans blocks on the exporter, which runs on this runtime.
+    tokio::task::spawn_blocking(move || logging.shutdown()).await?;
+    result
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.into_config().context("invalid configuration")?;
 
     let agent = Agent::new(config);

@@ -200,6 +200,8 @@ struct ServeArgs {
     /// Log format on stderr: `text` or `json` (one object per line).
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = ferry::logging::LogFormat::Text)]
     log_format: ferry::logging::LogFormat,
+    #[command(flatten)]
+    export: ferry::logging::ExportArgs,
 }
 
 /// `--metrics-listen`: an address, `off`, or the default.
@@ -235,16 +237,22 @@ fn audit_sink(args: &ServeArgs) -> anyhow::Result<Sink> {
     })
 }
 
+/// `service.name` of the exported spans.
+const SERVICE: &str = "ferry-hub";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = match Cli::parse().command {
         Command::Serve(args) => args,
         Command::Migrate(args) => {
-            ferry::logging::init(ferry::logging::LogFormat::Text);
-            return migrate(args).await;
+            let logging =
+                ferry::logging::init(ferry::logging::LogFormat::Text, &Default::default(), SERVICE)?;
+            let result = migrate(args).await;
+            logging.shutdown();
+            return result;
         }
     };
-    ferry::logging::init(args.log_format);
+    let logging = ferry::logging::init(args.log_format, &args.export, SERVICE)?;
     let mut config = HubConfig::new(args.data_dir.clone(), args.listen);
     if let Some(url) = &args.store {
         config.store = StoreConfig::Etcd(args.etcd.config(url)?);
@@ -298,6 +306,8 @@ async fn main() -> anyhow::Result<()> {
         Sink::Off => {}
     }
     hub.serve(shutdown_signal()).await;
+    // Flushing spans blocks on the exporter, which runs on this runtime.
+    tokio::task::spawn_blocking(move || logging.shutdown()).await?;
     Ok(())
 }
 

@@ -656,6 +656,7 @@ pub fn config(
         health_listen: None,
         metrics_listen: None,
         log_format: ferry_agent::config::LogFormat::Text,
+        export: Default::default(),
         allow_system_identity: Vec::new(),
         status_interval: std::time::Duration::from_secs(10),
     }
