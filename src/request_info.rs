@@ -45,6 +45,31 @@ pub struct RequestInfo<'a> {
     pub name: Cow<'a, str>,
 }
 
+/// The `verb` label of a request in metrics: the apiserver's verbs for resource
+/// requests, the lower-case method for other paths, `other` for anything
+/// else (so a caller cannot mint values with made-up methods).
+pub fn verb_label(verb: &str) -> &'static str {
+    const VERBS: [&str; 16] = [
+        "get",
+        "list",
+        "watch",
+        "create",
+        "update",
+        "patch",
+        "delete",
+        "deletecollection",
+        "proxy",
+        "post",
+        "put",
+        "head",
+        "options",
+        "connect",
+        "trace",
+        "",
+    ];
+    VERBS.iter().find(|v| **v == verb).copied().filter(|v| !v.is_empty()).unwrap_or("other")
+}
+
 /// Verbs given in the path (`/api/v1/watch/...`, `/api/v1/proxy/...`), the
 /// apiserver's legacy forms.
 const SPECIAL_VERBS: [&str; 2] = ["proxy", "watch"];

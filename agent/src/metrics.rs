@@ -199,27 +199,6 @@ impl Drop for Up {
     }
 }
 
-/// The `verb` label: the apiserver's verbs, or the lower-case method for
-/// other paths, `other` for anything else.
-fn verb_label(verb: &str) -> &'static str {
-    const VERBS: [&str; 13] = [
-        "get",
-        "list",
-        "watch",
-        "create",
-        "update",
-        "patch",
-        "delete",
-        "deletecollection",
-        "proxy",
-        "post",
-        "put",
-        "head",
-        "options",
-    ];
-    VERBS.iter().find(|v| **v == verb).copied().unwrap_or("other")
-}
-
 fn answer_label(answer: Answer) -> &'static str {
     match answer {
         Answer::Status(100..=199) => "1xx",
@@ -266,7 +245,11 @@ impl AgentMetrics {
 
     /// One request's entry in `ferry_agent_apiserver_requests_total`.
     pub(crate) fn request<'a>(&'a self, verb: &str) -> RequestCount<'a> {
-        RequestCount { metrics: self, verb: verb_label(verb), counted: AtomicBool::new(false) }
+        RequestCount {
+            metrics: self,
+            verb: ferry::request_info::verb_label(verb),
+            counted: AtomicBool::new(false),
+        }
     }
 
     /// A hub session was established; the guard clears `connected`.

@@ -285,30 +285,7 @@ impl DisconnectReason {
     }
 }
 
-/// The `verb` label of a request: the apiserver's verbs for resource
-/// requests, the lower-case method for other paths, `other` for anything
-/// else (so a caller cannot mint values with made-up methods).
-pub fn verb_label(verb: &str) -> &'static str {
-    const VERBS: [&str; 16] = [
-        "get",
-        "list",
-        "watch",
-        "create",
-        "update",
-        "patch",
-        "delete",
-        "deletecollection",
-        "proxy",
-        "post",
-        "put",
-        "head",
-        "options",
-        "connect",
-        "trace",
-        "",
-    ];
-    VERBS.iter().find(|v| **v == verb).copied().filter(|v| !v.is_empty()).unwrap_or("other")
-}
+pub use ferry::request_info::verb_label;
 
 /// The `code` label: the status class (`2xx`...), `0` when no status was
 /// sent at all.
