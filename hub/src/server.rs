@@ -433,6 +433,7 @@ impl Hub {
                                 Err(never) => match never {},
                             }
                         } else if crate::console::serves(req.uri().path()) {
+                            req.extensions_mut().insert(gateway::ClientAddr(peer));
                             console.handle(principal, req).await
                         } else {
                             gateway::handle(state, principal, peer, req).await

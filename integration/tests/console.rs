@@ -316,6 +316,21 @@ async fn the_console_is_locked_down_sessions_csrf_origins_limits_and_one_time_li
         send("POST", "/ui/api/tokens", with(&csrf_h), r#"{"user": "bob", "ttlSeconds": 3600}"#.into()).await;
     assert_eq!(bob.status, 201, "{}", bob.body);
     let bob_token = bob.json()["secret"].as_str().expect("secret").to_owned();
+    // Both changes are in the audit log as the console's, from the browser's
+    // address, and the token's secret is not.
+    let audit = data.join("audit.log");
+    let grant_event = wait_audit(&audit, "grant.create", "user bob").await;
+    assert_eq!((grant_event["via"].as_str(), grant_event["user"].as_str()), (Some("console"), Some("ada")));
+    assert_eq!(
+        (grant_event["clientAddress"].as_str(), grant_event["cluster"].as_str()),
+        (Some("127.0.0.1"), Some("edge"))
+    );
+    let token_event = wait_audit(&audit, "token.create", "for user bob").await;
+    assert_eq!(
+        (token_event["via"].as_str(), token_event["authMethod"].as_str()),
+        (Some("console"), Some("token"))
+    );
+    assert!(!std::fs::read_to_string(&audit).expect("audit.log").contains(&bob_token));
 
     // A user who is not an admin signs in, sees what their grant covers,
     // and may not register.
@@ -406,6 +421,24 @@ impl Driver {
 /// base64 SHA-256 of the hub's serving certificate's public key: Chromium
 /// trusts exactly that key (`--ignore-certificate-errors-spki-list`), not
 /// any certificate, since the hub's CA is its own.
+/// The first audit event of `action` whose target contains `target`, once
+/// the hub's audit writer has written it.
+async fn wait_audit(path: &Path, action: &str, target: &str) -> serde_json::Value {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["action"] == action && e["target"].as_str().is_some_and(|t| t.contains(target)));
+        if let Some(e) = found {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no {action} of {target:?} in {}:\n{text}", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn hub_spki(hub_url: &str, ca: &Path) -> String {
     let web = Https::new(hub_url, ca, None);
     let tcp = tokio::net::TcpStream::connect(&web.addr).await.expect("connect");

@@ -89,12 +89,26 @@ pub(crate) async fn admin<T>(state: &HubState, req: &Request<T>) -> Result<Authe
     }
 }
 
+/// Through what a management call came, for its audit event's `via`:
+/// [`Via::GRPC`] unless the caller put another one in the request's
+/// extensions (the web console does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Via(&'static str);
+
+impl Via {
+    /// A gRPC client (ferryctl, the SDK, grpcurl).
+    pub(crate) const GRPC: Via = Via("grpc");
+    /// The web console at `/ui/`.
+    pub(crate) const CONSOLE: Via = Via("console");
+}
+
 /// Who made a management call, for its audit event.
 pub(crate) struct Actor {
     user: String,
     groups: Vec<String>,
     auth_method: &'static str,
     client: String,
+    via: Via,
 }
 
 impl Actor {
@@ -106,6 +120,7 @@ impl Actor {
             groups: who.identity.groups.clone(),
             auth_method: who.method.as_str(),
             client: client.unwrap_or_default(),
+            via: req.extensions().get::<Via>().copied().unwrap_or(Via::GRPC),
         }
     }
 }
@@ -121,7 +136,7 @@ pub(crate) fn audit(state: &HubState, actor: &Actor, action: &str, cluster: &str
     event.groups = actor.groups.clone();
     event.auth_method = actor.auth_method.to_owned();
     event.client_address = actor.client.clone();
-    event.via = "grpc".into();
+    event.via = actor.via.0.into();
     event.action = action.to_owned();
     event.cluster = cluster.to_owned();
     event.target = target;

@@ -44,6 +44,8 @@ pub struct ApiRequest<'a> {
     pub query: Option<&'a str>,
     /// Body (at most [`super::MAX_BODY`] bytes).
     pub body: &'a [u8],
+    /// The browser's address, as the hub's listener saw it.
+    pub client: Option<crate::gateway::ClientAddr>,
 }
 
 impl ApiRequest<'_> {
@@ -231,8 +233,14 @@ struct KubeconfigBody {
 
 impl Console {
     /// A management call's request, made with the session's credential.
-    pub(crate) fn grpc<T>(&self, session: &Session, msg: T) -> tonic::Request<T> {
+    /// The call is audited as made through the console, from the browser's
+    /// address.
+    pub(crate) fn grpc<T>(&self, session: &Session, req: &ApiRequest<'_>, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
+        r.extensions_mut().insert(crate::api::Via::CONSOLE);
+        if let Some(client) = req.client {
+            r.extensions_mut().insert(client);
+        }
         match &session.credential {
             Credential::Token(t) => {
                 if let Ok(v) = format!("Bearer {}", t.expose()).parse() {
@@ -250,7 +258,7 @@ impl Console {
     pub(crate) async fn session_call(&self, peer: &Peer, headers: &HeaderMap, req: &ApiRequest<'_>) -> Reply {
         match req.method {
             Method::GET => match self.session_of(headers) {
-                Some(s) => self.whoami(&s).await,
+                Some(s) => self.whoami(&s, req).await,
                 None => error(StatusCode::UNAUTHORIZED, "not signed in"),
             },
             Method::POST => self.sign_in(peer, headers, req).await,
@@ -333,7 +341,7 @@ impl Console {
                 Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             };
         info!(user = %caller.identity.user, method = caller.method.as_str(), "console sign-in");
-        let mut r = self.whoami(&session).await;
+        let mut r = self.whoami(&session, req).await;
         if r.status().is_success() {
             let age = session.expires.saturating_duration_since(Instant::now());
             r.headers_mut().insert(header::SET_COOKIE, session_cookie(id.expose(), age));
@@ -341,8 +349,8 @@ impl Console {
         r
     }
 
-    async fn whoami(&self, s: &Session) -> Reply {
-        match self.access.who_am_i(self.grpc(s, pb::WhoAmIRequest {})).await {
+    async fn whoami(&self, s: &Session, req: &ApiRequest<'_>) -> Reply {
+        match self.access.who_am_i(self.grpc(s, req, pb::WhoAmIRequest {})).await {
             Ok(w) => {
                 let w = w.into_inner();
                 reply_json(
@@ -368,7 +376,7 @@ impl Console {
     ) -> Reply {
         let segments: Vec<&str> = req.path.split('/').collect();
         match (&req.method, segments.as_slice()) {
-            (&Method::GET, ["whoami"]) => self.whoami(s).await,
+            (&Method::GET, ["whoami"]) => self.whoami(s, req).await,
             (&Method::GET, ["clusters"]) => {
                 let selector = req.query_param("selector").unwrap_or_default();
                 let msg = pb::ListClustersRequest {
@@ -376,7 +384,7 @@ impl Console {
                     page_size: 0,
                     page_token: String::new(),
                 };
-                match self.clusters.list(self.grpc(s, msg)).await {
+                match self.clusters.list(self.grpc(s, req, msg)).await {
                     Ok(r) => {
                         let r = r.into_inner();
                         let clusters: Vec<Value> = r.clusters.iter().map(cluster_json).collect();
@@ -396,8 +404,8 @@ impl Console {
                 }
                 let named = pb::ClusterNameRequest { name: (*name).to_owned() };
                 let result = match *method {
-                    Method::GET => self.clusters.get(self.grpc(s, pb::GetClusterRequest { name: named.name })).await.map(|r| cluster_json(&r.into_inner())),
-                    Method::DELETE => self.clusters.delete(self.grpc(s, named)).await.map(|r| {
+                    Method::GET => self.clusters.get(self.grpc(s, req, pb::GetClusterRequest { name: named.name })).await.map(|r| cluster_json(&r.into_inner())),
+                    Method::DELETE => self.clusters.delete(self.grpc(s, req, named)).await.map(|r| {
                         let r = r.into_inner();
                         json!({"deleted": r.cluster.as_ref().map(cluster_json), "disconnectedAgents": r.disconnected_agents})
                     }),
@@ -408,8 +416,8 @@ impl Console {
             (&Method::POST, ["clusters", name, action]) => {
                 let named = pb::ClusterNameRequest { name: (*name).to_owned() };
                 let result = match *action {
-                    "approve" => self.clusters.approve(self.grpc(s, named)).await,
-                    "deny" => self.clusters.deny(self.grpc(s, named)).await,
+                    "approve" => self.clusters.approve(self.grpc(s, req, named)).await,
+                    "deny" => self.clusters.deny(self.grpc(s, req, named)).await,
                     _ => {
                         return error(
                             StatusCode::NOT_FOUND,
@@ -421,7 +429,7 @@ impl Console {
             }
             (&Method::GET, ["grants"]) => {
                 let cluster = req.query_param("cluster").unwrap_or_default();
-                match self.access.list_grants(self.grpc(s, pb::ListGrantsRequest { cluster })).await {
+                match self.access.list_grants(self.grpc(s, req, pb::ListGrantsRequest { cluster })).await {
                     Ok(r) => reply_json(
                         StatusCode::OK,
                         &json!({"grants": r.into_inner().grants.iter().map(grant_json).collect::<Vec<_>>()}),
@@ -441,7 +449,7 @@ impl Console {
                     allow_impersonate: b.allow_impersonate,
                 };
                 self.access
-                    .grant(self.grpc(s, msg))
+                    .grant(self.grpc(s, req, msg))
                     .await
                     .map_or_else(refused, |r| reply_json(StatusCode::CREATED, &grant_json(&r.into_inner())))
             }
@@ -451,7 +459,7 @@ impl Console {
                     user: req.query_param("user").unwrap_or_default(),
                     group: req.query_param("group").unwrap_or_default(),
                 };
-                self.access.revoke(self.grpc(s, msg)).await.map_or_else(refused, |r| {
+                self.access.revoke(self.grpc(s, req, msg)).await.map_or_else(refused, |r| {
                     reply_json(
                         StatusCode::OK,
                         &json!({"revoked": r.into_inner().grant.as_ref().map(grant_json)}),
@@ -459,7 +467,7 @@ impl Console {
                 })
             }
             (&Method::GET, ["tokens"]) => {
-                match self.access.list_tokens(self.grpc(s, pb::ListTokensRequest {})).await {
+                match self.access.list_tokens(self.grpc(s, req, pb::ListTokensRequest {})).await {
                     Ok(r) => reply_json(
                         StatusCode::OK,
                         &json!({"tokens": r.into_inner().tokens.iter().map(token_json).collect::<Vec<_>>()}),
@@ -478,7 +486,7 @@ impl Console {
                     ttl_seconds: b.ttl_seconds,
                     cluster: b.cluster,
                 };
-                self.access.create_token(self.grpc(s, msg)).await.map_or_else(refused, |r| {
+                self.access.create_token(self.grpc(s, req, msg)).await.map_or_else(refused, |r| {
                     let r = r.into_inner();
                     reply_json(
                         StatusCode::CREATED,
@@ -488,7 +496,7 @@ impl Console {
             }
             (&Method::DELETE, ["tokens", id]) => {
                 let msg = pb::RevokeTokenRequest { id: (*id).to_owned() };
-                self.access.revoke_token(self.grpc(s, msg)).await.map_or_else(refused, |r| {
+                self.access.revoke_token(self.grpc(s, req, msg)).await.map_or_else(refused, |r| {
                     reply_json(StatusCode::OK, &json!({"revoked": token_json(&r.into_inner())}))
                 })
             }
@@ -509,7 +517,7 @@ impl Console {
                     kind: kind as i32,
                     ttl_seconds: b.ttl_seconds,
                 };
-                self.access.issue_kubeconfig(self.grpc(s, msg)).await.map_or_else(refused, |r| {
+                self.access.issue_kubeconfig(self.grpc(s, req, msg)).await.map_or_else(refused, |r| {
                     let r = r.into_inner();
                     reply_json(StatusCode::OK, &json!({
                         "kubeconfig": r.kubeconfig, "expiresAt": r.expires_at_unix, "filename": format!("{}.kubeconfig", b.cluster),
@@ -539,7 +547,7 @@ impl Console {
             labels: b.labels.into_iter().collect(),
             admin_group: b.admin_group,
         };
-        let r = match self.clusters.register(self.grpc(s, msg)).await {
+        let r = match self.clusters.register(self.grpc(s, req, msg)).await {
             Ok(r) => r.into_inner(),
             Err(e) => return refused(e),
         };

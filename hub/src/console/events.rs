@@ -89,7 +89,7 @@ impl Console {
             );
         };
         let msg = pb::WatchClustersRequest { revision, ..Default::default() };
-        let mut events = match self.clusters.watch(self.grpc(s, msg)).await {
+        let mut events = match self.clusters.watch(self.grpc(s, req, msg)).await {
             Ok(r) => r.into_inner(),
             Err(e) if e.code() == Code::OutOfRange => {
                 // Too old to resume: tell the page to list again.

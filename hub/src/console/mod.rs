@@ -133,7 +133,9 @@ impl Console {
             Ok(b) => b,
             Err(reply) => return reply,
         };
-        let req = api::ApiRequest { method, path: rest.to_owned(), query: parts.uri.query(), body: &body };
+        let client = parts.extensions.get::<crate::gateway::ClientAddr>().copied();
+        let req =
+            api::ApiRequest { method, path: rest.to_owned(), query: parts.uri.query(), body: &body, client };
         if rest == "session" {
             return self.session_call(&peer, &parts.headers, &req).await;
         }
