@@ -74,6 +74,23 @@ impl Replicas {
             .collect()
     }
 
+    /// Every live replica with a URL that reaches that replica itself, for
+    /// agents keeping sessions on several (`ferry-agent
+    /// --hub-connections`): its advertise URL, or its peer URL when other
+    /// replicas advertise the same URL (one load balancer in front of all).
+    /// Both are names its serving certificate carries, so the agent verifies
+    /// it against the hub CA as for any hub URL.
+    pub fn for_agents(&self) -> Vec<ferry::proto::v1::HubReplica> {
+        self.hubs
+            .values()
+            .map(|h| {
+                let shared = self.hubs.values().filter(|o| o.url == h.url).count() > 1;
+                let url = if shared { &h.peer_url } else { &h.url };
+                ferry::proto::v1::HubReplica { id: h.id.clone(), url: url.clone() }
+            })
+            .collect()
+    }
+
     /// The URLs agents may dial, `first` first, without repeats (replicas
     /// behind one load balancer advertise one URL).
     pub fn agent_urls(&self, first: &str) -> Vec<String> {
@@ -449,6 +466,25 @@ mod tests {
         assert!(waited, "{what}: last view {last:?}");
     }
 
+    #[test]
+    fn agents_are_told_each_replicas_own_url_even_behind_one_load_balancer() {
+        let info = |id: &str, url: &str, peer: &str| ReplicaInfo {
+            id: id.into(),
+            url: url.into(),
+            peer_url: peer.into(),
+        };
+        let mut view = Replicas::default();
+        for r in [
+            info("a", "https://lb:8443", "https://a.internal:8443"),
+            info("b", "https://lb:8443", "https://b.internal:8443"),
+            info("c", "https://c:8443", "https://c.internal:8443"),
+        ] {
+            view.hubs.insert(r.id.clone(), r);
+        }
+        let told: Vec<String> = view.for_agents().into_iter().map(|r| r.url).collect();
+        assert_eq!(told, ["https://a.internal:8443", "https://b.internal:8443", "https://c:8443"]);
+    }
+
     #[tokio::test]
     async fn replicas_see_each_other_and_the_clusters_each_holds() {
         let etcd = Etcd::start();
@@ -463,6 +499,12 @@ mod tests {
         })
         .await;
         assert_eq!(b.now().agent_urls("https://b:8443"), ["https://b:8443", "https://a:8443"]);
+        let told: Vec<(String, String)> = b.now().for_agents().into_iter().map(|r| (r.id, r.url)).collect();
+        assert_eq!(
+            told,
+            [("a".into(), "https://a:8443".into()), ("b".into(), "https://b:8443".into())],
+            "each replica with its own URL"
+        );
 
         // The edge agent moves to B.
         a.set_held(BTreeMap::from([("core".to_owned(), 1)]));
