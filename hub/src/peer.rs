@@ -48,6 +48,9 @@ pub const CLUSTER_METADATA: &str = "ferry-cluster";
 /// How long a replica certificate is valid (made at start, renewed two
 /// thirds into its lifetime, see [`keep_renewed`]).
 pub const REPLICA_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Agent streams a forwarded request's head may be offered to (a stream
+/// may die under it when its session drops).
+const HEAD_ATTEMPTS: usize = 3;
 /// Pause before trying again when a renewal failed.
 pub const REPLICA_RENEW_RETRY: Duration = Duration::from_secs(60);
 
@@ -310,12 +313,23 @@ impl proto::peer_server::Peer for PeerService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("a forwarded request starts with its head"))?;
-        let parked = live
-            .take_stream(state.limits.stream_wait)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let Parked { tx, mut rx, .. } = parked;
-        tx.send(Ok(head)).await.map_err(|_| Status::unavailable("the agent stream closed"))?;
+        // A stream that died under the head (its session just dropped)
+        // hands it back for another, as the gateway does; after that, the
+        // forwarding replica tries another holder.
+        let mut head = Ok(head);
+        let mut attempts = 0;
+        let (tx, mut rx) = loop {
+            attempts += 1;
+            let Parked { tx, rx, .. } = live
+                .take_stream(state.limits.stream_wait)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            match tx.send(head).await {
+                Ok(()) => break (tx, rx),
+                Err(mpsc::error::SendError(back)) if attempts < HEAD_ATTEMPTS => head = back,
+                Err(_) => return Err(Status::unavailable("the agent streams closed")),
+            }
+        };
         state.metrics.forwarded(&name, "served");
 
         // Caller to agent, frame by frame, up to the caller's `End` (or
