@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use ferry::proto::v1::Welcome;
+use ferry::proto::v1::{HubReplica, Welcome};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::Uri;
@@ -295,7 +295,8 @@ impl Agent {
                 self.config.hubs.set_current(&url);
             }
             let welcomed = |w: &Welcome| targets.welcomed(slot, w);
-            let dial = Dial { url: url.clone(), welcomed: &welcomed };
+            let replicas = |list: &[HubReplica]| targets.named(list);
+            let dial = Dial { url: url.clone(), welcomed: &welcomed, replicas: &replicas };
             let end = session::run(params, &dial, state, stop).await;
             targets.release(slot);
             state.send_replace(AgentState::Disconnected);

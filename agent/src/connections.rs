@@ -17,7 +17,7 @@
 
 use std::sync::Mutex;
 
-use ferry::proto::v1::Welcome;
+use ferry::proto::v1::{HubReplica, Welcome};
 use http::Uri;
 use tokio::sync::Notify;
 use tracing::debug;
@@ -103,9 +103,27 @@ impl Targets {
     /// slot holds a session on that replica already (the session should
     /// end).
     pub(crate) fn welcomed(&self, slot: usize, welcome: &Welcome) -> bool {
+        self.named(&welcome.replicas);
         let mut inner = self.lock();
-        let named: Vec<(String, Uri)> = welcome
-            .replicas
+        let replica = (!welcome.replica_id.is_empty()).then(|| welcome.replica_id.clone());
+        let duplicate = replica.as_ref().is_some_and(|id| {
+            inner
+                .slots
+                .iter()
+                .enumerate()
+                .any(|(i, h)| i != slot && h.as_ref().is_some_and(|h| h.replica.as_ref() == Some(id)))
+        });
+        if !duplicate && let Some(held) = inner.slots[slot].as_mut() {
+            held.replica = replica;
+        }
+        !duplicate
+    }
+
+    /// Keeps the live replicas the hub named (in a welcome, or when they
+    /// changed); waiting slots look again.
+    pub(crate) fn named(&self, replicas: &[HubReplica]) {
+        let mut inner = self.lock();
+        let named: Vec<(String, Uri)> = replicas
             .iter()
             .filter_map(|r| match parse_hub_url(&r.url) {
                 Ok(url) if !r.id.is_empty() => Some((r.id.clone(), url)),
@@ -119,22 +137,10 @@ impl Targets {
         if news {
             inner.named = named;
         }
-        let replica = (!welcome.replica_id.is_empty()).then(|| welcome.replica_id.clone());
-        let duplicate = replica.as_ref().is_some_and(|id| {
-            inner
-                .slots
-                .iter()
-                .enumerate()
-                .any(|(i, h)| i != slot && h.as_ref().is_some_and(|h| h.replica.as_ref() == Some(id)))
-        });
-        if !duplicate && let Some(held) = inner.slots[slot].as_mut() {
-            held.replica = replica;
-        }
         drop(inner);
         if news {
             self.changed.notify_waiters();
         }
-        !duplicate
     }
 
     /// Slot `slot`'s session ended: its replica is free for the others.
@@ -151,8 +157,6 @@ impl Targets {
 
 #[cfg(test)]
 mod tests {
-    use ferry::proto::v1::HubReplica;
-
     use super::*;
     use crate::config::parse_hub_urls;
 
@@ -208,6 +212,10 @@ mod tests {
         assert_eq!(t.pick(1, &[uri("https://b:1")]), Some(uri("https://c:1")));
         // Only a left alive: slot 1 has nothing to dial but what failed.
         assert!(!t.has_candidate(1, &[uri("https://b:1"), uri("https://c:1")]));
+        // A replica joins: the hub names it, and slot 1 has it to dial.
+        let joined = [("a", "https://a:1"), ("d", "https://d:1")];
+        t.named(&welcome("", &joined).replicas);
+        assert_eq!(t.pick(1, &[uri("https://b:1"), uri("https://c:1")]), Some(uri("https://d:1")));
     }
 
     #[test]

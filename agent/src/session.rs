@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use ferry::ids::AgentId;
 use ferry::limits::{CONTROL_CHANNEL_CAPACITY, DEFAULT_POOL_SIZE, HEARTBEAT_INTERVAL, HEARTBEAT_MISSES};
 use ferry::proto::v1::{
-    AgentControl, ClusterStatus, Heartbeat, Hello, HubControl, RenewRequest, RenewResponse, Welcome,
-    agent_control, hub_control,
+    AgentControl, ClusterStatus, Heartbeat, Hello, HubControl, HubReplica, RenewRequest, RenewResponse,
+    Welcome, agent_control, hub_control,
 };
 use ferry::secret::Secret;
 use ferry::{FERRY_VERSION, PROTOCOL_VERSION};
@@ -158,6 +158,8 @@ pub(crate) struct Dial<'a> {
     /// Told the welcome; `false` ends the session at once (its replica
     /// holds another session of this agent).
     pub welcomed: &'a (dyn Fn(&Welcome) -> bool + Sync),
+    /// Told the live hub replicas when the hub says they changed.
+    pub replicas: &'a (dyn Fn(&[HubReplica]) + Sync),
 }
 
 /// Runs one session to its end.
@@ -287,6 +289,10 @@ async fn run_inner(
                     deadline.as_mut().reset(Instant::now() + silence);
                     renewal.answered(answer, params).await;
                 }
+                Ok(Some(HubControl { msg: Some(hub_control::Msg::Replicas(list)) })) => {
+                    deadline.as_mut().reset(Instant::now() + silence);
+                    (dial.replicas)(&list.replicas);
+                }
                 Ok(Some(HubControl { msg: Some(hub_control::Msg::Heartbeat(echo)) })) => {
                     deadline.as_mut().reset(Instant::now() + silence);
                     if let Some(rtt) = round_trip.answered(echo.echo_unix_ms) {
@@ -332,6 +338,7 @@ fn handle(message: HubControl, pool: &mut Pool) {
         Some(hub_control::Msg::OpenStreams(open)) => pool.open_extra(open.count),
         Some(hub_control::Msg::Welcome(_)) => debug!("ignoring a repeated welcome"),
         Some(hub_control::Msg::Renewed(_)) => debug!("ignoring a renewal answer"),
+        Some(hub_control::Msg::Replicas(_)) => debug!("ignoring a replica list"),
         None => debug!("ignoring an empty control message"),
     }
 }

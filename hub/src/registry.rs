@@ -390,6 +390,14 @@ impl LiveCluster {
         inner.sessions.len()
     }
 
+    /// Sends `message` on every session's control stream (dropped for a
+    /// session whose control channel is full: the message is advice).
+    pub fn signal_sessions(&self, message: &HubControl) {
+        for s in self.lock().sessions.values() {
+            let _ = s.control.try_send(Ok(message.clone()));
+        }
+    }
+
     /// Whether session `id` is connected.
     pub fn has_session(&self, id: SessionId) -> bool {
         self.lock().sessions.contains_key(&id)

@@ -321,6 +321,7 @@ impl Hub {
         }
         state.tasks.spawn(crate::etcd::replicas::publish_sessions(state.clone()));
         state.tasks.spawn(crate::status::follow_holders(state.clone()));
+        state.tasks.spawn(crate::etcd::replicas::announce_replicas(state.clone()));
         state.tasks.spawn(crate::peer::keep_renewed(state.clone()));
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TunnelServer<TunnelService>>().await;

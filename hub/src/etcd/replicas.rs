@@ -441,6 +441,33 @@ pub async fn publish_sessions(state: Arc<crate::state::HubState>) {
     set.close().await;
 }
 
+/// Tells every connected agent session the live replicas whenever they
+/// change (a replica joined, or one's lease went), so agents keeping
+/// sessions on several replicas find a new one without waiting for their
+/// next session start; until the hub shuts down.
+pub async fn announce_replicas(state: Arc<crate::state::HubState>) {
+    use ferry::proto::v1::{HubControl, HubReplicas, hub_control};
+    let Some(set) = state.replicas.clone() else { return };
+    let mut view = set.view();
+    let mut told = view.borrow_and_update().for_agents();
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            r = view.changed() => if r.is_err() { return },
+        }
+        let now = view.borrow_and_update().for_agents();
+        if now == told {
+            continue;
+        }
+        let message =
+            HubControl { msg: Some(hub_control::Msg::Replicas(HubReplicas { replicas: now.clone() })) };
+        for live in state.registry.clusters() {
+            live.signal_sessions(&message);
+        }
+        told = now;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ferry_integration::etcd::Etcd;
