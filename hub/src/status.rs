@@ -205,7 +205,11 @@ pub async fn follow_holders(state: Arc<HubState>) {
             before.live.keys().chain(now.live.keys()).collect();
         for cluster in clusters {
             if holding(&before, cluster) != holding(&now, cluster) {
-                state.registry.touch(cluster);
+                // Waiters on this replica look again too.
+                match state.registry.get(cluster) {
+                    Some(live) => live.changed(),
+                    None => state.registry.touch(cluster),
+                }
             }
         }
         before = now;
