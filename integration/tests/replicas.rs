@@ -86,24 +86,29 @@ impl Replicas {
             .arg(dir.path().join("apiserver.kubeconfig"));
         let mut apiserver = Proc::spawn("test-apiserver", cmd);
         apiserver.wait_line("test-apiserver ready", READY_TIMEOUT);
-        let mut replicas: Vec<Replica> = Vec::new();
-        for i in 0..n {
-            let data = dir.path().join(format!("hub-{i}"));
-            if let Some(first) = replicas.first() {
-                std::fs::create_dir_all(&data).expect("data dir");
-                for f in ["ca.crt", "ca.key"] {
-                    std::fs::copy(first.data.join(f), data.join(f)).expect("copy the hub CA");
-                }
-            }
-            let args =
-                ["--store".to_owned(), etcd.store_url(), "--metrics-listen".into(), "127.0.0.1:0".into()];
-            let (mut hub, url) = start_hub(&data, "127.0.0.1:0", &args);
-            let metrics = hub.wait_line("ferry-hub metrics: ", READY_TIMEOUT);
-            let metrics =
-                metrics.split_whitespace().find(|w| w.starts_with("http://")).expect("URL").to_owned();
-            replicas.push(Replica { hub, url, metrics, data });
+        let mut world = Replicas { dir, etcd, _apiserver: apiserver, replicas: Vec::new() };
+        for _ in 0..n {
+            world.add_replica();
         }
-        Replicas { dir, etcd, _apiserver: apiserver, replicas }
+        world
+    }
+
+    /// Starts one more replica (with a copy of the first one's CA).
+    fn add_replica(&mut self) -> &Replica {
+        let data = self.dir.path().join(format!("hub-{}", self.replicas.len()));
+        if let Some(first) = self.replicas.first() {
+            std::fs::create_dir_all(&data).expect("data dir");
+            for f in ["ca.crt", "ca.key"] {
+                std::fs::copy(first.data.join(f), data.join(f)).expect("copy the hub CA");
+            }
+        }
+        let args =
+            ["--store".to_owned(), self.etcd.store_url(), "--metrics-listen".into(), "127.0.0.1:0".into()];
+        let (mut hub, url) = start_hub(&data, "127.0.0.1:0", &args);
+        let metrics = hub.wait_line("ferry-hub metrics: ", READY_TIMEOUT);
+        let metrics = metrics.split_whitespace().find(|w| w.starts_with("http://")).expect("URL").to_owned();
+        self.replicas.push(Replica { hub, url, metrics, data });
+        self.replicas.last().expect("just added")
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -254,6 +259,35 @@ fn an_agent_with_two_hub_connections_spreads_requests_and_survives_a_replica_fai
     world.replicas[third].ferryctl_ok(&["wait", "edge", "--for", "ready", "--timeout", "60s"]);
     let shown: Vec<&String> = watch.seen.iter().filter(|l| l.contains("edge")).collect();
     assert!(shown.iter().all(|l| l.contains("Ready") && !l.contains("NotReady")), "{shown:?}");
+}
+
+#[test]
+fn with_fewer_replicas_than_hub_connections_the_agent_holds_one_each_and_takes_a_new_one() {
+    let mut world = Replicas::start(1);
+    let a_url = world.replicas[0].url.clone();
+    let mut agent = world.start_agent_with("edge", &a_url, &["--hub-connections", "2"]);
+    let first = replica_in(&agent.wait_nth_line("ferry-agent connected:", 1, READY_TIMEOUT));
+    // One replica: one session, served as ever.
+    let kc = world.replicas[0].user_kubeconfig(world.dir.path(), "alice");
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+    assert_eq!(world.replicas[0].edge_metric("ferry_hub_agents", ""), 1.0);
+
+    // A second replica joins: the hub tells the agent's session, and the
+    // spare slot connects to it.
+    world.add_replica();
+    let joined = Instant::now();
+    let second = replica_in(&agent.wait_nth_line("ferry-agent connected:", 2, READY_TIMEOUT));
+    assert_ne!(first, second);
+    eprintln!(
+        "a replica joined; the agent's spare slot was connected to it {:.2} s after its ready line",
+        joined.elapsed().as_secs_f64()
+    );
+    assert_eq!(world.replicas[1].edge_metric("ferry_hub_agents", ""), 1.0);
+    assert_eq!(world.replicas[0].edge_metric("ferry_hub_agents", ""), 1.0, "still one on A");
+    let dir = world.path("through-b");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let through_b = world.replicas[1].user_kubeconfig(&dir, "alice");
+    assert!(kubectl_ok(&through_b, &["get", "namespaces"]).contains("kube-system"));
 }
 
 #[test]
