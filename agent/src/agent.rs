@@ -393,3 +393,24 @@ async fn adopt_stored(params: &SessionParams) -> bool {
 fn install_crypto_provider() {
     let _ = ferry::tls::crypto_provider().install_default();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_is_connected_while_any_session_is() {
+        let slots: Vec<watch::Sender<AgentState>> =
+            (0..2).map(|_| watch::Sender::new(AgentState::Connecting)).collect();
+        let mut followed: Vec<_> = slots.iter().map(watch::Sender::subscribe).collect();
+        assert_eq!(merged_state(&mut followed), AgentState::Connecting);
+        let connected = AgentState::Connected { cluster: "edge".into(), session_id: "s-2".into() };
+        slots[1].send_replace(connected.clone());
+        slots[0].send_replace(AgentState::Disconnected);
+        assert_eq!(merged_state(&mut followed), connected, "the second session serves");
+        slots[1].send_replace(AgentState::Refused { reason: "denied".into() });
+        assert_eq!(merged_state(&mut followed), AgentState::Refused { reason: "denied".into() });
+        slots[1].send_replace(AgentState::Disconnected);
+        assert_eq!(merged_state(&mut followed), AgentState::Disconnected);
+    }
+}
