@@ -95,6 +95,11 @@ impl Replicas {
 
     /// Starts one more replica (with a copy of the first one's CA).
     fn add_replica(&mut self) -> &Replica {
+        self.add_replica_with("127.0.0.1:0", &[])
+    }
+
+    /// Starts one more replica listening on `listen`, with `extra` flags.
+    fn add_replica_with(&mut self, listen: &str, extra: &[String]) -> &Replica {
         let data = self.dir.path().join(format!("hub-{}", self.replicas.len()));
         if let Some(first) = self.replicas.first() {
             std::fs::create_dir_all(&data).expect("data dir");
@@ -102,9 +107,14 @@ impl Replicas {
                 std::fs::copy(first.data.join(f), data.join(f)).expect("copy the hub CA");
             }
         }
-        let args =
-            ["--store".to_owned(), self.etcd.store_url(), "--metrics-listen".into(), "127.0.0.1:0".into()];
-        let (mut hub, url) = start_hub(&data, "127.0.0.1:0", &args);
+        let mut args = vec![
+            "--store".to_owned(),
+            self.etcd.store_url(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend_from_slice(extra);
+        let (mut hub, url) = start_hub(&data, listen, &args);
         let metrics = hub.wait_line("ferry-hub metrics: ", READY_TIMEOUT);
         let metrics = metrics.split_whitespace().find(|w| w.starts_with("http://")).expect("URL").to_owned();
         self.replicas.push(Replica { hub, url, metrics, data });
@@ -288,6 +298,30 @@ fn with_fewer_replicas_than_hub_connections_the_agent_holds_one_each_and_takes_a
     std::fs::create_dir_all(&dir).expect("dir");
     let through_b = world.replicas[1].user_kubeconfig(&dir, "alice");
     assert!(kubectl_ok(&through_b, &["get", "namespaces"]).contains("kube-system"));
+}
+
+#[test]
+fn behind_one_advertised_url_a_second_session_reaches_the_other_replica_at_its_peer_url() {
+    let mut world = Replicas::start(1);
+    // A's URL stands in for a load balancer's: B advertises it too, and is
+    // reached by the other replicas (and agents) at its own --peer-url. A
+    // loopback port for B: bound, then released.
+    let lb = world.replicas[0].url.clone();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let own = format!("https://127.0.0.1:{port}");
+    let extra = ["--advertise-url".to_owned(), lb.clone(), "--peer-url".into(), own];
+    world.add_replica_with(&format!("127.0.0.1:{port}"), &extra);
+
+    let mut agent = world.start_agent_with("edge", &lb, &["--hub-connections", "2"]);
+    let first = replica_in(&agent.wait_nth_line("ferry-agent connected:", 1, READY_TIMEOUT));
+    let second = replica_in(&agent.wait_nth_line("ferry-agent connected:", 2, READY_TIMEOUT));
+    assert_ne!(first, second, "two replicas behind one advertised URL");
+    let holding: Vec<f64> = world.replicas.iter().map(|r| r.edge_metric("ferry_hub_agents", "")).collect();
+    assert_eq!(holding, [1.0, 1.0], "one session on each replica");
+    // Both serve: a kubeconfig from B points at the shared URL (A here).
+    let kc = world.replicas[1].user_kubeconfig(world.dir.path(), "alice");
+    assert!(std::fs::read_to_string(&kc).expect("read").contains(&lb));
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
 }
 
 #[test]
