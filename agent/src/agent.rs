@@ -16,14 +16,20 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::backoff::{Backoff, HEALTHY_AFTER};
+use ferry::proto::v1::{HubReplica, Welcome};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::Uri;
+
+use crate::backoff::{Backoff, HEALTHY_AFTER, RECONNECT_CAP};
 use crate::config::AgentConfig;
+use crate::connections::Targets;
 use crate::credential::{CredentialStore, StateDir, StoredCredential};
 use crate::enroll;
 use crate::error::AgentError;
 use crate::health::{self, Apiserver};
 use crate::metrics::AgentMetrics;
-use crate::session::{self, SessionError, SessionParams};
+use crate::session::{self, Dial, SessionError, SessionParams};
 use crate::upstream::Upstream;
 
 /// Where the agent is in its lifecycle (observable through
@@ -156,6 +162,7 @@ impl Agent {
         info!(
             %agent_id,
             hub = %self.config.hubs,
+            hub_connections = self.config.hub_connections,
             apiserver = %upstream.base(),
             credential_store = %store.describe(),
             version = ferry::FERRY_VERSION,
@@ -200,39 +207,112 @@ impl Agent {
         }
     }
 
-    /// Sessions one after another with the credential in `params`, until
-    /// shutdown (`None`) or the hub refuses the credential for good
-    /// (`Some((reason, the refused certificate))`).
+    /// Keeps `--hub-connections` sessions up with the credential in
+    /// `params`, each on its own hub replica ([`Targets`]), until shutdown
+    /// (`None`) or the hub refuses the credential for good (`Some((reason,
+    /// the refused certificate))`, after the other sessions closed). The
+    /// agent's state is the best of its sessions' (connected while any is).
     async fn keep_connected(
         &self,
         params: &SessionParams,
         shutdown: &CancellationToken,
     ) -> Option<(String, String)> {
+        let slots = self.config.hub_connections.max(1);
+        let targets = Targets::new(self.config.hubs.clone(), slots);
+        let stop = shutdown.child_token();
+        let states: Vec<watch::Sender<AgentState>> =
+            (0..slots).map(|_| watch::Sender::new(AgentState::Connecting)).collect();
+        let mut followed: Vec<watch::Receiver<AgentState>> =
+            states.iter().map(watch::Sender::subscribe).collect();
+        let mut running: FuturesUnordered<_> = states
+            .iter()
+            .enumerate()
+            .map(|(slot, state)| self.keep_slot(slot, params, &targets, state, &stop))
+            .collect();
+        let mut refused = None;
+        loop {
+            self.state.send_if_modified(|s| {
+                let merged = merged_state(&mut followed);
+                let changed = *s != merged;
+                *s = merged;
+                changed
+            });
+            let any_changed =
+                futures_util::future::select_all(followed.iter_mut().map(|r| Box::pin(r.changed())));
+            tokio::select! {
+                end = running.next() => match end {
+                    Some(None) => {}
+                    Some(Some(refusal)) => {
+                        refused = Some(refusal);
+                        break;
+                    }
+                    None => break,
+                },
+                _ = any_changed => {}
+            }
+        }
+        // A refusal ends every session (they share the credential).
+        stop.cancel();
+        while running.next().await.is_some() {}
+        refused
+    }
+
+    /// One session slot: sessions one after another on a replica no other
+    /// slot holds, until `stop` (`None`) or the hub refuses the credential
+    /// for good.
+    async fn keep_slot(
+        &self,
+        slot: usize,
+        params: &SessionParams,
+        targets: &Targets,
+        state: &watch::Sender<AgentState>,
+        stop: &CancellationToken,
+    ) -> Option<(String, String)> {
         let mut backoff = Backoff::reconnect();
         let mut refused = Backoff::refused();
-        let hubs = &self.config.hubs;
-        // Hub replicas not yet tried since the last connection: after a
-        // failure the next one is dialled at once (with jitter only), and the
-        // backoff applies once every replica has failed.
-        let mut untried = hubs.len() - 1;
+        // URLs that failed since this slot's last session: after a failure
+        // the next one is dialled at once (with jitter only), and the
+        // backoff applies once none is left.
+        let mut failed: Vec<Uri> = Vec::new();
         loop {
             if !current_or_stored(params).await {
                 return Some(("the credential expired".into(), params.credential_pem()));
             }
-            let end = session::run(params, &self.state, shutdown).await;
-            self.state.send_replace(AgentState::Disconnected);
+            let Some(url) = targets.pick(slot, &failed) else {
+                // Every replica known is held by another slot or failed:
+                // wait for a change, or retry the failed ones later.
+                state.send_replace(AgentState::Disconnected);
+                let delay = if failed.is_empty() { RECONNECT_CAP } else { backoff.next_delay() };
+                tokio::select! {
+                    () = targets.changed() => {}
+                    () = tokio::time::sleep(delay) => failed.clear(),
+                    () = stop.cancelled() => return None,
+                }
+                continue;
+            };
+            if slot == 0 {
+                // Enrollment dials the URL the first slot last used.
+                self.config.hubs.set_current(&url);
+            }
+            let welcomed = |w: &Welcome| targets.welcomed(slot, w);
+            let replicas = |list: &[HubReplica]| targets.named(list);
+            let dial = Dial { url: url.clone(), welcomed: &welcomed, replicas: &replicas };
+            let end = session::run(params, &dial, state, stop).await;
+            targets.release(slot);
+            state.send_replace(AgentState::Disconnected);
             let error = match end.result {
                 Ok(()) => return None,
                 Err(e) => e,
             };
             self.metrics.session_failed(&error);
             if end.connected_for.is_some() {
-                untried = hubs.len() - 1;
+                failed.clear();
             }
             if end.connected_for.is_some_and(|d| d >= HEALTHY_AFTER) {
                 backoff.reset();
                 refused.reset();
             }
+            failed.push(url);
             let delay = match &error {
                 SessionError::Unauthenticated(message) => {
                     error!(hub_says = %message, "the hub refused the agent certificate");
@@ -245,27 +325,34 @@ impl Agent {
                 }
                 SessionError::Refused(message) => {
                     error!(hub_says = %message, "the hub refused the session; retrying slowly");
-                    self.state.send_replace(AgentState::Refused { reason: message.clone() });
+                    state.send_replace(AgentState::Refused { reason: message.clone() });
                     refused.next_delay()
                 }
-                _ if untried > 0 => {
-                    untried -= 1;
-                    info!(hub = %hubs.advance(), "trying the next hub replica");
+                _ if targets.has_candidate(slot, &failed) => {
+                    info!(slot, "trying the next hub replica");
                     Backoff::reconnect().next_delay()
                 }
                 _ => {
-                    untried = hubs.len() - 1;
-                    hubs.advance();
+                    failed.clear();
                     backoff.next_delay()
                 }
             };
             session::log_end(&error, delay);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = shutdown.cancelled() => return None,
+                () = stop.cancelled() => return None,
             }
         }
     }
+}
+
+/// The agent's state from its sessions': connected while any is, else
+/// refused if any was, else the first slot's.
+fn merged_state(slots: &mut [watch::Receiver<AgentState>]) -> AgentState {
+    let states: Vec<AgentState> = slots.iter_mut().map(|r| r.borrow_and_update().clone()).collect();
+    let connected = states.iter().find(|s| matches!(s, AgentState::Connected { .. }));
+    let refused = states.iter().find(|s| matches!(s, AgentState::Refused { .. }));
+    connected.or(refused).unwrap_or(&states[0]).clone()
 }
 
 /// Makes sure the session credential is valid now, taking the stored one if
@@ -305,4 +392,25 @@ async fn adopt_stored(params: &SessionParams) -> bool {
 /// ignored).
 fn install_crypto_provider() {
     let _ = ferry::tls::crypto_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_is_connected_while_any_session_is() {
+        let slots: Vec<watch::Sender<AgentState>> =
+            (0..2).map(|_| watch::Sender::new(AgentState::Connecting)).collect();
+        let mut followed: Vec<_> = slots.iter().map(watch::Sender::subscribe).collect();
+        assert_eq!(merged_state(&mut followed), AgentState::Connecting);
+        let connected = AgentState::Connected { cluster: "edge".into(), session_id: "s-2".into() };
+        slots[1].send_replace(connected.clone());
+        slots[0].send_replace(AgentState::Disconnected);
+        assert_eq!(merged_state(&mut followed), connected, "the second session serves");
+        slots[1].send_replace(AgentState::Refused { reason: "denied".into() });
+        assert_eq!(merged_state(&mut followed), AgentState::Refused { reason: "denied".into() });
+        slots[1].send_replace(AgentState::Disconnected);
+        assert_eq!(merged_state(&mut followed), AgentState::Disconnected);
+    }
 }

@@ -15,6 +15,11 @@ use http::Uri;
 
 use crate::status::MIN_STATUS_INTERVAL;
 
+/// Most sessions `--hub-connections` may ask for: each costs the agent a
+/// connection, its parked streams and a status probe of the apiserver
+/// every status interval.
+pub const MAX_HUB_CONNECTIONS: u8 = 8;
+
 /// Default directory holding the agent's credential, cluster name and id.
 pub const DEFAULT_STATE_DIR: &str = "./ferry-agent-state";
 
@@ -32,6 +37,20 @@ pub struct Args {
     /// the agent moves to the next one when a connection fails.
     #[arg(long, env = "FERRY_HUB", value_name = "URL[,URL...]")]
     pub hub: String,
+    /// How many sessions to keep, each on a different hub replica (default
+    /// 1). With more, the hub spreads requests over all of them and a
+    /// replica's failure leaves the others serving while a replacement is
+    /// dialled: first the other `--hub` URLs, then the replicas the hub
+    /// names in its welcome. With fewer live replicas than N, the agent
+    /// holds one session on each.
+    #[arg(
+        long = "hub-connections",
+        env = "FERRY_HUB_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u8).range(1..=MAX_HUB_CONNECTIONS as i64)
+    )]
+    pub hub_connections: u8,
     /// PEM file with the CA that signed the hub's certificate; the only CA
     /// trusted for the hub connection.
     #[arg(long = "hub-ca", env = "FERRY_HUB_CA", value_name = "FILE")]
@@ -197,6 +216,8 @@ impl TokenSource {
 pub struct AgentConfig {
     /// The hub's agent endpoints (`https`) and which one is in use.
     pub hubs: HubUrls,
+    /// Sessions to keep on distinct hub replicas (`--hub-connections`).
+    pub hub_connections: usize,
     /// PEM bundle of the CA trusted for the hub connection.
     pub hub_ca_pem: Vec<u8>,
     /// Bootstrap token, used only when no usable credential is stored.
@@ -235,6 +256,7 @@ impl Args {
         };
         Ok(AgentConfig {
             hubs,
+            hub_connections: usize::from(self.hub_connections),
             hub_ca_pem,
             bootstrap_token,
             kubeconfig: self.kubeconfig,
@@ -277,6 +299,19 @@ impl HubUrls {
     /// The URL to dial now.
     pub fn current(&self) -> Uri {
         self.urls[self.current.load(Ordering::Relaxed) % self.urls.len()].clone()
+    }
+
+    /// Every URL, the current one first, then the others in turn.
+    pub fn from_current(&self) -> Vec<Uri> {
+        let start = self.current.load(Ordering::Relaxed) % self.urls.len();
+        self.urls[start..].iter().chain(&self.urls[..start]).cloned().collect()
+    }
+
+    /// Makes `url` the current one, if it is in the list.
+    pub fn set_current(&self, url: &Uri) {
+        if let Some(i) = self.urls.iter().position(|u| u == url) {
+            self.current.store(i, Ordering::Relaxed);
+        }
     }
 
     /// Moves on to the next URL (wrapping around); returns it.
@@ -340,6 +375,7 @@ mod tests {
         ])
         .expect("valid command line");
         assert_eq!(args.hub, "https://hub.example.com:8443");
+        assert_eq!(args.hub_connections, 1, "one session by default, as before");
         assert_eq!(args.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(args.token.as_ref().map(Secret::expose), Some("ferryboot.x.y"));
         assert!(!format!("{args:?}").contains("ferryboot"), "the token never shows in Debug");
@@ -375,6 +411,12 @@ mod tests {
             ])
             .is_err()
         );
+        let with = |n: &str| {
+            Args::try_parse_from(["ferry-agent", "--hub", "h", "--hub-ca", "c", "--hub-connections", n])
+        };
+        assert_eq!(with("2").expect("two sessions").hub_connections, 2);
+        assert!(with("0").is_err(), "at least one session");
+        assert!(with("9").is_err(), "at most {MAX_HUB_CONNECTIONS}");
         assert!(
             Args::try_parse_from([
                 "ferry-agent",
@@ -420,7 +462,13 @@ mod tests {
         assert_eq!(hubs.current(), Uri::from_static("https://a:8443"));
         assert_eq!(hubs.advance(), Uri::from_static("https://b:8443"));
         assert_eq!(shared.current(), Uri::from_static("https://b:8443"), "clones share the position");
+        assert_eq!(
+            hubs.from_current(),
+            [Uri::from_static("https://b:8443"), Uri::from_static("https://a:8443")]
+        );
         assert_eq!(shared.advance(), Uri::from_static("https://a:8443"), "wraps around");
+        hubs.set_current(&Uri::from_static("https://b:8443"));
+        assert_eq!(shared.current(), Uri::from_static("https://b:8443"));
         assert!(matches!(parse_hub_urls(" , "), Err(ConfigError::NoHubUrl)));
         assert!(matches!(parse_hub_urls("https://a,http://b"), Err(ConfigError::HubUrl { .. })));
         let one = parse_hub_urls("https://only:8443").expect("one URL");
@@ -434,6 +482,7 @@ mod tests {
         std::fs::write(&ca, "garbage").expect("write");
         let args = Args {
             hub: "https://hub".into(),
+            hub_connections: 1,
             hub_ca: ca,
             token: None,
             token_file: None,

@@ -137,7 +137,7 @@ async fn enroll_once(
     token: &Secret,
     agent_id: AgentId,
 ) -> Result<(EnrollResponse, Secret), Attempt> {
-    let mut client = hub::connect(config, None).await.map_err(|e| match e {
+    let mut client = hub::connect(config, &config.hubs.current(), None).await.map_err(|e| match e {
         HubError::Connect(_) => Attempt::Retry(report(&e)),
         other => Attempt::Fatal(other.into()),
     })?;

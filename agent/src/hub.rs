@@ -42,15 +42,18 @@ pub enum HubError {
 /// the URL, the agent's client certificate when it has one (enrollment
 /// goes without), TCP_NODELAY, HTTP/2 keepalive, and the tunnel's shared
 /// window and frame sizes.
-pub fn endpoint(config: &AgentConfig, credential: Option<&StoredCredential>) -> Result<Endpoint, HubError> {
-    let url = config.hubs.current();
+pub fn endpoint(
+    config: &AgentConfig,
+    url: &Uri,
+    credential: Option<&StoredCredential>,
+) -> Result<Endpoint, HubError> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&config.hub_ca_pem))
-        .domain_name(tls_domain(&url));
+        .domain_name(tls_domain(url));
     if let Some(c) = credential {
         tls = tls.identity(Identity::from_pem(&c.cert_pem, c.key_pem.expose()));
     }
-    Ok(Endpoint::from(url)
+    Ok(Endpoint::from(url.clone())
         .tls_config(tls)
         .map_err(HubError::Endpoint)?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -63,13 +66,16 @@ pub fn endpoint(config: &AgentConfig, credential: Option<&StoredCredential>) -> 
         .max_frame_size(ferry::limits::H2_MAX_FRAME_SIZE))
 }
 
-/// Dials the hub (presenting `credential`, if any) and returns a client
-/// over the new connection.
+/// Dials the hub at `url` (presenting `credential`, if any) and returns a
+/// client over the new connection. Every URL, whether given with `--hub` or
+/// named by the hub, is verified the same way: against the hub CA only, for
+/// the URL's host.
 pub async fn connect(
     config: &AgentConfig,
+    url: &Uri,
     credential: Option<&StoredCredential>,
 ) -> Result<HubClient, HubError> {
-    let channel = endpoint(config, credential)?.connect().await.map_err(HubError::Connect)?;
+    let channel = endpoint(config, url, credential)?.connect().await.map_err(HubError::Connect)?;
     Ok(client(channel))
 }
 

@@ -26,6 +26,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod config;
+mod connections;
 pub mod credential;
 mod enroll;
 pub mod error;

@@ -121,11 +121,15 @@ impl Default for AgentMetrics {
         let reconnects = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "reconnects",
-            "Hub sessions that ended and were retried, by reason (hub_unreachable, refused, unauthenticated, control_failed, no_welcome, protocol_version, closed, heartbeat_timeout, streams_refused)",
+            "Hub sessions that ended and were retried, by reason (hub_unreachable, refused, unauthenticated, control_failed, no_welcome, protocol_version, closed, heartbeat_timeout, streams_refused, same_replica)",
             reconnects.clone(),
         );
         let connected = Gauge::default();
-        registry.register("connected", "1 while a hub session is up", connected.clone());
+        registry.register(
+            "connected",
+            "Hub sessions up now (1 while connected; up to N with --hub-connections N)",
+            connected.clone(),
+        );
         let rtt = Histogram::new(RTT_BUCKETS);
         registry.register_with_unit(
             "heartbeat_rtt",
@@ -222,6 +226,7 @@ fn reason_label(error: &SessionError) -> &'static str {
         SessionError::Closed => "closed",
         SessionError::HeartbeatTimeout(_) => "heartbeat_timeout",
         SessionError::ProxyRejected(_) => "streams_refused",
+        SessionError::SameReplica(_) => "same_replica",
     }
 }
 

@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime};
 use ferry::ids::AgentId;
 use ferry::limits::{CONTROL_CHANNEL_CAPACITY, DEFAULT_POOL_SIZE, HEARTBEAT_INTERVAL, HEARTBEAT_MISSES};
 use ferry::proto::v1::{
-    AgentControl, ClusterStatus, Heartbeat, Hello, HubControl, RenewRequest, RenewResponse, Welcome,
-    agent_control, hub_control,
+    AgentControl, ClusterStatus, Heartbeat, Hello, HubControl, HubReplica, RenewRequest, RenewResponse,
+    Welcome, agent_control, hub_control,
 };
 use ferry::secret::Secret;
 use ferry::{FERRY_VERSION, PROTOCOL_VERSION};
@@ -92,6 +92,10 @@ pub enum SessionError {
     /// The hub refused the session's request streams.
     #[error("the hub refused request streams: {0}")]
     ProxyRejected(String),
+    /// The replica that welcomed the session holds another of this agent's
+    /// sessions already (`--hub-connections`).
+    #[error("hub replica {0} holds another session of this agent already")]
+    SameReplica(String),
 }
 
 impl SessionError {
@@ -147,19 +151,32 @@ pub(crate) struct SessionEnd {
     pub connected_for: Option<Duration>,
 }
 
+/// Where one session dials, and who hears of the hub's welcome.
+pub(crate) struct Dial<'a> {
+    /// The hub URL.
+    pub url: http::Uri,
+    /// Told the welcome; `false` ends the session at once (its replica
+    /// holds another session of this agent).
+    pub welcomed: &'a (dyn Fn(&Welcome) -> bool + Sync),
+    /// Told the live hub replicas when the hub says they changed.
+    pub replicas: &'a (dyn Fn(&[HubReplica]) + Sync),
+}
+
 /// Runs one session to its end.
 pub(crate) async fn run(
     params: &SessionParams,
+    dial: &Dial<'_>,
     state: &watch::Sender<AgentState>,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
     let mut connected_at = None;
-    let result = run_inner(params, state, shutdown, &mut connected_at).await;
+    let result = run_inner(params, dial, state, shutdown, &mut connected_at).await;
     SessionEnd { result, connected_for: connected_at.map(|t: Instant| t.elapsed()) }
 }
 
 async fn run_inner(
     params: &SessionParams,
+    dial: &Dial<'_>,
     state: &watch::Sender<AgentState>,
     shutdown: &CancellationToken,
     connected_at: &mut Option<Instant>,
@@ -167,7 +184,7 @@ async fn run_inner(
     state.send_replace(AgentState::Connecting);
     let credential = params.credential();
     let client = tokio::select! {
-        r = hub::connect(&params.config, Some(&credential)) => r?,
+        r = hub::connect(&params.config, &dial.url, Some(&credential)) => r?,
         () = shutdown.cancelled() => return Ok(()),
     };
 
@@ -206,6 +223,9 @@ async fn run_inner(
     if welcome.protocol_version != PROTOCOL_VERSION {
         return Err(SessionError::Version { hub: welcome.protocol_version, agent: PROTOCOL_VERSION });
     }
+    if !(dial.welcomed)(&welcome) {
+        return Err(SessionError::SameReplica(welcome.replica_id));
+    }
     *connected_at = Some(Instant::now());
     let interval = heartbeat_interval(&welcome);
     let cluster: Arc<str> = Arc::from(welcome.cluster_name.as_str());
@@ -239,13 +259,20 @@ async fn run_inner(
     ));
     let mut renewal = Renewal::new(credential);
 
-    info!(%cluster, session = %welcome.session_id, heartbeat_ms = interval.as_millis(), "connected to the hub");
+    info!(
+        %cluster,
+        session = %welcome.session_id,
+        hub = %dial.url,
+        replica = %welcome.replica_id,
+        heartbeat_ms = interval.as_millis(),
+        "connected to the hub"
+    );
     let _connected = params.metrics.session_up();
     params.metrics.certificate_expires(unix_seconds(renewal.not_after));
     if !welcome.notice.is_empty() {
         warn!(hub_says = %welcome.notice, "connected, but the hub routes no traffic yet");
     }
-    announce(&cluster, &welcome.session_id);
+    announce(&cluster, &welcome.session_id, &welcome.replica_id);
     state.send_replace(AgentState::Connected {
         cluster: cluster.to_string(),
         session_id: welcome.session_id.clone(),
@@ -261,6 +288,10 @@ async fn run_inner(
                 Ok(Some(HubControl { msg: Some(hub_control::Msg::Renewed(answer)) })) => {
                     deadline.as_mut().reset(Instant::now() + silence);
                     renewal.answered(answer, params).await;
+                }
+                Ok(Some(HubControl { msg: Some(hub_control::Msg::Replicas(list)) })) => {
+                    deadline.as_mut().reset(Instant::now() + silence);
+                    (dial.replicas)(&list.replicas);
                 }
                 Ok(Some(HubControl { msg: Some(hub_control::Msg::Heartbeat(echo)) })) => {
                     deadline.as_mut().reset(Instant::now() + silence);
@@ -307,6 +338,7 @@ fn handle(message: HubControl, pool: &mut Pool) {
         Some(hub_control::Msg::OpenStreams(open)) => pool.open_extra(open.count),
         Some(hub_control::Msg::Welcome(_)) => debug!("ignoring a repeated welcome"),
         Some(hub_control::Msg::Renewed(_)) => debug!("ignoring a renewal answer"),
+        Some(hub_control::Msg::Replicas(_)) => debug!("ignoring a replica list"),
         None => debug!("ignoring an empty control message"),
     }
 }
@@ -419,10 +451,15 @@ fn announce_renewal(cluster: &str, expires: &str) {
 }
 
 /// Prints the connected line: the one line of stdout output, which scripts
-/// and tests wait for (again after every reconnect).
-fn announce(cluster: &str, session_id: &str) {
+/// and tests wait for (again after every reconnect, and once per session
+/// with `--hub-connections`); `replica=` names the hub replica, if any.
+fn announce(cluster: &str, session_id: &str, replica: &str) {
     use std::io::Write;
-    println!("ferry-agent connected: cluster={cluster} session={session_id}");
+    if replica.is_empty() {
+        println!("ferry-agent connected: cluster={cluster} session={session_id}");
+    } else {
+        println!("ferry-agent connected: cluster={cluster} session={session_id} replica={replica}");
+    }
     let _ = std::io::stdout().flush();
 }
 

@@ -312,7 +312,10 @@ async fn admit(
         }
     }
     // None: no agent here (another replica may hold one).
-    let live = state.registry.get(&record.name).filter(|l| Some(l.id) == record.cluster_id());
+    let live = state
+        .registry
+        .get(&record.name)
+        .filter(|l| Some(l.id) == record.cluster_id() && (l.session_count() > 0 || state.replicas.is_none()));
     Ok((live, state.identity_policy.map(&caller.identity), impersonate))
 }
 

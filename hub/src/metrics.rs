@@ -121,6 +121,12 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForwardLabels {
+    cluster: Arc<str>,
+    role: Fixed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: Fixed,
 }
@@ -214,6 +220,7 @@ pub struct HubMetrics {
     flow_wait_seconds: Counter<f64, AtomicU64>,
     stream_wait: Histogram,
     agent_connects: Family<ClusterLabels, Counter>,
+    forwarded: Family<ForwardLabels, Counter>,
     agent_disconnects: Family<ReasonLabels, Counter>,
     registrations: Counter,
     approvals: Family<DecisionLabels, Counter>,
@@ -359,6 +366,12 @@ impl HubMetrics {
         );
         let agent_connects = Family::<ClusterLabels, Counter>::default();
         registry.register("agent_connects", "Agent sessions opened", agent_connects.clone());
+        let forwarded = Family::<ForwardLabels, Counter>::default();
+        registry.register(
+            "forwarded_requests",
+            "Requests forwarded between hub replicas, by role (sent: to a replica holding the cluster's agents; served: from another replica, through an agent session here)",
+            forwarded.clone(),
+        );
         let agent_disconnects = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "agent_disconnects",
@@ -449,6 +462,7 @@ impl HubMetrics {
             flow_wait_seconds,
             stream_wait,
             agent_connects,
+            forwarded,
             agent_disconnects,
             registrations,
             approvals,
@@ -508,6 +522,13 @@ impl HubMetrics {
         if !long_running {
             cluster.duration.observe(elapsed.as_secs_f64());
         }
+    }
+
+    /// Counts a request forwarded to (`sent`) or from (`served`) another
+    /// hub replica.
+    pub fn forwarded(&self, cluster: &str, role: &'static str) {
+        let cluster = self.cluster(cluster).label.clone();
+        self.forwarded.get_or_create(&ForwardLabels { cluster, role: Fixed(role) }).inc();
     }
 
     /// Records the time to a cluster's response head.

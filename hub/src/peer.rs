@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferry::limits::{FRAME_CHANNEL_CAPACITY, MAX_FRAME_SIZE};
@@ -26,9 +27,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{Instrument, debug};
+use tracing::{Instrument, debug, info, warn};
+
+use std::time::{Duration, SystemTime};
 
 use crate::auth::Peer as Caller;
+use crate::pki::{Ca, PkiError};
 use crate::registry::Parked;
 use crate::state::HubState;
 
@@ -41,24 +45,101 @@ pub mod proto {
 /// Metadata naming the cluster of a forwarded request.
 pub const CLUSTER_METADATA: &str = "ferry-cluster";
 
-/// How long a replica certificate is valid (made afresh at every start).
-pub const REPLICA_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+/// How long a replica certificate is valid (made at start, renewed two
+/// thirds into its lifetime, see [`keep_renewed`]).
+pub const REPLICA_CERT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Agent streams a forwarded request's head may be offered to (a stream
+/// may die under it when its session drops).
+const HEAD_ATTEMPTS: usize = 3;
+/// Pause before trying again when a renewal failed.
+pub const REPLICA_RENEW_RETRY: Duration = Duration::from_secs(60);
+
+/// This replica's client identity towards the others, and when to renew it.
+struct PeerIdentity {
+    tls: ClientTlsConfig,
+    /// The certificate (PEM; public).
+    cert_pem: String,
+    /// Two thirds into the certificate's lifetime.
+    renew_at: SystemTime,
+    /// Its expiry, seconds since the Unix epoch.
+    not_after: u64,
+}
+
+impl PeerIdentity {
+    /// A fresh certificate for replica `replica_id`, valid for `lifetime`
+    /// from `now`, trusting only the hub CA.
+    fn issue(ca: &Ca, replica_id: &str, lifetime: Duration, now: SystemTime) -> Result<Self, PkiError> {
+        let cert = ca.replica_cert_from(replica_id, now, lifetime)?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+            .identity(Identity::from_pem(&cert.cert_pem, cert.key_pem.expose()));
+        Ok(PeerIdentity {
+            tls,
+            cert_pem: cert.cert_pem,
+            renew_at: now + lifetime * 2 / 3,
+            not_after: cert.not_after,
+        })
+    }
+}
 
 /// The forwarding side: this replica's client identity and one HTTP/2
 /// connection per peer replica, made on first use.
 pub struct Forwarder {
-    tls: ClientTlsConfig,
+    replica_id: String,
+    lifetime: Duration,
+    identity: Mutex<PeerIdentity>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Requests forwarded so far: they start at a different holder each
+    /// time, so they spread over every replica holding the cluster's agents.
+    turn: AtomicUsize,
 }
 
 impl Forwarder {
-    /// Forwards with `cert_pem`/`key_pem` (this replica's certificate),
-    /// trusting only the hub CA `ca_pem`.
-    pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Self {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca_pem))
-            .identity(Identity::from_pem(cert_pem, key_pem));
-        Forwarder { tls, channels: Mutex::new(HashMap::new()) }
+    /// Forwards as replica `replica_id` with a certificate from the hub CA
+    /// valid for `lifetime` (renewed by [`keep_renewed`]), trusting only
+    /// that CA.
+    pub fn new(ca: &Ca, replica_id: &str, lifetime: Duration) -> Result<Self, PkiError> {
+        let identity = PeerIdentity::issue(ca, replica_id, lifetime, SystemTime::now())?;
+        Ok(Forwarder {
+            replica_id: replica_id.to_owned(),
+            lifetime,
+            identity: Mutex::new(identity),
+            channels: Mutex::new(HashMap::new()),
+            turn: AtomicUsize::new(0),
+        })
+    }
+
+    fn identity(&self) -> std::sync::MutexGuard<'_, PeerIdentity> {
+        self.identity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When the certificate in use should be renewed.
+    pub fn renew_at(&self) -> SystemTime {
+        self.identity().renew_at
+    }
+
+    /// The certificate in use (PEM).
+    pub fn certificate_pem(&self) -> String {
+        self.identity().cert_pem.clone()
+    }
+
+    /// When the certificate in use expires, seconds since the Unix epoch.
+    pub fn not_after(&self) -> u64 {
+        self.identity().not_after
+    }
+
+    /// Issues a fresh certificate when `now` is past the renewal point;
+    /// `Ok(true)` when it did. New peer connections present it; the
+    /// connections made with the old one are dropped from the cache (calls
+    /// in flight on them go on to their end).
+    pub fn renew_if_due(&self, ca: &Ca, now: SystemTime) -> Result<bool, PkiError> {
+        if now < self.renew_at() {
+            return Ok(false);
+        }
+        let fresh = PeerIdentity::issue(ca, &self.replica_id, self.lifetime, now)?;
+        *self.identity() = fresh;
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Ok(true)
     }
 
     fn channel(&self, url: &str) -> Result<Channel, Status> {
@@ -66,11 +147,12 @@ impl Forwarder {
         if let Some(c) = channels.get(url) {
             return Ok(c.clone());
         }
+        let tls = self.identity().tls.clone();
         let bad = |e: &dyn std::fmt::Display| Status::internal(format!("peer replica {url}: {e}"));
         let uri: http::Uri = url.parse().map_err(|e| bad(&e))?;
         let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
         let channel = Endpoint::from(uri)
-            .tls_config(self.tls.clone().domain_name(host))
+            .tls_config(tls.domain_name(host))
             .map_err(|e| bad(&e))?
             .tcp_nodelay(true)
             .initial_stream_window_size(ferry::limits::H2_STREAM_WINDOW)
@@ -82,6 +164,31 @@ impl Forwarder {
 
     fn forget(&self, url: &str) {
         self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(url);
+    }
+}
+
+/// Renews this replica's peer certificate two thirds into its lifetime
+/// (and again after [`REPLICA_RENEW_RETRY`] when that fails), until the hub
+/// shuts down: a replica runs for longer than [`REPLICA_CERT_TTL`] without
+/// a restart.
+pub async fn keep_renewed(state: Arc<HubState>) {
+    let Some(forwarder) = &state.forwarder else { return };
+    let mut retry_at = None;
+    loop {
+        let at = retry_at.take().unwrap_or_else(|| forwarder.renew_at());
+        let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        match forwarder.renew_if_due(&state.ca, SystemTime::now()) {
+            Ok(true) => info!(not_after = forwarder.not_after(), "renewed this replica's peer certificate"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot renew this replica's peer certificate; trying again");
+                retry_at = Some(SystemTime::now() + REPLICA_RENEW_RETRY);
+            }
+        }
     }
 }
 
@@ -114,8 +221,14 @@ pub(crate) async fn open(state: &HubState, name: &str, head: HubFrame) -> Result
 async fn open_once(state: &HubState, name: &str, head: &HubFrame) -> Result<Option<Parked>, Status> {
     let (Some(set), Some(forwarder)) = (&state.replicas, &state.forwarder) else { return Ok(None) };
     let view = set.now();
-    let holders: Vec<_> = view.holders(name).into_iter().filter(|r| r.id != set.me().id).collect();
+    let mut holders: Vec<_> = view.holders(name).into_iter().filter(|r| r.id != set.me().id).collect();
+    if !holders.is_empty() {
+        let start = forwarder.turn.fetch_add(1, Ordering::Relaxed) % holders.len();
+        holders.rotate_left(start);
+    }
     let mut last = None;
+    // A holder that fails before its answer's head (dead, or its agent
+    // session just dropped) hands the request to the next one.
     for holder in holders {
         let channel = forwarder.channel(&holder.peer_url)?;
         let mut client = proto::peer_client::PeerClient::new(channel)
@@ -133,6 +246,7 @@ async fn open_once(state: &HubState, name: &str, head: &HubFrame) -> Result<Opti
         match client.forward(request).await {
             Ok(response) => {
                 debug!(replica = %holder.id, "forwarded to the replica holding the agents");
+                state.metrics.forwarded(name, "sent");
                 return Ok(Some(Parked {
                     session: ferry::ids::SessionId::new(),
                     tx,
@@ -199,12 +313,24 @@ impl proto::peer_server::Peer for PeerService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("a forwarded request starts with its head"))?;
-        let parked = live
-            .take_stream(state.limits.stream_wait)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let Parked { tx, mut rx, .. } = parked;
-        tx.send(Ok(head)).await.map_err(|_| Status::unavailable("the agent stream closed"))?;
+        // A stream that died under the head (its session just dropped)
+        // hands it back for another, as the gateway does; after that, the
+        // forwarding replica tries another holder.
+        let mut head = Ok(head);
+        let mut attempts = 0;
+        let (tx, mut rx) = loop {
+            attempts += 1;
+            let Parked { tx, rx, .. } = live
+                .take_stream(state.limits.stream_wait)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            match tx.send(head).await {
+                Ok(()) => break (tx, rx),
+                Err(mpsc::error::SendError(back)) if attempts < HEAD_ATTEMPTS => head = back,
+                Err(_) => return Err(Status::unavailable("the agent streams closed")),
+            }
+        };
+        state.metrics.forwarded(&name, "served");
 
         // Caller to agent, frame by frame, up to the caller's `End` (or
         // error, or the call ending).
@@ -276,5 +402,48 @@ impl proto::peer_server::Peer for PeerService {
             .in_current_span(),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_peer_certificate_is_renewed_two_thirds_into_its_lifetime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::load_or_create(dir.path()).expect("ca");
+        let lifetime = Duration::from_secs(30);
+        let start = SystemTime::now();
+        let forwarder = Forwarder::new(&ca, "r-1", lifetime).expect("forwarder");
+        let first = (forwarder.renew_at(), forwarder.not_after());
+        let first_pem = forwarder.certificate_pem();
+        assert!(first.0 >= start + lifetime * 2 / 3 && first.0 <= SystemTime::now() + lifetime * 2 / 3);
+        // A cached connection, to see it replaced after the renewal.
+        forwarder.channel("https://peer.example:8443").expect("channel");
+        assert_eq!(forwarder.channels.lock().expect("lock").len(), 1);
+
+        // Not yet due: nothing changes.
+        assert!(!forwarder.renew_if_due(&ca, start + lifetime / 2).expect("renew"));
+        assert_eq!(forwarder.renew_at(), first.0);
+
+        // Due (time given, not slept): a fresh certificate, expiring later,
+        // and the next renewal two thirds into its own lifetime.
+        let later = start + lifetime * 3;
+        assert!(forwarder.renew_if_due(&ca, later).expect("renew"));
+        assert_eq!(forwarder.renew_at(), later + lifetime * 2 / 3);
+        assert!(forwarder.not_after() > first.1, "{} > {}", forwarder.not_after(), first.1);
+        assert!(
+            forwarder.channels.lock().expect("lock").is_empty(),
+            "new connections use the new certificate"
+        );
+        // The renewed certificate is another one, still this replica's.
+        let renewed = forwarder.certificate_pem();
+        assert_ne!(renewed, first_pem);
+        let der = CertificateDer::from_pem_slice(renewed.as_bytes()).expect("pem");
+        assert_eq!(crate::pki::parse_peer_cert(&der), Ok(crate::pki::PeerCert::Replica("r-1".into())));
     }
 }

@@ -339,6 +339,17 @@ impl Ca {
     /// The client certificate hub replica `replica_id` presents to the
     /// others when it forwards requests (URI SAN `ferry://hubs/ID`).
     pub fn replica_cert(&self, replica_id: &str, lifetime: Duration) -> Result<IssuedCert, PkiError> {
+        self.replica_cert_from(replica_id, SystemTime::now(), lifetime)
+    }
+
+    /// [`Ca::replica_cert`] valid for `lifetime` from `from` (backdated by
+    /// the allowed clock skew).
+    pub fn replica_cert_from(
+        &self,
+        replica_id: &str,
+        from: SystemTime,
+        lifetime: Duration,
+    ) -> Result<IssuedCert, PkiError> {
         let leaf = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -349,8 +360,8 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&random_serial()));
-        let not_after = SystemTime::now() + lifetime;
-        params.not_before = (SystemTime::now() - CLOCK_SKEW).into();
+        let not_after = from + lifetime;
+        params.not_before = (from - CLOCK_SKEW).into();
         params.not_after = not_after.into();
         let signed = params.signed_by(&leaf, &self.issuer()?)?;
         Ok(IssuedCert {

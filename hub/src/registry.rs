@@ -190,6 +190,9 @@ struct Inner {
     pool: VecDeque<(Instant, Parked)>,
     /// Parked streams per session.
     parked_by: HashMap<SessionId, usize>,
+    /// Turns taken so far: requests go round the sessions with parked
+    /// streams.
+    turn: usize,
 }
 
 impl Inner {
@@ -197,6 +200,27 @@ impl Inner {
         if let Some(n) = self.parked_by.get_mut(&session) {
             *n = n.saturating_sub(1);
         }
+    }
+
+    /// Takes a parked stream for a request: the sessions with parked
+    /// streams take turns (so requests spread over every agent session of
+    /// the cluster, whichever replica of the agent or of this cluster's
+    /// agents they belong to), and within one session the newest stream
+    /// goes (it is the likeliest to be alive, and the oldest age into the
+    /// surplus that `trim_idle` closes).
+    fn take_next(&mut self) -> Option<Parked> {
+        let back = self.pool.len().checked_sub(1)?;
+        let mut with: Vec<SessionId> =
+            self.parked_by.iter().filter(|(_, n)| **n > 0).map(|(s, _)| *s).collect();
+        with.sort_unstable();
+        let pos = match with.get(self.turn % with.len().max(1)) {
+            Some(session) => self.pool.iter().rposition(|(_, p)| p.session == *session).unwrap_or(back),
+            None => back,
+        };
+        self.turn = self.turn.wrapping_add(1);
+        let (_, p) = self.pool.remove(pos)?;
+        self.unparked(p.session);
+        Some(p)
     }
 }
 
@@ -366,6 +390,14 @@ impl LiveCluster {
         inner.sessions.len()
     }
 
+    /// Sends `message` on every session's control stream (dropped for a
+    /// session whose control channel is full: the message is advice).
+    pub fn signal_sessions(&self, message: &HubControl) {
+        for s in self.lock().sessions.values() {
+            let _ = s.control.try_send(Ok(message.clone()));
+        }
+    }
+
     /// Whether session `id` is connected.
     pub fn has_session(&self, id: SessionId) -> bool {
         self.lock().sessions.contains_key(&id)
@@ -504,10 +536,9 @@ impl LiveCluster {
             notified.as_mut().enable();
             {
                 let mut inner = self.lock();
-                // The newest first: it is the likeliest to be alive, and the
-                // oldest age into the surplus that `trim_idle` closes.
-                while let Some((_, p)) = inner.pool.pop_back() {
-                    inner.unparked(p.session);
+                while let Some(p) = inner.take_next() {
+                    // A stream of a session that just dropped is skipped: the
+                    // request goes to another session.
                     if !p.tx.is_closed() {
                         return Ok(p);
                     }
@@ -672,6 +703,45 @@ mod tests {
         assert!(trimmed[0].tx.same_channel(first_tx.as_ref().expect("first")), "the oldest go first");
         assert_eq!(live.parked_count(), 2);
         assert!(live.trim_idle(2, PARKED_IDLE_TRIM).is_empty());
+    }
+
+    #[tokio::test]
+    async fn requests_take_turns_over_the_sessions_and_skip_a_dropped_one() {
+        let live = LiveCluster::new("c".into(), ClusterId::new(), Arc::default());
+        let (a, _ca) = session(&live);
+        let (b, _cb) = session(&live);
+        let mut agent_sides = Vec::new();
+        for id in [a, a, a, b, b, b] {
+            let (p, rx) = stream(id);
+            assert!(live.park(p).is_ok());
+            agent_sides.push(rx);
+        }
+        // Sequential requests, each stream parked again after its request
+        // (as the agent does): both sessions carry them.
+        let mut served = HashMap::new();
+        for _ in 0..10 {
+            let taken = live.take_stream(Duration::from_secs(1)).await.expect("stream");
+            *served.entry(taken.session).or_insert(0) += 1;
+            assert!(live.park(taken).is_ok());
+        }
+        assert_eq!((served[&a], served[&b]), (5, 5), "round the sessions: {served:?}");
+        // Session a drops: every request goes to b, none to a dead stream.
+        live.remove_session(a);
+        for _ in 0..4 {
+            let taken = live.take_stream(Duration::from_secs(1)).await.expect("stream");
+            assert_eq!(taken.session, b);
+            assert!(live.park(taken).is_ok());
+        }
+        // Its streams closed but not yet removed are skipped too.
+        let (c, _cc) = session(&live);
+        let (p, rx) = stream(c);
+        assert!(live.park(p).is_ok());
+        drop(rx);
+        for _ in 0..4 {
+            let taken = live.take_stream(Duration::from_secs(1)).await.expect("stream");
+            assert_eq!(taken.session, b, "c's only stream is closed");
+            assert!(live.park(taken).is_ok());
+        }
     }
 
     #[tokio::test]

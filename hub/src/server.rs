@@ -250,10 +250,7 @@ impl Hub {
             None => None,
         };
         let forwarder = match &replicas {
-            Some(set) => {
-                let cert = ca.replica_cert(&set.me().id, crate::peer::REPLICA_CERT_TTL)?;
-                Some(crate::peer::Forwarder::new(ca.cert_pem(), &cert.cert_pem, cert.key_pem.expose()))
-            }
+            Some(set) => Some(crate::peer::Forwarder::new(&ca, &set.me().id, crate::peer::REPLICA_CERT_TTL)?),
             None => None,
         };
         let state = Arc::new(HubState {
@@ -323,6 +320,9 @@ impl Hub {
             state.tasks.spawn(crate::metrics::serve(listener, state.clone()));
         }
         state.tasks.spawn(crate::etcd::replicas::publish_sessions(state.clone()));
+        state.tasks.spawn(crate::status::follow_holders(state.clone()));
+        state.tasks.spawn(crate::etcd::replicas::announce_replicas(state.clone()));
+        state.tasks.spawn(crate::peer::keep_renewed(state.clone()));
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TunnelServer<TunnelService>>().await;
         health.set_serving::<ClustersServer<ClustersService>>().await;

@@ -132,10 +132,17 @@ pub fn shows_same(a: &ObservedStatus, b: &ObservedStatus) -> bool {
 async fn record_one(state: &HubState, name: &str) -> Result<(), crate::store::StoreError> {
     let Some(record) = state.store.cluster(name).await? else { return Ok(()) };
     let live = state.registry.get(name).filter(|l| Some(l.id) == record.cluster_id());
-    let summary = live.map(|l| l.summary());
-    if summary.as_ref().is_none_or(|s| s.sessions == 0) && held_elsewhere(state, name) {
-        // Another replica holds the agents: it records their status.
-        return Ok(());
+    let mut summary = live.map(|l| l.summary());
+    let elsewhere = sessions_elsewhere(state, name);
+    if summary.as_ref().is_none_or(|s| s.sessions == 0) {
+        if elsewhere > 0 {
+            // Another replica holds the agents: it records their status.
+            return Ok(());
+        }
+    } else if let Some(s) = summary.as_mut() {
+        // Agents with sessions on several replicas (`--hub-connections`):
+        // the count shown is every replica's.
+        s.sessions += elsewhere;
     }
     let now = crate::store::unix_now();
     if shows_same(&observe(&record, summary.as_ref(), now), &record.status) {
@@ -165,10 +172,48 @@ async fn record_one(state: &HubState, name: &str) -> Result<(), crate::store::St
     }
 }
 
-/// Whether another hub replica holds agents of cluster `name` (it, not
-/// this replica, records and shows their status).
-pub(crate) fn held_elsewhere(state: &HubState, name: &str) -> bool {
-    state.replicas.as_ref().is_some_and(|set| set.now().holders(name).iter().any(|r| r.id != set.me().id))
+/// Agent sessions of cluster `name` on other live hub replicas (when there
+/// are some and none here, those replicas record and show the status).
+pub(crate) fn sessions_elsewhere(state: &HubState, name: &str) -> usize {
+    let Some(set) = &state.replicas else { return 0 };
+    let view = set.now();
+    let me = &set.me().id;
+    view.live.get(name).map_or(0, |by| {
+        by.iter().filter(|(id, _)| *id != me && view.hubs.contains_key(*id)).map(|(_, n)| *n as usize).sum()
+    })
+}
+
+/// Looks at a cluster's status again whenever the set of replicas holding
+/// its agents changes (with several replicas): a replica that died held
+/// its clusters' status, and when its lease expires the survivors record
+/// Offline for those no replica holds any more (or the new count of
+/// agents), within [`crate::etcd::replicas::REPLICA_TTL`] of its death.
+pub async fn follow_holders(state: Arc<HubState>) {
+    let Some(set) = state.replicas.clone() else { return };
+    let mut view = set.view();
+    let mut before = view.borrow_and_update().clone();
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            r = view.changed() => if r.is_err() { return },
+        }
+        let now = view.borrow_and_update().clone();
+        let holding = |v: &crate::etcd::replicas::Replicas, c: &str| -> Vec<(String, u32)> {
+            v.live.get(c).map(|by| by.iter().map(|(id, n)| (id.clone(), *n)).collect()).unwrap_or_default()
+        };
+        let clusters: std::collections::BTreeSet<&String> =
+            before.live.keys().chain(now.live.keys()).collect();
+        for cluster in clusters {
+            if holding(&before, cluster) != holding(&now, cluster) {
+                // Waiters on this replica look again too.
+                match state.registry.get(cluster) {
+                    Some(live) => live.changed(),
+                    None => state.registry.touch(cluster),
+                }
+            }
+        }
+        before = now;
+    }
 }
 
 /// Records the status of every cluster the registry marks, until the hub

@@ -399,6 +399,8 @@ impl Tunnel for TunnelService {
                 pool_size: limits.pool_size,
                 heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u32,
                 notice,
+                replica_id: self.state.replicas.as_ref().map(|set| set.me().id.clone()).unwrap_or_default(),
+                replicas: self.state.replicas.as_ref().map(|set| set.now().for_agents()).unwrap_or_default(),
             })),
         };
         tx.try_send(Ok(welcome)).map_err(|_| Status::internal("control channel full"))?;

@@ -5,19 +5,36 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::*;
 use ferry_integration::etcd::Etcd;
 
-/// A hub replica: its process, URL and data dir.
+/// A hub replica: its process, URL, metrics URL and data dir.
 struct Replica {
     hub: Proc,
     url: String,
+    metrics: String,
     data: PathBuf,
 }
 
 impl Replica {
+    /// The value of the sample `name` with label `cluster="edge"` (and
+    /// `extra`, e.g. `role="served"`) in this replica's `/metrics`; 0 when
+    /// absent.
+    fn edge_metric(&self, name: &str, extra: &str) -> f64 {
+        let body = http_get(&self.metrics);
+        let labels = if extra.is_empty() {
+            "cluster=\"edge\"".to_owned()
+        } else {
+            format!("cluster=\"edge\",{extra}")
+        };
+        let prefix = format!("{name}{{{labels}}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0.0, |v| v.trim().parse().expect("a sample value"))
+    }
+
     fn admin_kubeconfig(&self) -> PathBuf {
         self.data.join("admin.kubeconfig")
     }
@@ -69,20 +86,39 @@ impl Replicas {
             .arg(dir.path().join("apiserver.kubeconfig"));
         let mut apiserver = Proc::spawn("test-apiserver", cmd);
         apiserver.wait_line("test-apiserver ready", READY_TIMEOUT);
-        let mut replicas: Vec<Replica> = Vec::new();
-        for i in 0..n {
-            let data = dir.path().join(format!("hub-{i}"));
-            if let Some(first) = replicas.first() {
-                std::fs::create_dir_all(&data).expect("data dir");
-                for f in ["ca.crt", "ca.key"] {
-                    std::fs::copy(first.data.join(f), data.join(f)).expect("copy the hub CA");
-                }
-            }
-            let store = ["--store".to_owned(), etcd.store_url()];
-            let (hub, url) = start_hub(&data, "127.0.0.1:0", &store);
-            replicas.push(Replica { hub, url, data });
+        let mut world = Replicas { dir, etcd, _apiserver: apiserver, replicas: Vec::new() };
+        for _ in 0..n {
+            world.add_replica();
         }
-        Replicas { dir, etcd, _apiserver: apiserver, replicas }
+        world
+    }
+
+    /// Starts one more replica (with a copy of the first one's CA).
+    fn add_replica(&mut self) -> &Replica {
+        self.add_replica_with("127.0.0.1:0", &[])
+    }
+
+    /// Starts one more replica listening on `listen`, with `extra` flags.
+    fn add_replica_with(&mut self, listen: &str, extra: &[String]) -> &Replica {
+        let data = self.dir.path().join(format!("hub-{}", self.replicas.len()));
+        if let Some(first) = self.replicas.first() {
+            std::fs::create_dir_all(&data).expect("data dir");
+            for f in ["ca.crt", "ca.key"] {
+                std::fs::copy(first.data.join(f), data.join(f)).expect("copy the hub CA");
+            }
+        }
+        let mut args = vec![
+            "--store".to_owned(),
+            self.etcd.store_url(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend_from_slice(extra);
+        let (mut hub, url) = start_hub(&data, listen, &args);
+        let metrics = hub.wait_line("ferry-hub metrics: ", READY_TIMEOUT);
+        let metrics = metrics.split_whitespace().find(|w| w.starts_with("http://")).expect("URL").to_owned();
+        self.replicas.push(Replica { hub, url, metrics, data });
+        self.replicas.last().expect("just added")
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -97,6 +133,12 @@ impl Replicas {
 
     /// Registers `cluster` on replica 0 and starts its agent with `hubs`.
     fn start_agent_for(&self, cluster: &str, hubs: &str) -> Proc {
+        self.start_agent_with(cluster, hubs, &[])
+    }
+
+    /// Registers `cluster` on replica 0 and starts its agent with `hubs` and
+    /// `extra` flags; waits until its first session is up.
+    fn start_agent_with(&self, cluster: &str, hubs: &str, extra: &[&str]) -> Proc {
         let token = self.replicas[0].ferryctl_ok(&["register", cluster, "-o", "token"]);
         let mut cmd = Command::new(bin("ferry-agent"));
         cmd.arg("--hub")
@@ -107,12 +149,208 @@ impl Replicas {
             .arg(self.path("apiserver.kubeconfig"))
             .arg("--state-dir")
             .arg(self.path(&format!("agent-state-{cluster}")))
+            .args(extra)
             .env("FERRY_TOKEN", token.trim())
             .env_remove("FERRY_TOKEN_FILE");
         let mut agent = Proc::spawn("ferry-agent", cmd);
         agent.wait_line("ferry-agent connected:", READY_TIMEOUT);
         agent
     }
+}
+
+/// The body of a plain HTTP/1.1 GET (the hubs' `/metrics`).
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (addr, path) = rest.split_once('/').expect("a path");
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(READY_TIMEOUT)).expect("timeout");
+    write!(tcp, "GET /{path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).expect("read");
+    assert!(text.starts_with("HTTP/1.1 200"), "{url}: {text}");
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+}
+
+/// The `replica=` of an agent's `ferry-agent connected:` line.
+fn replica_in(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("replica="))
+        .unwrap_or_else(|| panic!("no replica in {line:?}"))
+        .to_owned()
+}
+
+/// `ferryctl clusters --watch` on `replica`, its rows collected as they
+/// come; live once its header is printed.
+fn watch_clusters(replica: &Replica) -> Proc {
+    let mut cmd = Command::new(bin("ferryctl"));
+    cmd.arg("--kubeconfig").arg(replica.admin_kubeconfig()).args(["clusters", "--watch"]);
+    let mut watch = Proc::spawn("ferryctl clusters --watch", cmd);
+    watch.wait_line("NAME", READY_TIMEOUT);
+    watch
+}
+
+/// The AGENTS column of a `ferryctl clusters` row.
+fn agents_in(row: &str) -> &str {
+    row.split_whitespace().nth(4).unwrap_or_default()
+}
+
+#[test]
+fn an_agent_with_two_hub_connections_spreads_requests_and_survives_a_replica_failure() {
+    let mut world = Replicas::start(3);
+    // The agent is given one URL: the second session goes to a replica the
+    // hub names in its welcome.
+    let a_url = world.replicas[0].url.clone();
+    let mut agent = world.start_agent_with("edge", &a_url, &["--hub-connections", "2"]);
+    let first = replica_in(&agent.wait_nth_line("ferry-agent connected:", 1, READY_TIMEOUT));
+    let second = replica_in(&agent.wait_nth_line("ferry-agent connected:", 2, READY_TIMEOUT));
+    assert_ne!(first, second, "two sessions on two replicas");
+
+    // Each replica's /metrics says whether it holds a session of edge: two
+    // do (A, which the agent was given, and one other), one does not.
+    let holding: Vec<f64> = world.replicas.iter().map(|r| r.edge_metric("ferry_hub_agents", "")).collect();
+    assert_eq!(holding[0], 1.0, "A holds one session: {holding:?}");
+    assert_eq!(holding.iter().sum::<f64>(), 2.0, "{holding:?}");
+    let other = if holding[1] == 1.0 { 1 } else { 2 };
+    let third = 3 - other;
+    assert_eq!(holding[third], 0.0);
+
+    // The third replica shows both sessions (recorded by the holders) ...
+    world.replicas[third].ferryctl_ok(&["wait", "edge", "--for", "ready", "--timeout", "60s"]);
+    let mut watch = watch_clusters(&world.replicas[third]);
+    let row = watch.wait_line("edge", READY_TIMEOUT);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut rows = vec![row];
+    while agents_in(rows.last().expect("a row")) != "2" {
+        assert!(Instant::now() < deadline, "no row with 2 agents: {rows:?}");
+        let n = watch.seen.iter().filter(|l| l.contains("edge")).count();
+        rows.push(watch.wait_nth_line("edge", n + 1, READY_TIMEOUT));
+    }
+    // ... and kubectl through it is forwarded, spread over both holders.
+    let kc = world.replicas[third].user_kubeconfig(world.dir.path(), "alice");
+    for _ in 0..6 {
+        assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+    }
+    let served: Vec<f64> = world
+        .replicas
+        .iter()
+        .map(|r| r.edge_metric("ferry_hub_forwarded_requests_total", "role=\"served\""))
+        .collect();
+    let sent = world.replicas[third].edge_metric("ferry_hub_forwarded_requests_total", "role=\"sent\"");
+    eprintln!("forwarded through replica {third}: {sent} sent, served by each replica {served:?}");
+    assert!(served[0] >= 1.0 && served[other] >= 1.0, "both holders served some: {served:?}");
+    assert_eq!(served[0] + served[other], sent, "every forwarded request was served by a holder");
+
+    // SIGKILL the holder the agent was not given: its session comes back on
+    // the third replica (named by the hub), while A's session serves.
+    let killed = Instant::now();
+    world.replicas[other].hub.kill();
+    let third_session = replica_in(&agent.wait_nth_line("ferry-agent connected:", 3, READY_TIMEOUT));
+    let back = killed.elapsed();
+    assert!(third_session != first && third_session != second, "a replica not held before");
+    assert_eq!(world.replicas[third].edge_metric("ferry_hub_agents", ""), 1.0);
+    // kubectl through each survivor reaches the cluster (through A
+    // directly, through the third on its new session).
+    let through_a_dir = world.path("through-a");
+    std::fs::create_dir_all(&through_a_dir).expect("dir");
+    let through_a = world.replicas[0].user_kubeconfig(&through_a_dir, "alice");
+    for kc in [&through_a, &kc] {
+        assert!(kubectl_ok(kc, &["get", "namespaces"]).contains("kube-system"));
+    }
+    let served_at = killed.elapsed();
+    eprintln!(
+        "--hub-connections 2: second session back on another replica {:.2} s after SIGKILL, kubectl through both survivors answered at {:.2} s",
+        back.as_secs_f64(),
+        served_at.as_secs_f64()
+    );
+    // The cluster never showed Offline (nor anything but Ready) on the
+    // third replica meanwhile.
+    world.replicas[third].ferryctl_ok(&["wait", "edge", "--for", "ready", "--timeout", "60s"]);
+    let shown: Vec<&String> = watch.seen.iter().filter(|l| l.contains("edge")).collect();
+    assert!(shown.iter().all(|l| l.contains("Ready") && !l.contains("NotReady")), "{shown:?}");
+}
+
+#[test]
+fn with_fewer_replicas_than_hub_connections_the_agent_holds_one_each_and_takes_a_new_one() {
+    let mut world = Replicas::start(1);
+    let a_url = world.replicas[0].url.clone();
+    let mut agent = world.start_agent_with("edge", &a_url, &["--hub-connections", "2"]);
+    let first = replica_in(&agent.wait_nth_line("ferry-agent connected:", 1, READY_TIMEOUT));
+    // One replica: one session, served as ever.
+    let kc = world.replicas[0].user_kubeconfig(world.dir.path(), "alice");
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+    assert_eq!(world.replicas[0].edge_metric("ferry_hub_agents", ""), 1.0);
+
+    // A second replica joins: the hub tells the agent's session, and the
+    // spare slot connects to it.
+    world.add_replica();
+    let joined = Instant::now();
+    let second = replica_in(&agent.wait_nth_line("ferry-agent connected:", 2, READY_TIMEOUT));
+    assert_ne!(first, second);
+    eprintln!(
+        "a replica joined; the agent's spare slot was connected to it {:.2} s after its ready line",
+        joined.elapsed().as_secs_f64()
+    );
+    assert_eq!(world.replicas[1].edge_metric("ferry_hub_agents", ""), 1.0);
+    assert_eq!(world.replicas[0].edge_metric("ferry_hub_agents", ""), 1.0, "still one on A");
+    let dir = world.path("through-b");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let through_b = world.replicas[1].user_kubeconfig(&dir, "alice");
+    assert!(kubectl_ok(&through_b, &["get", "namespaces"]).contains("kube-system"));
+}
+
+#[test]
+fn behind_one_advertised_url_a_second_session_reaches_the_other_replica_at_its_peer_url() {
+    let mut world = Replicas::start(1);
+    // A's URL stands in for a load balancer's: B advertises it too, and is
+    // reached by the other replicas (and agents) at its own --peer-url. A
+    // loopback port for B: bound, then released.
+    let lb = world.replicas[0].url.clone();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let own = format!("https://127.0.0.1:{port}");
+    let extra = ["--advertise-url".to_owned(), lb.clone(), "--peer-url".into(), own];
+    world.add_replica_with(&format!("127.0.0.1:{port}"), &extra);
+
+    let mut agent = world.start_agent_with("edge", &lb, &["--hub-connections", "2"]);
+    let first = replica_in(&agent.wait_nth_line("ferry-agent connected:", 1, READY_TIMEOUT));
+    let second = replica_in(&agent.wait_nth_line("ferry-agent connected:", 2, READY_TIMEOUT));
+    assert_ne!(first, second, "two replicas behind one advertised URL");
+    let holding: Vec<f64> = world.replicas.iter().map(|r| r.edge_metric("ferry_hub_agents", "")).collect();
+    assert_eq!(holding, [1.0, 1.0], "one session on each replica");
+    // Both serve: a kubeconfig from B points at the shared URL (A here).
+    let kc = world.replicas[1].user_kubeconfig(world.dir.path(), "alice");
+    assert!(std::fs::read_to_string(&kc).expect("read").contains(&lb));
+    assert!(kubectl_ok(&kc, &["get", "namespaces"]).contains("kube-system"));
+}
+
+#[test]
+fn when_the_holding_replica_dies_and_its_agent_comes_back_nowhere_the_others_show_offline() {
+    let mut world = Replicas::start(2);
+    // The agent knows only A, so it cannot move to B.
+    let a_url = world.replicas[0].url.clone();
+    let _agent = world.start_agent(&a_url);
+    let b = &world.replicas[1];
+    b.ferryctl_ok(&["wait", "edge", "--for", "ready", "--timeout", "60s"]);
+    let mut watch = watch_clusters(b);
+    assert!(watch.wait_line("edge", READY_TIMEOUT).contains("Ready"));
+
+    // SIGKILL A: nobody revokes its lease; when it expires, B sees that no
+    // replica holds edge and records it Offline.
+    let killed = Instant::now();
+    world.replicas[0].hub.kill();
+    let row = watch.wait_line("Offline", READY_TIMEOUT);
+    let offline = killed.elapsed();
+    assert!(row.contains("edge") && agents_in(&row) == "0", "{row}");
+    eprintln!(
+        "holding replica killed, edge shown Offline on the survivor {:.2} s after",
+        offline.as_secs_f64()
+    );
+    assert!(
+        offline <= Duration::from_secs(6) + Duration::from_secs(4),
+        "within the replica lease (6 s) and a little: {offline:?}"
+    );
+    world.replicas[1].ferryctl_ok(&["wait", "edge", "--for", "offline", "--timeout", "10s"]);
 }
 
 #[test]

@@ -391,6 +391,7 @@ impl Tunnel for HubService {
                 pool_size: state.pool_size,
                 heartbeat_interval_ms: state.heartbeat_ms,
                 notice: String::new(),
+                ..Default::default()
             };
             let msg = |m| Ok(HubControl { msg: Some(m) });
             if tx.send(msg(hub_control::Msg::Welcome(welcome))).await.is_err() {
@@ -646,6 +647,7 @@ pub fn config(
 ) -> AgentConfig {
     ferry_agent::Args {
         hub: hub.url.clone(),
+        hub_connections: 1,
         hub_ca: ca.to_owned(),
         token: token.map(ferry::secret::Secret::new),
         token_file: None,

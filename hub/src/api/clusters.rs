@@ -34,6 +34,10 @@ use crate::store::{
 
 /// Longest wait a `Wait` call may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
+/// How often a wait looks again at a cluster whose agents another hub
+/// replica holds: what that replica records reaches this one through the
+/// store, which wakes no local waiter.
+pub const WAIT_RECHECK: Duration = Duration::from_millis(500);
 /// Labels one cluster may carry.
 pub const MAX_LABELS: usize = 64;
 /// Clusters per `List` page when the caller names no size.
@@ -378,8 +382,12 @@ impl Clusters for ClustersService {
                 if want(&view) {
                     return Ok(view);
                 }
-                if changes.changed().await.is_err() {
-                    return Err(Status::unavailable("hub shutting down"));
+                let recheck = self.state.replicas.is_some();
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() {
+                        return Err(Status::unavailable("hub shutting down"));
+                    },
+                    () = tokio::time::sleep(WAIT_RECHECK), if recheck => {}
                 }
             }
         })

@@ -49,11 +49,14 @@ fn resources(c: Capacity) -> pb::Resources {
 pub fn live(state: &HubState, record: &ClusterRecord) -> pb::Cluster {
     let live = state.registry.get(&record.name).filter(|l| Some(l.id) == record.cluster_id());
     let summary = live.map(|l| l.summary());
-    if summary.as_ref().is_none_or(|s| s.sessions == 0) && status::held_elsewhere(state, &record.name) {
+    let elsewhere = status::sessions_elsewhere(state, &record.name);
+    if summary.as_ref().is_none_or(|s| s.sessions == 0) && elsewhere > 0 {
         // Another hub replica holds the agents and records their status.
         return recorded(record);
     }
-    let status = status::observe(record, summary.as_ref(), crate::store::unix_now());
+    // Sessions on other replicas count too (as the recorder counts them).
+    let counted = summary.clone().map(|s| LiveSummary { sessions: s.sessions + elsewhere, ..s });
+    let status = status::observe(record, counted.as_ref(), crate::store::unix_now());
     let mut cluster = render(record, &status);
     if let Some(s) = &summary {
         cluster.replicas = replicas(s);

@@ -74,6 +74,23 @@ impl Replicas {
             .collect()
     }
 
+    /// Every live replica with a URL that reaches that replica itself, for
+    /// agents keeping sessions on several (`ferry-agent
+    /// --hub-connections`): its advertise URL, or its peer URL when other
+    /// replicas advertise the same URL (one load balancer in front of all).
+    /// Both are names its serving certificate carries, so the agent verifies
+    /// it against the hub CA as for any hub URL.
+    pub fn for_agents(&self) -> Vec<ferry::proto::v1::HubReplica> {
+        self.hubs
+            .values()
+            .map(|h| {
+                let shared = self.hubs.values().filter(|o| o.url == h.url).count() > 1;
+                let url = if shared { &h.peer_url } else { &h.url };
+                ferry::proto::v1::HubReplica { id: h.id.clone(), url: url.clone() }
+            })
+            .collect()
+    }
+
     /// The URLs agents may dial, `first` first, without repeats (replicas
     /// behind one load balancer advertise one URL).
     pub fn agent_urls(&self, first: &str) -> Vec<String> {
@@ -424,6 +441,33 @@ pub async fn publish_sessions(state: Arc<crate::state::HubState>) {
     set.close().await;
 }
 
+/// Tells every connected agent session the live replicas whenever they
+/// change (a replica joined, or one's lease went), so agents keeping
+/// sessions on several replicas find a new one without waiting for their
+/// next session start; until the hub shuts down.
+pub async fn announce_replicas(state: Arc<crate::state::HubState>) {
+    use ferry::proto::v1::{HubControl, HubReplicas, hub_control};
+    let Some(set) = state.replicas.clone() else { return };
+    let mut view = set.view();
+    let mut told = view.borrow_and_update().for_agents();
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            r = view.changed() => if r.is_err() { return },
+        }
+        let now = view.borrow_and_update().for_agents();
+        if now == told {
+            continue;
+        }
+        let message =
+            HubControl { msg: Some(hub_control::Msg::Replicas(HubReplicas { replicas: now.clone() })) };
+        for live in state.registry.clusters() {
+            live.signal_sessions(&message);
+        }
+        told = now;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ferry_integration::etcd::Etcd;
@@ -449,6 +493,25 @@ mod tests {
         assert!(waited, "{what}: last view {last:?}");
     }
 
+    #[test]
+    fn agents_are_told_each_replicas_own_url_even_behind_one_load_balancer() {
+        let info = |id: &str, url: &str, peer: &str| ReplicaInfo {
+            id: id.into(),
+            url: url.into(),
+            peer_url: peer.into(),
+        };
+        let mut view = Replicas::default();
+        for r in [
+            info("a", "https://lb:8443", "https://a.internal:8443"),
+            info("b", "https://lb:8443", "https://b.internal:8443"),
+            info("c", "https://c:8443", "https://c.internal:8443"),
+        ] {
+            view.hubs.insert(r.id.clone(), r);
+        }
+        let told: Vec<String> = view.for_agents().into_iter().map(|r| r.url).collect();
+        assert_eq!(told, ["https://a.internal:8443", "https://b.internal:8443", "https://c:8443"]);
+    }
+
     #[tokio::test]
     async fn replicas_see_each_other_and_the_clusters_each_holds() {
         let etcd = Etcd::start();
@@ -463,6 +526,12 @@ mod tests {
         })
         .await;
         assert_eq!(b.now().agent_urls("https://b:8443"), ["https://b:8443", "https://a:8443"]);
+        let told: Vec<(String, String)> = b.now().for_agents().into_iter().map(|r| (r.id, r.url)).collect();
+        assert_eq!(
+            told,
+            [("a".into(), "https://a:8443".into()), ("b".into(), "https://b:8443".into())],
+            "each replica with its own URL"
+        );
 
         // The edge agent moves to B.
         a.set_held(BTreeMap::from([("core".to_owned(), 1)]));
