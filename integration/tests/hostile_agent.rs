@@ -156,7 +156,9 @@ impl Hostile {
 }
 
 fn head(status: u32, headers: Vec<Header>) -> AgentFrame {
-    AgentFrame { frame: Some(agent_frame::Frame::Head(ResponseHead { status, headers })) }
+    AgentFrame {
+        frame: Some(agent_frame::Frame::Head(ResponseHead { status, headers, ..Default::default() })),
+    }
 }
 
 fn hub_rss_kib(env: &Env) -> u64 {
