@@ -464,7 +464,7 @@ pub(crate) async fn response_head(
 }
 
 /// The start of the agent's answer.
-pub(crate) struct ResponseStart {
+struct ResponseStart {
     /// Response status.
     status: StatusCode,
     /// Response headers (policy applied).
@@ -503,12 +503,16 @@ async fn response_start(
         KubeStatus::bad_gateway(format!("the agent sent an invalid response head: {e}"))
     })?;
     let complete = match head.end.take() {
-        Some(end) if whole && !upgrade && head.body.len() <= frame::MAX_WHOLE_BODY => {
-            Some((std::mem::take(&mut head.body), end))
-        }
-        Some(_) => {
+        Some(_) if !whole || upgrade => {
             return Err(KubeStatus::bad_gateway("the agent broke the protocol (an unasked whole response)"));
         }
+        Some(_) if head.body.len() > frame::MAX_WHOLE_BODY => {
+            return Err(KubeStatus::bad_gateway(format!(
+                "the agent broke the protocol (a whole response over {} bytes)",
+                frame::MAX_WHOLE_BODY
+            )));
+        }
+        Some(end) => Some((std::mem::take(&mut head.body), end)),
         None if !head.body.is_empty() => {
             return Err(KubeStatus::bad_gateway("the agent broke the protocol (a body in a response head)"));
         }

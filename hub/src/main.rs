@@ -339,10 +339,14 @@ async fn shutdown_signal() {
 // connection, the request itself). On a multi-threaded runtime each
 // hand-over between tasks on different workers is a futex or eventfd
 // wake-up, and idle workers park and unpark around every request: `strace
-// -c` counted about four futex calls and one eventfd write per small
-// request at each end (docs/benchmarks.md, "Issue 12, second round").
-// `DEFAULT_WORKER_THREADS` is what measured best there; `FERRY_WORKER_THREADS`
-// overrides it without a rebuild.
+// -c` counted four to six futex calls per small request at each end, and
+// `perf stat` six context switches (docs/benchmarks.md, "Issue 12, second
+// round"). On one thread the agent made none and the hub kept only its
+// audit writer's. `DEFAULT_WORKER_THREADS` is what measured best there;
+// `FERRY_WORKER_THREADS` overrides it without a rebuild (more workers for a
+// hub serving many busy clusters on many cores). Work that would block the
+// one thread (audit file writes, store snapshots) already runs on tokio's
+// blocking pool.
 
 /// Worker threads of the runtime when [`WORKER_THREADS_ENV`] is unset: `0`
 /// means a current-thread runtime (everything on the main thread, blocking
