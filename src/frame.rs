@@ -13,6 +13,13 @@ use crate::headers::{self, HeaderError};
 use crate::identity::{Identity, IdentityError};
 use crate::ids::RequestId;
 use crate::limits::MAX_BODY_CHUNK;
+
+/// Largest response body an agent sends inside its response head (the
+/// `whole_response` layout: head, body and End in one message) instead of
+/// as body frames after it. One body chunk: a response this small is one
+/// message either way, and the agent waits for all of it (known by its
+/// length) before answering, which holds at most this much per request.
+pub const MAX_WHOLE_BODY: usize = MAX_BODY_CHUNK;
 use crate::proto::v1::{self as pb, RequestHead, ResponseHead};
 
 /// Why a frame was refused.
@@ -42,6 +49,10 @@ pub enum FrameError {
     /// Status code outside 100..=999.
     #[error("invalid status {0}")]
     Status(u32),
+    /// An upgrade head that also says its body ended or asks for a whole
+    /// response (an upgraded stream has neither).
+    #[error("an upgrade request cannot end its body with the head or ask for a whole response")]
+    UpgradeLayout,
 }
 
 /// Who a request is from, as the hub puts it in the head.
@@ -75,6 +86,9 @@ pub fn request_head(
         upgrade,
         impersonate: impersonate.map(Into::into),
         client_address: client_address.map(|a| a.to_string()).unwrap_or_default(),
+        // Set by the hub's gateway where the layout allows (see the proto).
+        body_ended: false,
+        whole_response: false,
     }
 }
 
@@ -99,6 +113,11 @@ pub struct ProxiedRequest {
     pub upgrade: bool,
     /// The caller's address as the hub saw it, if it said (and it parses).
     pub client_address: Option<std::net::IpAddr>,
+    /// The request has no body: nothing but the next request's head (or
+    /// the end of the stream) follows this head.
+    pub body_ended: bool,
+    /// The hub takes a whole small response in one message.
+    pub whole_response: bool,
 }
 
 /// The agent's side: validates a request head and applies the header policy
@@ -118,6 +137,9 @@ pub fn decode_request_head(head: RequestHead) -> Result<ProxiedRequest, FrameErr
         target.validate()?;
     }
     let headers = headers::frame_to_map(&head.headers, headers::Policy::Request)?;
+    if head.upgrade && (head.body_ended || head.whole_response) {
+        return Err(FrameError::UpgradeLayout);
+    }
     Ok(ProxiedRequest {
         request_id,
         method,
@@ -127,6 +149,8 @@ pub fn decode_request_head(head: RequestHead) -> Result<ProxiedRequest, FrameErr
         impersonate,
         upgrade: head.upgrade,
         client_address: head.client_address.parse().ok(),
+        body_ended: head.body_ended,
+        whole_response: head.whole_response,
     })
 }
 
@@ -135,6 +159,8 @@ pub fn response_head(status: StatusCode, headers: &HeaderMap) -> ResponseHead {
     ResponseHead {
         status: u32::from(status.as_u16()),
         headers: headers::response_to_frame(headers, status == StatusCode::SWITCHING_PROTOCOLS),
+        body: Bytes::new(),
+        end: None,
     }
 }
 
@@ -221,6 +247,10 @@ mod tests {
         );
         assert!(matches!(decode_request_head(h), Err(FrameError::Identity(_))), "no escalation through --as");
         let mut h = good.clone();
+        h.upgrade = true;
+        h.body_ended = true;
+        assert!(matches!(decode_request_head(h), Err(FrameError::UpgradeLayout)));
+        let mut h = good.clone();
         h.method = "GE T".into();
         assert!(matches!(decode_request_head(h), Err(FrameError::Method(_))));
         let mut h = good.clone();
@@ -246,7 +276,10 @@ mod tests {
         let (s, m) = decode_response_head(&head).expect("valid");
         assert_eq!(s, StatusCode::FORBIDDEN);
         assert_eq!(m.len(), 1);
-        assert!(decode_response_head(&ResponseHead { status: 70000, headers: vec![] }).is_err());
+        assert!(
+            decode_response_head(&ResponseHead { status: 70000, headers: vec![], ..Default::default() })
+                .is_err()
+        );
     }
 
     #[test]

@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry::frame::{agent_error, decode_request_head, response_head};
+use ferry::frame::{MAX_WHOLE_BODY, agent_error, decode_request_head, response_head};
 use ferry::limits::FRAME_CHANNEL_CAPACITY;
 use ferry::proto::v1::{self as pb, AgentFrame, ErrorCode, HubFrame, RequestHead, agent_frame, hub_frame};
 use ferry::request_info::RequestInfo;
 use ferry::status::KubeStatus;
 use http::{Response, StatusCode};
-use http_body::Frame;
+use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
@@ -287,11 +287,16 @@ async fn serve_http(
     count: &RequestCount<'_>,
 ) -> Outcome {
     let RequestStream { out, inbound } = stream;
-    // An immediate End means no body at all, so a GET goes out without one
-    // (no chunked encoding); otherwise the body streams as it arrives.
-    let first = tokio::select! {
-        ev = next_event(inbound) => ev,
-        () = abort.cancelled() => return Outcome::Aborted,
+    // A head that ended the body, or an immediate End, means no body at
+    // all, so a GET goes out without one (no chunked encoding); otherwise
+    // the body streams as it arrives.
+    let first = if proxied.body_ended {
+        HubEvent::End
+    } else {
+        tokio::select! {
+            ev = next_event(inbound) => ev,
+            () = abort.cancelled() => return Outcome::Aborted,
+        }
     };
     let (body, body_tx, ended) = match first {
         HubEvent::End => (empty_body(), None, true),
@@ -317,7 +322,7 @@ async fn serve_http(
             Ok((response, _slot)) => {
                 metrics.apiserver_head(sent.elapsed());
                 let offer = || if hub_ended.load(Ordering::Acquire) { keep() } else { None };
-                forward_response(response, out, offer, count).await
+                forward_response(response, out, offer, count, proxied.whole_response).await
             }
             Err(e) => upstream_failed(e, out).await,
         }
@@ -426,20 +431,44 @@ pub(crate) async fn watch_hub(
 
 /// Sends the response head, the body in chunks as it arrives, then `End`,
 /// offering the stream for reuse when `keep` (asked only then) takes it.
+/// With `whole` (the hub asked for it), a response whose length is known
+/// and at most [`MAX_WHOLE_BODY`] goes as one message instead: the head
+/// carrying the body and the `End`.
 pub(crate) async fn forward_response(
     response: Response<Incoming>,
     out: &mpsc::Sender<AgentFrame>,
     keep: impl FnOnce() -> Option<ParkSlot>,
     count: &RequestCount<'_>,
+    whole: bool,
 ) -> Outcome {
     let status = response.status();
-    let head =
-        AgentFrame { frame: Some(agent_frame::Frame::Head(response_head(status, response.headers()))) };
+    let mut head = response_head(status, response.headers());
     count.answered(status.as_u16());
-    if out.send(head).await.is_err() {
+    let mut body = response.into_body();
+    let small = body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= MAX_WHOLE_BODY as u64);
+    if whole && small {
+        let data = match read_whole(&mut body).await {
+            Ok(data) => data,
+            Err(e) => {
+                warn!(status = status.as_u16(), error = %e, "apiserver response broke off");
+                send_error(out, ErrorCode::UpstreamBroken, format!("apiserver response broke off: {e}"))
+                    .await;
+                return Outcome::Failed;
+            }
+        };
+        let bytes = data.len() as u64;
+        let kept = keep();
+        head.body = data;
+        head.end = Some(pb::End { reuse: kept.is_some() });
+        // A failed send drops the slot, which returns it to the pool.
+        if out.send(AgentFrame { frame: Some(agent_frame::Frame::Head(head)) }).await.is_err() {
+            return Outcome::HubGone;
+        }
+        return Outcome::Completed { status, bytes, kept };
+    }
+    if out.send(AgentFrame { frame: Some(agent_frame::Frame::Head(head)) }).await.is_err() {
         return Outcome::HubGone;
     }
-    let mut body = response.into_body();
     let mut bytes = 0u64;
     while let Some(frame) = body.frame().await {
         let frame = match frame {
@@ -465,6 +494,45 @@ pub(crate) async fn forward_response(
         return Outcome::HubGone;
     }
     Outcome::Completed { status, bytes, kept }
+}
+
+/// Why a whole small response could not be read.
+#[derive(Debug, thiserror::Error)]
+enum WholeError {
+    /// The apiserver's connection failed mid-body.
+    #[error(transparent)]
+    Body(#[from] hyper::Error),
+    /// More bytes than its length said (hyper checks, this is a backstop).
+    #[error("body longer than {MAX_WHOLE_BODY} bytes")]
+    TooLong,
+}
+
+/// Reads a response body known to be at most [`MAX_WHOLE_BODY`] bytes; a
+/// body in one data frame (the usual case) is not copied.
+async fn read_whole(body: &mut Incoming) -> Result<Bytes, WholeError> {
+    let mut first: Option<Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if held + data.len() > MAX_WHOLE_BODY {
+            return Err(WholeError::TooLong);
+        }
+        match &first {
+            None => first = Some(data),
+            Some(_) => rest.extend_from_slice(&data),
+        }
+    }
+    Ok(match first {
+        None => Bytes::new(),
+        Some(first) if rest.is_empty() => first,
+        Some(first) => {
+            let mut all = bytes::BytesMut::with_capacity(first.len() + rest.len());
+            all.extend_from_slice(&first);
+            all.extend_from_slice(&rest);
+            all.freeze()
+        }
+    })
 }
 
 /// Answers a request with a Kubernetes `Status` (head, body, end) without

@@ -87,7 +87,7 @@ pub(crate) async fn serve(
         return tokio::select! {
             biased;
             () = abort.cancelled() => Outcome::Aborted,
-            outcome = forward_response(response, out, || None, count) => outcome,
+            outcome = forward_response(response, out, || None, count, false) => outcome,
             gone = watch_hub(inbound, None, &hub_ended, out) => Outcome::Cancelled(gone),
         };
     }

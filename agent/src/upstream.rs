@@ -531,6 +531,7 @@ mod tests {
             upgrade,
             impersonate: None,
             client_address: String::new(),
+            ..Default::default()
         }
     }
 

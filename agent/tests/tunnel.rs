@@ -46,6 +46,7 @@ fn head(method: &str, path: &str, query: &str, headers: &[(&str, &str)], upgrade
         upgrade,
         impersonate: None,
         client_address: "192.0.2.1".into(),
+        ..Default::default()
     })
 }
 
@@ -267,6 +268,26 @@ async fn reuses_the_credential_streams_bodies_and_reconnects() {
         last = parked.recv().await;
     }
     assert!(matches!(last, Some(agent_frame::Frame::End(_))), "got {last:?}");
+
+    // A bodyless request in the whole layout: its head alone goes out, and
+    // the small response comes back in one message with the End.
+    let mut h = head("GET", "/api/v1/namespaces/default/configmaps/small", "", &[], false);
+    (h.body_ended, h.whole_response) = (true, true);
+    parked.send(hub_frame::Frame::Head(h)).await;
+    let exchange = w.api.next().await;
+    assert_eq!(exchange.request.uri().path(), "/api/v1/namespaces/default/configmaps/small");
+    assert!(http_body::Body::is_end_stream(exchange.request.body()), "no body, no chunked encoding");
+    let small = Bytes::from_static(b"{\"kind\":\"ConfigMap\"}");
+    assert!(exchange.respond.send(http::Response::new(Full::new(small.clone()).boxed())).is_ok());
+    match parked.recv().await {
+        Some(agent_frame::Frame::Head(h)) => {
+            assert_eq!(h.status, 200);
+            assert_eq!(h.body, small);
+            assert_eq!(h.end, Some(pb::End { reuse: true }));
+        }
+        other => panic!("expected a whole response, got {other:?}"),
+    }
+
     // The hub's caller went away as the response ended: the hub closes the
     // kept stream with an error frame, and the agent ends its side quietly.
     parked

@@ -329,6 +329,28 @@ pub(crate) struct Opened {
     pub permit: Option<crate::registry::StreamPermit>,
     /// The stream carrying it.
     pub parked: Parked,
+    /// The head went out in the [`Layout::Whole`] layout: no `End` follows
+    /// it when the request has no body, and the answer may be a whole
+    /// response (see [`response_start`]).
+    pub whole: bool,
+}
+
+/// How a request's frames are laid out on its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// A head, body frames and an `End` each way: what a request forwarded
+    /// to another hub replica (its relay passes frames one by one) and the
+    /// gRPC `Proxy` call use, and every upgrade.
+    Stepwise,
+    /// For an ordinary request sent straight to an agent: a bodyless
+    /// request is its head alone (`body_ended`), and a small response comes
+    /// back whole in one message (`whole_response`). One message each way
+    /// for a small GET instead of two and three; each message costs a gRPC
+    /// encode and decode, a channel hop and task wake-ups at both ends.
+    Whole {
+        /// The request has no body.
+        bodyless: bool,
+    },
 }
 
 /// Admits a request (see [`admit`]), takes a slot and a parked stream, and
@@ -346,6 +368,26 @@ pub(crate) async fn open(
     upgrade: bool,
     client: Option<std::net::IpAddr>,
 ) -> Result<Opened, KubeStatus> {
+    let layout = Layout::Stepwise;
+    open_laid_out(state, name, rest, caller, request_id, method, pq, headers, upgrade, client, layout).await
+}
+
+/// [`open`] with a [`Layout`] (used only when the stream goes straight to
+/// an agent; forwarded requests are always [`Layout::Stepwise`]).
+#[allow(clippy::too_many_arguments)]
+async fn open_laid_out(
+    state: &HubState,
+    name: &str,
+    rest: &str,
+    caller: &Authenticated,
+    request_id: RequestId,
+    method: &http::Method,
+    pq: &PathAndQuery,
+    headers: &http::HeaderMap,
+    upgrade: bool,
+    client: Option<std::net::IpAddr>,
+    layout: Layout,
+) -> Result<Opened, KubeStatus> {
     let (live, identity, impersonate) = admit(state, name, rest, caller, headers).await?;
     let unavailable = || KubeStatus::unavailable(no_agent(name));
     let mut head = Box::new(frame::request_head(
@@ -360,13 +402,21 @@ pub(crate) async fn open(
         // Another hub replica may hold the cluster's agents (docs/ha.md).
         let head = HubFrame { frame: Some(hub_frame::Frame::Head(head)) };
         return match crate::peer::open(state, name, head).await {
-            Ok(Some(parked)) => Ok(Opened { live: None, permit: None, parked }),
+            Ok(Some(parked)) => Ok(Opened { live: None, permit: None, parked, whole: false }),
             Ok(None) => Err(unavailable()),
             Err(status) => Err(KubeStatus::bad_gateway(format!(
                 "forwarding to the hub replica holding cluster {name:?}'s agent failed: {}",
                 status.message()
             ))),
         };
+    };
+    let whole = match layout {
+        Layout::Whole { bodyless } if !upgrade => {
+            head.body_ended = bodyless;
+            head.whole_response = true;
+            true
+        }
+        _ => false,
     };
     let limits = &state.limits;
     let permit = live
@@ -401,7 +451,7 @@ pub(crate) async fn open(
             return Err(closed());
         }
     };
-    Ok(Opened { live: Some(live), permit: Some(permit), parked })
+    Ok(Opened { live: Some(live), permit: Some(permit), parked, whole })
 }
 
 /// Reads the agent's response head; `too_large` tells a closed stream
@@ -412,7 +462,32 @@ pub(crate) async fn response_head(
     max_body: u64,
     upgrade: bool,
 ) -> Result<(StatusCode, http::HeaderMap), KubeStatus> {
-    let head = match rx.message().await {
+    let start = response_start(rx, too_large, max_body, upgrade, false).await?;
+    Ok((start.status, start.headers))
+}
+
+/// The start of the agent's answer.
+struct ResponseStart {
+    /// Response status.
+    status: StatusCode,
+    /// Response headers (policy applied).
+    headers: http::HeaderMap,
+    /// The whole response, when the agent sent it in one message: the body
+    /// and the `End` that would have followed it.
+    whole: Option<(Bytes, End)>,
+}
+
+/// [`response_head`], taking a whole response when `whole` (the head asked
+/// for one); a whole response the head did not ask for, or larger than
+/// [`frame::MAX_WHOLE_BODY`], breaks the protocol.
+async fn response_start(
+    rx: &mut Streaming<AgentFrame>,
+    too_large: &AtomicBool,
+    max_body: u64,
+    upgrade: bool,
+    whole: bool,
+) -> Result<ResponseStart, KubeStatus> {
+    let mut head = match rx.message().await {
         Ok(Some(AgentFrame { frame: Some(agent_frame::Frame::Head(h)) })) => h,
         Ok(Some(AgentFrame { frame: Some(agent_frame::Frame::Error(e)) })) => {
             return Err(agent_error_status(e.code, &e.message));
@@ -430,6 +505,22 @@ pub(crate) async fn response_head(
     let (status, resp_headers) = frame::decode_response_head(&head).map_err(|e: FrameError| {
         KubeStatus::bad_gateway(format!("the agent sent an invalid response head: {e}"))
     })?;
+    let complete = match head.end.take() {
+        Some(_) if !whole || upgrade => {
+            return Err(KubeStatus::bad_gateway("the agent broke the protocol (an unasked whole response)"));
+        }
+        Some(_) if head.body.len() > frame::MAX_WHOLE_BODY => {
+            return Err(KubeStatus::bad_gateway(format!(
+                "the agent broke the protocol (a whole response over {} bytes)",
+                frame::MAX_WHOLE_BODY
+            )));
+        }
+        Some(end) => Some((std::mem::take(&mut head.body), end)),
+        None if !head.body.is_empty() => {
+            return Err(KubeStatus::bad_gateway("the agent broke the protocol (a body in a response head)"));
+        }
+        None => None,
+    };
     // An informational head is a protocol switch or nothing: a 101 only for
     // a request that asked to upgrade, never another 1xx.
     if status.is_informational() && !(upgrade && status == StatusCode::SWITCHING_PROTOCOLS) {
@@ -439,7 +530,25 @@ pub(crate) async fn response_head(
             if upgrade { "asked for a protocol switch" } else { "asked for no protocol switch" }
         )));
     }
-    Ok((status, resp_headers))
+    Ok(ResponseStart { status, headers: resp_headers, whole: complete })
+}
+
+/// A whole response's body. The stream is done: parked again when the agent
+/// offered it (and the request body is all sent), else closed in order.
+fn whole_body(state: &HubState, opened: Opened, pump: AbortOnDrop, body: Bytes, end: End) -> HubBody {
+    let Opened { live, permit, parked, .. } = opened;
+    drop(permit);
+    match live {
+        Some(live) if end.reuse && pump.done() => {
+            // A refusal (the session just ended) drops the stream with its
+            // session.
+            let _ = live.park(parked);
+        }
+        _ => {
+            state.tasks.spawn(close_stream(parked.tx, parked.rx, false).in_current_span());
+        }
+    }
+    full(body)
 }
 
 /// The response body of an opened request, read from the agent's frames
@@ -450,7 +559,7 @@ pub(crate) fn response_body(
     pump: Option<JoinHandle<()>>,
     reusable: bool,
 ) -> TunnelBody {
-    let Opened { live, permit, parked } = opened;
+    let Opened { live, permit, parked, .. } = opened;
     TunnelBody {
         rx: Some(parked.rx),
         tx: Some(parked.tx),
@@ -478,7 +587,9 @@ async fn forward(
     let pq = PathAndQuery::try_from(query.as_str())
         .map_err(|_| KubeStatus::bad_request("invalid request path"))?;
     let upgrade = is_upgrade(&req);
-    let mut opened = open(
+    let bodyless = req.body().is_end_stream();
+    let layout = if upgrade { Layout::Stepwise } else { Layout::Whole { bodyless } };
+    let mut opened = open_laid_out(
         &state,
         &name,
         &rest,
@@ -489,6 +600,7 @@ async fn forward(
         req.headers(),
         upgrade,
         Some(client.ip()),
+        layout,
     )
     .await?;
     let Some(rec) = record.as_mut() else { return Err(KubeStatus::unavailable("request record missing")) };
@@ -501,11 +613,14 @@ async fn forward(
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let pump = if upgrade {
         None
-    } else if req.body().is_end_stream() {
-        // No body (most GETs): end it inline instead of spawning a pump. The
-        // channel holds only the head, so there is room.
-        let _ =
-            opened.parked.tx.try_send(Ok(HubFrame { frame: Some(hub_frame::Frame::End(End::default())) }));
+    } else if bodyless {
+        // No body (most GETs): the head said so, or an `End` goes right
+        // after it instead of spawning a pump. The channel holds only the
+        // head, so there is room.
+        if !opened.whole {
+            let end = HubFrame { frame: Some(hub_frame::Frame::End(End::default())) };
+            let _ = opened.parked.tx.try_send(Ok(end));
+        }
         None
     } else {
         let (tx, flag) = (opened.parked.tx.clone(), too_large.clone());
@@ -518,9 +633,15 @@ async fn forward(
     };
     let pump = AbortOnDrop(pump);
 
-    let (status, mut resp_headers) =
-        response_head(&mut opened.parked.rx, &too_large, max_body, upgrade).await?;
+    let start = response_start(&mut opened.parked.rx, &too_large, max_body, upgrade, opened.whole).await?;
+    let (status, mut resp_headers) = (start.status, start.headers);
     rec.head(status.as_u16(), true);
+    if let Some((data, end)) = start.whole {
+        let mut resp = Response::new(whole_body(&state, opened, pump, data, end));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = resp_headers;
+        return Ok(resp);
+    }
 
     if let (Some(on_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (on_upgrade, status)
         && let Some(mut session) = record.take()

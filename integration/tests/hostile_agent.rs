@@ -156,7 +156,9 @@ impl Hostile {
 }
 
 fn head(status: u32, headers: Vec<Header>) -> AgentFrame {
-    AgentFrame { frame: Some(agent_frame::Frame::Head(ResponseHead { status, headers })) }
+    AgentFrame {
+        frame: Some(agent_frame::Frame::Head(ResponseHead { status, headers, ..Default::default() })),
+    }
 }
 
 fn hub_rss_kib(env: &Env) -> u64 {
@@ -229,6 +231,28 @@ async fn a_hostile_agent_is_bounded_and_its_neighbours_keep_working() {
     // A 101 to a request that asked for no upgrade.
     let out = evil.answer(&env, path, vec![head(101, vec![])]).await;
     bad_gateway(&out, "asked for no protocol switch");
+
+    // A whole response (head, body and End in one message) over the
+    // protocol's bound, and a body in a head that does not end the response.
+    let oversized = AgentFrame {
+        frame: Some(agent_frame::Frame::Head(ResponseHead {
+            status: 200,
+            body: vec![b'x'; ferry::frame::MAX_WHOLE_BODY + 1].into(),
+            end: Some(ferry::proto::v1::End { reuse: true }),
+            ..Default::default()
+        })),
+    };
+    let out = evil.answer(&env, path, vec![oversized]).await;
+    bad_gateway(&out, "a whole response over");
+    let unended = AgentFrame {
+        frame: Some(agent_frame::Frame::Head(ResponseHead {
+            status: 200,
+            body: b"{}".to_vec().into(),
+            ..Default::default()
+        })),
+    };
+    let out = evil.answer(&env, path, vec![unended]).await;
+    bad_gateway(&out, "a body in a response head");
 
     // A header value with a line break (response splitting).
     let split = vec![Header { name: "x-a".into(), value: b"a\r\nSet-Cookie: x".to_vec().into() }];
