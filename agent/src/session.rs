@@ -200,6 +200,7 @@ async fn run_inner(
         agent_id: params.agent_id.to_string(),
         agent_version: FERRY_VERSION.to_owned(),
         status: Some(status),
+        whole_layout: true,
     };
     // A fresh channel always has room for the first message.
     let _ = control_tx.try_send(AgentControl { msg: Some(agent_control::Msg::Hello(hello)) });

@@ -410,13 +410,10 @@ async fn open_laid_out(
             ))),
         };
     };
-    let whole = match layout {
-        Layout::Whole { bodyless } if !upgrade => {
-            head.body_ended = bodyless;
-            head.whole_response = true;
-            true
-        }
-        _ => false,
+    // The whole layout, if the agent of the stream taken below understands it.
+    let whole_bodyless = match layout {
+        Layout::Whole { bodyless } if !upgrade => Some(bodyless),
+        _ => None,
     };
     let limits = &state.limits;
     let permit = live
@@ -431,7 +428,7 @@ async fn open_laid_out(
             )),
         })?;
     let mut attempt = 0;
-    let parked: Parked = loop {
+    let (parked, whole) = loop {
         attempt += 1;
         let waiting = std::time::Instant::now();
         let p = live.take_stream(state.limits.stream_wait).await;
@@ -441,8 +438,11 @@ async fn open_laid_out(
             NoStream::Timeout => KubeStatus::unavailable(format!("cluster {name:?}: {e}")),
         })?;
         let closed = || KubeStatus::bad_gateway("the tunnel to the agent closed before the request was sent");
+        let whole = p.whole_layout && whole_bodyless.is_some();
+        head.body_ended = whole && whole_bodyless == Some(true);
+        head.whole_response = whole;
         match p.tx.send(Ok(HubFrame { frame: Some(hub_frame::Frame::Head(head)) })).await {
-            Ok(()) => break p,
+            Ok(()) => break (p, whole),
             // A dead stream hands the head back for the next attempt.
             Err(SendError(Ok(HubFrame { frame: Some(hub_frame::Frame::Head(h)) }))) => head = h,
             Err(_) => return Err(closed()),
@@ -831,7 +831,7 @@ impl Body for TunnelBody {
                     {
                         // A refusal (the session just ended) drops the
                         // stream with its session.
-                        let _ = live.park(Parked { session, tx, rx });
+                        let _ = live.park(Parked { session, tx, rx, whole_layout: false });
                         self.state = BodyState::Finished;
                         return Poll::Ready(None);
                     }

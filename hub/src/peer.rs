@@ -251,6 +251,8 @@ async fn open_once(state: &HubState, name: &str, head: &HubFrame) -> Result<Opti
                     session: ferry::ids::SessionId::new(),
                     tx,
                     rx: response.into_inner(),
+                    // Forwarded requests keep the frame-by-frame layout.
+                    whole_layout: false,
                 }));
             }
             Err(status) => {

@@ -33,6 +33,9 @@ pub struct Parked {
     pub tx: FrameTx,
     /// Frames from the agent.
     pub rx: Streaming<AgentFrame>,
+    /// Whether the session's agent understands the whole layout
+    /// (`Hello.whole_layout`); set when the stream is parked.
+    pub whole_layout: bool,
 }
 
 /// An agent's status report, cleaned of anything unprintable or too long.
@@ -100,6 +103,8 @@ pub struct SessionInfo {
     pub control: ControlTx,
     /// Cancelled to end the session (cluster deleted or denied).
     pub revoke: CancellationToken,
+    /// The agent understands the whole layout (`Hello.whole_layout`).
+    pub whole_layout: bool,
 }
 
 /// One connected agent replica, as shown.
@@ -471,11 +476,12 @@ impl LiveCluster {
     /// (returned) when its session is unknown or already parks
     /// [`MAX_PARKED_PER_SESSION`].
     #[allow(clippy::result_large_err)]
-    pub fn park(&self, parked: Parked) -> Result<(), Parked> {
+    pub fn park(&self, mut parked: Parked) -> Result<(), Parked> {
         let mut inner = self.lock();
-        if !inner.sessions.contains_key(&parked.session) {
+        let Some(info) = inner.sessions.get(&parked.session) else {
             return Err(parked);
-        }
+        };
+        parked.whole_layout = info.whole_layout;
         if inner.parked_by.get(&parked.session).copied().unwrap_or(0) >= MAX_PARKED_PER_SESSION {
             // Streams the agent gave up on still count until seen: drop them.
             let session = parked.session;
@@ -661,6 +667,7 @@ mod tests {
                 last_heartbeat_ms: unix_ms(),
                 control: tx,
                 revoke: CancellationToken::new(),
+                whole_layout: true,
             },
         );
         (id, rx)
@@ -671,7 +678,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(1);
         let body = http_body_util::Empty::<bytes::Bytes>::new();
         let agent = Streaming::new_empty(tonic_prost::ProstDecoder::<AgentFrame>::default(), body);
-        (Parked { session, tx, rx: agent }, rx)
+        (Parked { session, tx, rx: agent, whole_layout: false }, rx)
     }
 
     #[tokio::test(start_paused = true)]
@@ -798,6 +805,7 @@ mod tests {
             last_heartbeat_ms: unix_ms(),
             control: tx.clone(),
             revoke: CancellationToken::new(),
+            whole_layout: true,
         };
         assert!(live.try_add_session(SessionId::new(), info(), 2).is_ok());
         assert!(live.try_add_session(SessionId::new(), info(), 2).is_err());

@@ -417,6 +417,7 @@ impl Tunnel for TunnelService {
                 last_heartbeat_ms: unix_ms(),
                 control: tx.clone(),
                 revoke: revoke.clone(),
+                whole_layout: hello.whole_layout,
             },
             limits.max_agent_sessions as usize,
         )
@@ -463,7 +464,7 @@ impl Tunnel for TunnelService {
         if !live.has_session(session) {
             return Err(Status::failed_precondition("unknown session; reconnect the control stream"));
         }
-        live.park(Parked { session, tx, rx: request.into_inner() }).map_err(|_| {
+        live.park(Parked { session, tx, rx: request.into_inner(), whole_layout: false }).map_err(|_| {
             Status::resource_exhausted(format!(
                 "the session parks {MAX_PARKED_PER_SESSION} streams already; no more until some are used"
             ))

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use ferry::proto::v1::tunnel_client::TunnelClient;
 use ferry::proto::v1::{
-    AgentControl, AgentFrame, EnrollRequest, Header, Hello, HubControl, HubFrame, ResponseHead,
+    AgentControl, AgentFrame, EnrollRequest, Header, Hello, HubControl, HubFrame, RequestHead, ResponseHead,
     agent_control, agent_frame, hub_control, hub_frame,
 };
 use tokio::sync::mpsc;
@@ -44,10 +44,21 @@ fn endpoint(env: &Env, identity: Option<Identity>) -> Endpoint {
 async fn control(
     channel: Channel,
 ) -> Result<(String, (mpsc::Sender<AgentControl>, tonic::Streaming<HubControl>)), tonic::Status> {
+    control_with(channel, true).await
+}
+
+/// A control stream whose hello says whether the agent understands the
+/// whole layout (`false`: an agent of the same protocol version built
+/// before it).
+async fn control_with(
+    channel: Channel,
+    whole_layout: bool,
+) -> Result<(String, (mpsc::Sender<AgentControl>, tonic::Streaming<HubControl>)), tonic::Status> {
     let (tx, rx) = mpsc::channel(4);
     let hello = Hello {
         protocol_version: ferry::PROTOCOL_VERSION,
         agent_id: uuid::Uuid::new_v4().to_string(),
+        whole_layout,
         ..Default::default()
     };
     tx.send(AgentControl { msg: Some(agent_control::Msg::Hello(hello)) }).await.expect("hello");
@@ -116,11 +127,23 @@ impl Hostile {
         args: &[&str],
         answer: Vec<AgentFrame>,
     ) -> std::process::Output {
+        self.answer_in(&self.session, env, args, answer).await.0
+    }
+
+    /// Like [`Hostile::answer_kubectl`], on a stream of session `session`;
+    /// also returns the request head the hub sent.
+    async fn answer_in(
+        &self,
+        session: &str,
+        env: &Env,
+        args: &[&str],
+        answer: Vec<AgentFrame>,
+    ) -> (std::process::Output, RequestHead) {
         // Streams given up just before may still count at the hub for a
         // moment: ask until it has room (each try is a real call).
         let (tx, mut inbound) = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
-                match self.park().await {
+                match self.park_in(session).await {
                     Ok(p) => return p,
                     Err(s) if s.code() == tonic::Code::ResourceExhausted => tokio::task::yield_now().await,
                     Err(s) => panic!("park refused: {s:?}"),
@@ -136,8 +159,10 @@ impl Hostile {
             .env_remove("KUBECONFIG")
             .output();
         let script = async {
-            let head = inbound.message().await.expect("a frame").expect("a head");
-            assert!(matches!(head.frame, Some(hub_frame::Frame::Head(_))), "{head:?}");
+            let head = match inbound.message().await.expect("a frame").expect("a head").frame {
+                Some(hub_frame::Frame::Head(h)) => *h,
+                other => panic!("expected a request head, got {other:?}"),
+            };
             for frame in answer {
                 if tx.send(frame).await.is_err() {
                     break;
@@ -147,11 +172,12 @@ impl Hostile {
             // the hub kept, e.g. parked again, would hang this call).
             drop(tx);
             while let Ok(Some(_)) = inbound.message().await {}
+            head
         };
-        let (out, ()) = tokio::time::timeout(ANSWER_TIMEOUT, async { tokio::join!(kubectl, script) })
+        let (out, head) = tokio::time::timeout(ANSWER_TIMEOUT, async { tokio::join!(kubectl, script) })
             .await
             .expect("the request ends");
-        out.expect("kubectl")
+        (out.expect("kubectl"), head)
     }
 }
 
@@ -253,6 +279,21 @@ async fn a_hostile_agent_is_bounded_and_its_neighbours_keep_working() {
     };
     let out = evil.answer(&env, path, vec![unended]).await;
     bad_gateway(&out, "a body in a response head");
+
+    // An agent that does not announce the whole layout (built before it,
+    // same protocol version) gets the request frame by frame, and its
+    // frame-by-frame answer goes through.
+    let (old_session, _old_control) =
+        control_with(evil.channel.clone(), false).await.expect("an old session");
+    let frames = vec![
+        head(200, vec![Header { name: "content-type".into(), value: b"application/json".to_vec().into() }]),
+        AgentFrame { frame: Some(agent_frame::Frame::Body(b"{\"old\":true}".to_vec().into())) },
+        AgentFrame { frame: Some(agent_frame::Frame::End(ferry::proto::v1::End { reuse: false })) },
+    ];
+    let (out, sent) = evil.answer_in(&old_session, &env, &["get", "--raw", path], frames).await;
+    assert!(!sent.body_ended && !sent.whole_response, "{sent:?}");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"old":true}"#);
 
     // A header value with a line break (response splitting).
     let split = vec![Header { name: "x-a".into(), value: b"a\r\nSet-Cookie: x".to_vec().into() }];

@@ -153,6 +153,8 @@ impl SimAgent {
             agent_id: uuid::Uuid::new_v4().to_string(),
             agent_version: format!("{}-bench-sim", ferry::FERRY_VERSION),
             status: None,
+            // Simulated agents serve no requests.
+            whole_layout: false,
         };
         tx.send(AgentControl { msg: Some(agent_control::Msg::Hello(hello)) }).await?;
         let req = tonic::Request::new(ReceiverStream::new(rx));
