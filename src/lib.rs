@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod path;
 pub mod proto;
 pub mod request_info;
+pub mod runtime;
 pub mod secret;
 pub mod status;
 pub mod tls;
