@@ -45,6 +45,13 @@ pub const MAX_BACKUPS: u32 = 1000;
 pub const QUEUE: usize = 8192;
 /// Events a writer batch takes from the queue before it flushes.
 const BATCH: usize = 512;
+/// How long the writer lets events gather after a batch that did not fill
+/// up. Waiting in `recv`, the writer thread is woken (a futex call, a
+/// context switch) by every event, that is by every proxied request; after
+/// a batch it sleeps instead, events queue without waking anyone, and the
+/// next batch takes all of them with one write. Events reach the file and
+/// followers (`ferryctl audit -f`) at most this much later.
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 /// New events buffered for each follower (`ferryctl audit -f`); one that
 /// falls further behind is told so and ended.
 pub const FOLLOW_BUFFER: usize = 1024;
@@ -411,11 +418,16 @@ fn write_loop(mut writer: Writer, shared: &Shared, metrics: &HubMetrics) {
     let mut published: Vec<Published> = Vec::with_capacity(BATCH);
     let mut closing = false;
     while !closing {
+        let mut full = false;
         match writer.rx.blocking_recv() {
             Some(Msg::Event(e)) => batch.push(e),
             Some(Msg::Close) | None => closing = true,
         }
-        while batch.len() < BATCH && !closing {
+        while !closing {
+            if batch.len() == BATCH {
+                full = true;
+                break;
+            }
             match writer.rx.try_recv() {
                 Ok(Msg::Event(e)) => batch.push(e),
                 Ok(Msg::Close) => closing = true,
@@ -489,6 +501,9 @@ fn write_loop(mut writer: Writer, shared: &Shared, metrics: &HubMetrics) {
         for p in published.drain(..) {
             // No follower is fine.
             let _ = shared.live.send(p);
+        }
+        if !full && !closing {
+            std::thread::sleep(LINGER);
         }
     }
 }
