@@ -15,6 +15,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before anything else: may restart this process (see ferry::copy_tuning).
+    ferry::copy_tuning::reexec_if_useful();
     let args = Args::parse();
     let logging = ferry::logging::init(args.log_format, &args.export, "ferry-agent")?;
     let result = run(args).await;

@@ -242,6 +242,8 @@ const SERVICE: &str = "ferry-hub";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before anything else: may restart this process (see ferry::copy_tuning).
+    ferry::copy_tuning::reexec_if_useful();
     let args = match Cli::parse().command {
         Command::Serve(args) => args,
         Command::Migrate(args) => {
