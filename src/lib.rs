@@ -4,9 +4,11 @@
 //! gRPC types, the protocol version, ids, caller identity, the header policy
 //! (what is stripped, what is forwarded), which paths may be forwarded,
 //! frame conversion, named limits,
-//! secrets, the Kubernetes `Status` error body and the TLS crypto provider.
+//! secrets, the Kubernetes `Status` error body, the TLS crypto provider and
+//! the startup tuning of large memory copies.
 
 pub mod codec;
+pub mod copy_tuning;
 pub mod frame;
 pub mod headers;
 pub mod identity;

@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    // Before anything else (no other thread exists yet): may restart this
+    // process (see ferry::copy_tuning).
+    ferry::copy_tuning::reexec_if_useful();
     ferry::runtime::build(ferry::runtime::Threads::One)?.block_on(serve())
 }
 

@@ -241,6 +241,9 @@ fn audit_sink(args: &ServeArgs) -> anyhow::Result<Sink> {
 const SERVICE: &str = "ferry-hub";
 
 fn main() -> anyhow::Result<()> {
+    // Before anything else (no other thread exists yet): may restart this
+    // process (see ferry::copy_tuning).
+    ferry::copy_tuning::reexec_if_useful();
     ferry::runtime::build(ferry::runtime::Threads::PerCore)?.block_on(serve())
 }
 
