@@ -354,28 +354,12 @@ pub(crate) enum Layout {
 }
 
 /// Admits a request (see [`admit`]), takes a slot and a parked stream, and
-/// sends the request head. Shared by the gateway and the gRPC `Proxy` call.
+/// sends the request head. Shared by the gateway and the gRPC `Proxy` call
+/// (which uses [`Layout::Stepwise`]); `layout` applies only when the stream
+/// goes straight to an agent that understands it (forwarded requests are
+/// always stepwise).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn open(
-    state: &HubState,
-    name: &str,
-    rest: &str,
-    caller: &Authenticated,
-    request_id: RequestId,
-    method: &http::Method,
-    pq: &PathAndQuery,
-    headers: &http::HeaderMap,
-    upgrade: bool,
-    client: Option<std::net::IpAddr>,
-) -> Result<Opened, KubeStatus> {
-    let layout = Layout::Stepwise;
-    open_laid_out(state, name, rest, caller, request_id, method, pq, headers, upgrade, client, layout).await
-}
-
-/// [`open`] with a [`Layout`] (used only when the stream goes straight to
-/// an agent; forwarded requests are always [`Layout::Stepwise`]).
-#[allow(clippy::too_many_arguments)]
-async fn open_laid_out(
     state: &HubState,
     name: &str,
     rest: &str,
@@ -589,7 +573,7 @@ async fn forward(
     let upgrade = is_upgrade(&req);
     let bodyless = req.body().is_end_stream();
     let layout = if upgrade { Layout::Stepwise } else { Layout::Whole { bodyless } };
-    let mut opened = open_laid_out(
+    let mut opened = open(
         &state,
         &name,
         &rest,

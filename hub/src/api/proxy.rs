@@ -152,6 +152,7 @@ impl Proxy for ProxyService {
             &request_headers,
             upgrade,
             client,
+            gateway::Layout::Stepwise,
         )
         .instrument(span.clone())
         .await
